@@ -1,0 +1,161 @@
+//! Batch construction and augmentation as tensor ops on the training device.
+//!
+//! Only a handful of integers per image are drawn on the host (crop offset, flip, CutOut
+//! corner, from the run's seeded [`Rng`]); the pixels never leave the device. Reflect-pad + crop
+//! + flip is one index map per axis applied with two `gather`s, CutOut is a mask built from
+//! `arange` comparisons. No threads, no filesystem: the browser runs this same code.
+
+use burn::config::Config;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::data::{IMAGE_BYTES, MEAN, STD};
+use crate::rng::Rng;
+
+pub const SIDE: usize = 32;
+
+#[derive(Config, Debug, PartialEq)]
+pub struct AugmentConfig {
+    /// Reflect padding before the random 32×32 crop (0 disables the crop).
+    #[config(default = 4)]
+    pub pad: usize,
+    #[config(default = true)]
+    pub flip: bool,
+    /// Side of the CutOut square, filled with the dataset mean (0 disables it).
+    #[config(default = 8)]
+    pub cutout: usize,
+}
+
+impl AugmentConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.pad >= SIDE {
+            return Err(format!("pad must be < {SIDE}, got {}", self.pad));
+        }
+        if self.cutout > SIDE {
+            return Err(format!("cutout must be <= {SIDE}, got {}", self.cutout));
+        }
+        Ok(())
+    }
+}
+
+/// The random choices for one image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SampleAug {
+    /// Crop offset into the padded image, each in `0..=2*pad`.
+    pub dy: usize,
+    pub dx: usize,
+    pub flip: bool,
+    /// Top-left corner of the CutOut square, chosen so the square lies inside the image
+    /// (exactly cutout² pixels are erased).
+    pub cut: Option<(usize, usize)>,
+}
+
+pub fn draw(config: &AugmentConfig, rng: &mut Rng, n: usize) -> Vec<SampleAug> {
+    (0..n)
+        .map(|_| SampleAug {
+            dy: rng.below(2 * config.pad + 1),
+            dx: rng.below(2 * config.pad + 1),
+            flip: config.flip && rng.coin(),
+            cut: (config.cutout > 0).then(|| {
+                let span = SIDE - config.cutout + 1;
+                (rng.below(span), rng.below(span))
+            }),
+        })
+        .collect()
+}
+
+/// Index of the source pixel for output position `i` of a crop starting at `offset` in an
+/// image reflect-padded by `pad` (PyTorch's `reflect`: the edge pixel is not repeated).
+fn reflect(offset: usize, i: usize, pad: usize) -> usize {
+    let p = (offset + i) as i64 - pad as i64;
+    let last = SIDE as i64 - 1;
+    let p = if p < 0 { -p } else if p > last { 2 * last - p } else { p };
+    p as usize
+}
+
+/// u8 CHW images (`n × 3072` bytes) → `[n, 3, 32, 32]` normalised with the CIFAR-10 mean/std.
+/// The bytes are uploaded as they are; scaling happens on the device.
+pub fn to_tensor(pixels: &[u8], device: &Device) -> Tensor<4> {
+    let n = pixels.len() / IMAGE_BYTES;
+    let floats: Vec<f32> = pixels.iter().map(|&p| p as f32).collect();
+    let x = Tensor::<4>::from_data(TensorData::new(floats, [n, 3, SIDE, SIDE]), device);
+    let mean = Tensor::<1>::from_floats(MEAN.map(|m| m * 255.0), device).reshape([1, 3, 1, 1]);
+    let std = Tensor::<1>::from_floats(STD.map(|s| s * 255.0), device).reshape([1, 3, 1, 1]);
+    (x - mean) / std
+}
+
+/// Applies crop/flip/CutOut to a normalised batch; `params.len()` must equal the batch size.
+pub fn augment(x: Tensor<4>, params: &[SampleAug], config: &AugmentConfig) -> Tensor<4> {
+    let device = x.device();
+    let [n, c, h, w] = x.dims();
+    assert_eq!(params.len(), n, "one SampleAug per image");
+    assert_eq!([h, w], [SIDE, SIDE], "augmentation expects 32×32 images");
+
+    let mut rows = Vec::with_capacity(n * SIDE);
+    let mut cols = Vec::with_capacity(n * SIDE);
+    for p in params {
+        rows.extend((0..SIDE).map(|i| reflect(p.dy, i, config.pad) as i64));
+        cols.extend((0..SIDE).map(|j| {
+            let j = if p.flip { SIDE - 1 - j } else { j };
+            reflect(p.dx, j, config.pad) as i64
+        }));
+    }
+    let rows = Tensor::<4, Int>::from_data(TensorData::new(rows, [n, 1, SIDE, 1]), &device);
+    let cols = Tensor::<4, Int>::from_data(TensorData::new(cols, [n, 1, 1, SIDE]), &device);
+    let x = x.gather(2, rows.expand([n, c, SIDE, SIDE]));
+    let mut x = x.gather(3, cols.expand([n, c, SIDE, SIDE]));
+
+    if config.cutout > 0 {
+        let corners: Vec<(usize, usize)> = params.iter().map(|p| p.cut.unwrap_or((SIDE, SIDE))).collect();
+        let keep = keep_mask(&corners, config.cutout, n, &device);
+        // After normalisation the dataset mean is 0, so "fill with the mean" is a multiply.
+        x = x * keep.expand([n, c, SIDE, SIDE]);
+    }
+    x
+}
+
+/// `[n, 1, 32, 32]`: 0 inside each image's CutOut square, 1 elsewhere. A corner of
+/// `(32, 32)` erases nothing.
+fn keep_mask(corners: &[(usize, usize)], size: usize, n: usize, device: &Device) -> Tensor<4> {
+    let ys: Vec<f32> = corners.iter().map(|c| c.0 as f32).collect();
+    let xs: Vec<f32> = corners.iter().map(|c| c.1 as f32).collect();
+    let full = [n, 1, SIDE, SIDE];
+    let y0 = Tensor::<4>::from_data(TensorData::new(ys, [n, 1, 1, 1]), device).expand(full);
+    let x0 = Tensor::<4>::from_data(TensorData::new(xs, [n, 1, 1, 1]), device).expand(full);
+    let coord = Tensor::<1, Int>::arange(0..SIDE as i64, device).float();
+    let yy = coord.clone().reshape([1, 1, SIDE, 1]).expand(full);
+    let xx = coord.reshape([1, 1, 1, SIDE]).expand(full);
+    let inside = |v: Tensor<4>, start: Tensor<4>| {
+        let ge = v.clone().greater_equal(start.clone()).float();
+        let lt = v.lower(start.add_scalar(size as f32)).float();
+        ge * lt
+    };
+    let erased = inside(yy, y0) * inside(xx, x0);
+    erased.neg().add_scalar(1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reflect_matches_pytorch_reflect_padding() {
+        // Padded row for pad 2 of [0..32): 2 1 | 0 1 2 ... 31 | 30 29
+        assert_eq!(reflect(0, 0, 2), 2);
+        assert_eq!(reflect(0, 1, 2), 1);
+        assert_eq!(reflect(0, 2, 2), 0);
+        assert_eq!(reflect(4, 31, 2), 29);
+        assert_eq!(reflect(2, 5, 2), 5);
+    }
+
+    #[test]
+    fn draw_stays_in_range_and_is_seeded() {
+        let cfg = AugmentConfig::new();
+        let a = draw(&cfg, &mut Rng::new(5), 500);
+        assert_eq!(a, draw(&cfg, &mut Rng::new(5), 500));
+        assert_ne!(a, draw(&cfg, &mut Rng::new(6), 500));
+        assert!(a.iter().all(|p| p.dy <= 8 && p.dx <= 8));
+        assert!(a.iter().all(|p| matches!(p.cut, Some((y, x)) if y <= 24 && x <= 24)));
+        assert!(a.iter().any(|p| p.flip) && a.iter().any(|p| !p.flip));
+        assert!(a.iter().any(|p| p.dy == 0) && a.iter().any(|p| p.dy == 8));
+    }
+}

@@ -1,0 +1,133 @@
+//! LR range test (Leslie Smith; the `torch-lr-finder` procedure the original notebook used):
+//! train from the initial weights while the LR grows exponentially from `start_lr` to
+//! `end_lr`, track an exponentially smoothed loss, stop once it exceeds `diverge` × its best,
+//! and suggest the LR where the smoothed loss falls fastest (steepest negative slope
+//! against log LR).
+
+use burn::config::Config;
+
+use crate::data::Split;
+use crate::training::{TrainError, Trainer, gather_batch};
+
+#[derive(Config, Debug, PartialEq)]
+pub struct LrFinderConfig {
+    #[config(default = 1e-7)]
+    pub start_lr: f64,
+    #[config(default = 10.0)]
+    pub end_lr: f64,
+    #[config(default = 100)]
+    pub num_iter: usize,
+    /// Weight of the newest loss in the moving average.
+    #[config(default = 0.05)]
+    pub smoothing: f64,
+    #[config(default = 5.0)]
+    pub diverge: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LrFinderResult {
+    pub lrs: Vec<f64>,
+    /// Smoothed (bias-corrected) losses, one per LR.
+    pub losses: Vec<f64>,
+    pub suggestion: Option<f64>,
+    /// True when the run stopped early because the loss blew up.
+    pub diverged: bool,
+}
+
+impl LrFinderConfig {
+    pub fn lr_at(&self, i: usize) -> f64 {
+        let t = i as f64 / (self.num_iter.max(2) - 1) as f64;
+        self.start_lr * (self.end_lr / self.start_lr).powf(t)
+    }
+}
+
+/// Steepest descent of `losses` against log LR, ignoring the noisy ends of the curve.
+pub fn suggest(lrs: &[f64], losses: &[f64]) -> Option<f64> {
+    let (skip_start, skip_end) = if lrs.len() > 20 { (5, 3) } else { (0, 0) };
+    let end = lrs.len().saturating_sub(skip_end);
+    if end < skip_start + 3 {
+        return None;
+    }
+    (skip_start + 1..end)
+        .map(|i| (i, (losses[i] - losses[i - 1]) / (lrs[i].ln() - lrs[i - 1].ln())))
+        .filter(|(_, g)| g.is_finite())
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .filter(|(_, g)| *g < 0.0)
+        .map(|(i, _)| lrs[i])
+}
+
+/// Runs the test on `trainer`'s model (consumed: the trained weights are thrown away by the
+/// caller). `on_point` sees each (lr, smoothed loss) as it is measured.
+pub async fn run(
+    config: &LrFinderConfig,
+    trainer: &mut Trainer,
+    data: &Split,
+    mut on_point: impl FnMut(usize, f64, f64),
+) -> Result<LrFinderResult, TrainError> {
+    let bs = trainer.config.batch_size;
+    let momentum = trainer.config.max_momentum;
+    let mut order: Vec<u32> = (0..data.len() as u32).collect();
+    let (mut lrs, mut losses) = (Vec::new(), Vec::new());
+    let (mut avg, mut best) = (0.0, f64::INFINITY);
+    let mut diverged = false;
+    let mut batch = usize::MAX;
+    for i in 0..config.num_iter {
+        if (batch + 1) * bs > order.len() {
+            trainer.rng.shuffle(&mut order);
+            batch = 0;
+        } else {
+            batch += 1;
+        }
+        let (pixels, labels) = gather_batch(data, &order[batch * bs..(batch + 1) * bs]);
+        let lr = config.lr_at(i);
+        let (loss, _) = trainer.step_on(&pixels, &labels, lr, momentum);
+        let data = loss.into_data_async().await.map_err(|e| TrainError::Device(format!("{e:?}")))?;
+        let loss = data.convert::<f64>().try_into_vec::<f64>().map_err(|e| TrainError::Device(format!("{e:?}")))?[0];
+        if !loss.is_finite() {
+            diverged = true;
+            break;
+        }
+        avg = (1.0 - config.smoothing) * avg + config.smoothing * loss;
+        let smoothed = avg / (1.0 - (1.0 - config.smoothing).powi(i as i32 + 1));
+        lrs.push(lr);
+        losses.push(smoothed);
+        on_point(i, lr, smoothed);
+        best = best.min(smoothed);
+        if i > 0 && smoothed > config.diverge * best {
+            diverged = true;
+            break;
+        }
+    }
+    let suggestion = suggest(&lrs, &losses);
+    Ok(LrFinderResult { lrs, losses, suggestion, diverged })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lr_grows_exponentially_between_the_bounds() {
+        let c = LrFinderConfig::new().with_start_lr(1e-4).with_end_lr(1.0).with_num_iter(5);
+        let lrs: Vec<f64> = (0..5).map(|i| c.lr_at(i)).collect();
+        for (got, want) in lrs.iter().zip([1e-4, 1e-3, 1e-2, 1e-1, 1.0]) {
+            assert!((got / want - 1.0).abs() < 1e-9, "{lrs:?}");
+        }
+    }
+
+    #[test]
+    fn suggestion_is_the_steepest_descent() {
+        let lrs: Vec<f64> = (0..30).map(|i| 10f64.powf(-6.0 + i as f64 * 0.2)).collect();
+        // flat, then a steep drop around index 15, then a blow-up
+        let losses: Vec<f64> = (0..30)
+            .map(|i| match i {
+                0..=12 => 2.3,
+                13..=17 => 2.3 - (i - 12) as f64 * 0.3,
+                _ => 0.8 + (i - 17) as f64 * 0.5,
+            })
+            .collect();
+        let s = suggest(&lrs, &losses).unwrap();
+        assert!(s >= lrs[13] && s <= lrs[17], "{s}");
+        assert_eq!(suggest(&lrs, &vec![1.0; 30]), None, "no descent, no suggestion");
+    }
+}

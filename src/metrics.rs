@@ -1,0 +1,118 @@
+//! What a run measures: per-epoch records (one JSON line each in `metrics.jsonl`), running
+//! averages for the progress line, and the confusion matrix. Platform-free.
+
+use serde::{Deserialize, Serialize};
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Learning rate at the last step of the epoch.
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_acc: f64,
+    pub test_loss: f64,
+    pub test_acc: f64,
+    /// Wall-clock seconds of the epoch (training + test pass).
+    pub seconds: f64,
+    /// Training images per second (augmentation, forward, backward, optimizer).
+    pub images_per_sec: f64,
+}
+
+/// Sums of loss and correct predictions over a pass, reported as means.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunningMean {
+    pub loss_sum: f64,
+    pub correct: u64,
+    pub count: u64,
+}
+
+impl RunningMean {
+    /// `loss` is the mean loss of a batch of `count` samples.
+    pub fn add(&mut self, loss: f64, correct: u64, count: u64) {
+        self.loss_sum += loss * count as f64;
+        self.correct += correct;
+        self.count += count;
+    }
+    pub fn loss(&self) -> f64 {
+        if self.count == 0 { f64::NAN } else { self.loss_sum / self.count as f64 }
+    }
+    pub fn accuracy(&self) -> f64 {
+        if self.count == 0 { f64::NAN } else { self.correct as f64 / self.count as f64 }
+    }
+}
+
+/// `counts[true][predicted]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfusionMatrix {
+    pub counts: Vec<Vec<u64>>,
+}
+
+impl ConfusionMatrix {
+    pub fn new(classes: usize) -> Self {
+        Self { counts: vec![vec![0; classes]; classes] }
+    }
+    pub fn add(&mut self, truth: usize, predicted: usize) {
+        self.counts[truth][predicted] += 1;
+    }
+    pub fn total(&self) -> u64 {
+        self.counts.iter().flatten().sum()
+    }
+    pub fn accuracy(&self) -> f64 {
+        let correct: u64 = (0..self.counts.len()).map(|i| self.counts[i][i]).sum();
+        correct as f64 / self.total().max(1) as f64
+    }
+    /// Recall of each class: correct / images of that class.
+    pub fn per_class_accuracy(&self) -> Vec<f64> {
+        self.counts
+            .iter()
+            .enumerate()
+            .map(|(i, row)| row[i] as f64 / row.iter().sum::<u64>().max(1) as f64)
+            .collect()
+    }
+
+    /// A fixed-width table: rows are true classes, columns predictions, last column recall.
+    pub fn to_table(&self, names: &[&str]) -> String {
+        let mut out = String::from("true\\pred  ");
+        for n in names {
+            out += &format!("{:>6}", &n[..n.len().min(5)]);
+        }
+        out += "   acc\n";
+        for (i, row) in self.counts.iter().enumerate() {
+            out += &format!("{:<11}", names[i]);
+            for c in row {
+                out += &format!("{c:>6}");
+            }
+            out += &format!("  {:>5.1}%\n", 100.0 * self.per_class_accuracy()[i]);
+        }
+        out += &format!("overall accuracy {:.2}%\n", 100.0 * self.accuracy());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_mean_weights_batches_by_size() {
+        let mut m = RunningMean::default();
+        m.add(1.0, 1, 1);
+        m.add(4.0, 3, 3);
+        assert!((m.loss() - 13.0 / 4.0).abs() < 1e-12);
+        assert_eq!(m.accuracy(), 1.0);
+    }
+
+    #[test]
+    fn confusion_matrix_per_class() {
+        let mut c = ConfusionMatrix::new(2);
+        c.add(0, 0);
+        c.add(0, 1);
+        c.add(1, 1);
+        assert_eq!(c.per_class_accuracy(), vec![0.5, 1.0]);
+        assert!((c.accuracy() - 2.0 / 3.0).abs() < 1e-12);
+        let t = c.to_table(&["cat", "dog"]);
+        assert!(t.contains("50.0%") && t.contains("100.0%"), "{t}");
+    }
+}

@@ -1,0 +1,192 @@
+//! Adam and SGD-Nesterov with PyTorch's exact update rules (L2 weight decay added to the
+//! gradient, Adam eps 1e-8 outside the square root, SGD without dampening), and a momentum /
+//! beta1 that the one-cycle schedule sets at every step, as PyTorch's `OneCycleLR` does.
+//!
+//! Burn's optimisers differ on those defaults and take no per-step momentum, hence this small
+//! module. State is keyed by the parameter's module path (`layer1.conv.weight`), so a
+//! checkpoint written by one process resumes in another.
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::{Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    Adam,
+    Sgd,
+}
+
+impl std::str::FromStr for OptimizerKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "adam" => Ok(Self::Adam),
+            "sgd" | "nesterov" => Ok(Self::Sgd),
+            _ => Err(format!("unknown optimizer '{s}' (expected adam or sgd)")),
+        }
+    }
+}
+
+impl std::fmt::Display for OptimizerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Adam => "adam",
+            Self::Sgd => "sgd",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OptimizerSettings {
+    pub kind: OptimizerKind,
+    /// PyTorch `weight_decay`: `grad += weight_decay * param` (L2, not AdamW).
+    pub weight_decay: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+/// Per-parameter state, flattened to 1-D so one type serves every rank.
+#[derive(Clone)]
+pub struct ParamState {
+    pub step: u64,
+    /// Adam `exp_avg` / SGD `momentum_buffer`.
+    pub first: Tensor<1>,
+    /// Adam `exp_avg_sq`.
+    pub second: Option<Tensor<1>>,
+}
+
+pub struct Optimizer {
+    pub settings: OptimizerSettings,
+    pub state: BTreeMap<String, ParamState>,
+}
+
+impl Optimizer {
+    pub fn new(settings: OptimizerSettings) -> Self {
+        Self { settings, state: BTreeMap::new() }
+    }
+
+    /// One update of every parameter that has a gradient. `momentum` is SGD's momentum or
+    /// Adam's beta1 for this step.
+    pub fn step<M: Module>(&mut self, model: M, grads: GradientsParams, lr: f64, momentum: f64) -> M {
+        let mut mapper = Mapper { optim: self, grads, lr, momentum, path: Vec::new() };
+        model.map(&mut mapper)
+    }
+
+    /// Tensors to checkpoint: `(path.first|second, data)` plus the step counts.
+    pub fn export(&self) -> (Vec<(String, Tensor<1>)>, BTreeMap<String, u64>) {
+        let mut tensors = Vec::new();
+        let mut steps = BTreeMap::new();
+        for (path, s) in &self.state {
+            tensors.push((format!("{path}.first"), s.first.clone()));
+            if let Some(v) = &s.second {
+                tensors.push((format!("{path}.second"), v.clone()));
+            }
+            steps.insert(path.clone(), s.step);
+        }
+        (tensors, steps)
+    }
+
+    /// Inverse of [`Self::export`]; `take` returns the 1-D data of a saved tensor.
+    pub fn import(
+        &mut self,
+        steps: &BTreeMap<String, u64>,
+        mut take: impl FnMut(&str) -> Option<TensorData>,
+        device: &burn::tensor::Device,
+    ) -> Result<(), String> {
+        self.state.clear();
+        for (path, &step) in steps {
+            // Saved flat, as the state is kept.
+            let load = |data: TensorData| Tensor::<1>::from_data(data, device);
+            let first = take(&format!("{path}.first"))
+                .ok_or_else(|| format!("optimizer state for '{path}' is missing"))?;
+            let second = match self.settings.kind {
+                OptimizerKind::Adam => Some(load(
+                    take(&format!("{path}.second"))
+                        .ok_or_else(|| format!("Adam second moment for '{path}' is missing"))?,
+                )),
+                OptimizerKind::Sgd => None,
+            };
+            self.state.insert(path.clone(), ParamState { step, first: load(first), second });
+        }
+        Ok(())
+    }
+}
+
+struct Mapper<'a> {
+    optim: &'a mut Optimizer,
+    grads: GradientsParams,
+    lr: f64,
+    momentum: f64,
+    path: Vec<String>,
+}
+
+impl ModuleMapper for Mapper<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some(grad) = self.grads.remove::<D>(id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let require_grad = tensor.is_require_grad();
+        let shape = tensor.shape();
+        let n = shape.num_elements();
+        let p = tensor.inner().reshape([n]);
+        let g = grad.reshape([n]);
+        let path = self.path.join(".");
+        let updated = self.update(&path, p, g).reshape(shape);
+        let mut updated = Tensor::from_inner(updated);
+        if require_grad {
+            updated = updated.require_grad();
+        }
+        Param::from_mapped_value(id, updated, mapper)
+    }
+}
+
+impl Mapper<'_> {
+    fn update(&mut self, path: &str, p: Tensor<1>, g: Tensor<1>) -> Tensor<1> {
+        let s = &self.optim.settings;
+        let g = if s.weight_decay != 0.0 { g + p.clone().mul_scalar(s.weight_decay) } else { g };
+        let prev = self.optim.state.remove(path);
+        let step = prev.as_ref().map_or(0, |st| st.step) + 1;
+        let (new_p, state) = match s.kind {
+            OptimizerKind::Sgd => {
+                // buf = momentum * buf + g (first step: buf = g); nesterov: g + momentum * buf.
+                let buf = match prev {
+                    Some(st) => st.first.mul_scalar(self.momentum) + g.clone(),
+                    None => g.clone(),
+                };
+                let d = g + buf.clone().mul_scalar(self.momentum);
+                (p - d.mul_scalar(self.lr), ParamState { step, first: buf, second: None })
+            }
+            OptimizerKind::Adam => {
+                let (b1, b2) = (self.momentum, s.beta2);
+                let (m, v) = match prev {
+                    Some(st) => (
+                        st.first.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1),
+                        st.second.expect("Adam state has a second moment").mul_scalar(b2)
+                            + g.square().mul_scalar(1.0 - b2),
+                    ),
+                    None => (g.clone().mul_scalar(1.0 - b1), g.square().mul_scalar(1.0 - b2)),
+                };
+                let bc1 = 1.0 - b1.powi(step as i32);
+                let bc2 = 1.0 - b2.powi(step as i32);
+                let denom = v.clone().sqrt().div_scalar(bc2.sqrt()).add_scalar(s.eps);
+                let update = m.clone().div(denom).mul_scalar(self.lr / bc1);
+                (p - update, ParamState { step, first: m, second: Some(v) })
+            }
+        };
+        self.optim.state.insert(path.to_string(), state);
+        new_p
+    }
+}

@@ -1,0 +1,407 @@
+//! The training loop, shared by the native CLI and the browser. It is driven step by step
+//! (`begin_epoch`, `train_step`, `sync`, `finish_epoch`) so that a shell can draw progress,
+//! yield to the browser's event loop, or stop on Ctrl-C between any two steps.
+//!
+//! Read-backs are the expensive part on a GPU: losses and correct counts stay on the device
+//! and are fetched in one transfer by `sync`, as often as the shell asks for it.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::augment::{self, AugmentConfig};
+use crate::data::{IMAGE_BYTES, Split};
+use crate::metrics::{ConfusionMatrix, EpochMetrics, RunningMean};
+use crate::model::{Model, ModelConfig};
+use crate::optim::{Optimizer, OptimizerKind, OptimizerSettings};
+use crate::rng::Rng;
+use crate::schedule::{OneCycle, OneCycleConfig};
+
+/// The whole recipe. Saved as `config.json` next to the results.
+#[derive(Config, Debug, PartialEq)]
+pub struct TrainingConfig {
+    pub model: ModelConfig,
+    #[config(default = "AugmentConfig::new()")]
+    pub augment: AugmentConfig,
+    /// Adam as in the original notebook; `sgd` is Nesterov momentum.
+    #[config(default = "OptimizerKind::Adam")]
+    pub optimizer: OptimizerKind,
+    #[config(default = 24)]
+    pub epochs: usize,
+    #[config(default = 512)]
+    pub batch_size: usize,
+    /// Peak of the one-cycle schedule (found by `lr-find`).
+    #[config(default = 0.01)]
+    pub max_lr: f64,
+    /// Peak at epoch 5 of 24, as in the original.
+    #[config(default = "5.0 / 24.0")]
+    pub pct_start: f64,
+    /// Start LR = max_lr / div_factor (PyTorch's default).
+    #[config(default = 25.0)]
+    pub div_factor: f64,
+    /// End LR = start LR / final_div_factor: the last epochs fine-tune at a tiny LR.
+    #[config(default = 1e4)]
+    pub final_div_factor: f64,
+    /// L2 penalty added to the gradient (PyTorch `weight_decay`).
+    #[config(default = 1e-4)]
+    pub weight_decay: f64,
+    #[config(default = 0.0)]
+    pub label_smoothing: f64,
+    /// Momentum (SGD) / beta1 (Adam) cycles max → base → max, as PyTorch's OneCycleLR.
+    #[config(default = 0.85)]
+    pub base_momentum: f64,
+    #[config(default = 0.95)]
+    pub max_momentum: f64,
+    #[config(default = 0.999)]
+    pub beta2: f64,
+    /// PyTorch's Adam eps (Burn's default is 1e-5).
+    #[config(default = 1e-8)]
+    pub eps: f64,
+    #[config(default = 42)]
+    pub seed: u64,
+}
+
+impl TrainingConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        self.model.validate()?;
+        self.augment.validate()?;
+        if self.epochs == 0 {
+            return Err("epochs must be at least 1".into());
+        }
+        if self.batch_size < 2 {
+            return Err("batch size must be at least 2 (BatchNorm needs batch statistics)".into());
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(format!("label smoothing must be in [0, 1), got {}", self.label_smoothing));
+        }
+        if !(self.max_lr.is_finite() && self.max_lr > 0.0) {
+            return Err(format!("max LR must be a positive number, got {}", self.max_lr));
+        }
+        Ok(())
+    }
+
+    pub fn optimizer_settings(&self) -> OptimizerSettings {
+        OptimizerSettings {
+            kind: self.optimizer,
+            weight_decay: self.weight_decay,
+            beta2: self.beta2,
+            eps: self.eps,
+        }
+    }
+
+    pub fn schedule(&self, steps_per_epoch: usize) -> Result<OneCycle, String> {
+        OneCycle::new(
+            OneCycleConfig::new(self.max_lr, self.epochs * steps_per_epoch)
+                .with_pct_start(self.pct_start)
+                .with_div_factor(self.div_factor)
+                .with_final_div_factor(self.final_div_factor)
+                .with_base_momentum(self.base_momentum)
+                .with_max_momentum(self.max_momentum),
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TrainError {
+    /// A loss that is NaN or infinite: training diverged (LR too high?).
+    NonFinite { step: usize, loss: f64 },
+    Config(String),
+    Device(String),
+}
+
+impl std::fmt::Display for TrainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NonFinite { step, loss } => write!(
+                f,
+                "training diverged: loss is {loss} at step {step}; lower --max-lr or check the data \
+                 (the last good checkpoint is kept)"
+            ),
+            Self::Config(e) => write!(f, "invalid configuration: {e}"),
+            Self::Device(e) => write!(f, "device error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TrainError {}
+
+/// Mean cross-entropy with PyTorch's label smoothing: `(1-ε)·NLL + ε·mean_k(-log p_k)`.
+pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>, smoothing: f64) -> Tensor<1> {
+    let [n, _] = logits.dims();
+    let logp = log_softmax(logits, 1);
+    let nll = logp.clone().gather(1, labels.reshape([n, 1])).neg();
+    let loss = if smoothing > 0.0 {
+        let uniform = logp.mean_dim(1).neg();
+        nll.mul_scalar(1.0 - smoothing) + uniform.mul_scalar(smoothing)
+    } else {
+        nll
+    };
+    loss.mean()
+}
+
+/// Host copies of a batch: pixels (u8 CHW) and labels.
+pub fn gather_batch(data: &Split, indices: &[u32]) -> (Vec<u8>, Vec<i64>) {
+    let mut pixels = Vec::with_capacity(indices.len() * IMAGE_BYTES);
+    let mut labels = Vec::with_capacity(indices.len());
+    for &i in indices {
+        pixels.extend_from_slice(data.image(i as usize));
+        labels.push(data.label(i as usize) as i64);
+    }
+    (pixels, labels)
+}
+
+/// Where the current epoch stands; part of a checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochCursor {
+    /// This epoch's shuffled order of training images.
+    pub order: Vec<u32>,
+    pub next_batch: usize,
+    pub running: RunningMean,
+    /// Training seconds spent in this epoch so far.
+    pub seconds: f64,
+}
+
+/// What `sync` learned.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    pub step: usize,
+    pub batch_in_epoch: usize,
+    pub batches_per_epoch: usize,
+    pub lr: f64,
+    /// Mean loss / accuracy of the epoch so far.
+    pub loss: f64,
+    pub accuracy: f64,
+    /// Mean loss of the batches fetched by this sync.
+    pub recent_loss: f64,
+}
+
+pub struct Trainer {
+    pub config: TrainingConfig,
+    pub model: Model,
+    pub optim: Optimizer,
+    pub schedule: OneCycle,
+    /// The autodiff device the model trains on.
+    pub device: Device,
+    pub rng: Rng,
+    /// Optimizer steps taken so far.
+    pub step: usize,
+    pub steps_per_epoch: usize,
+    /// Completed epochs.
+    pub history: Vec<EpochMetrics>,
+    pub cursor: Option<EpochCursor>,
+    pending: Vec<(Tensor<1>, Tensor<1, Int>, usize)>,
+}
+
+impl Trainer {
+    /// A fresh run: model initialised from the seed on `device` (plain or autodiff).
+    pub fn new(config: TrainingConfig, device: &Device, train_len: usize) -> Result<Self, TrainError> {
+        let device = device.clone().autodiff();
+        device.seed(config.seed);
+        let model = config.model.init(&device);
+        Self::with_model(config, model, &device, train_len)
+    }
+
+    /// Fine-tuning: start from `model` (e.g. loaded weights) with a fresh optimizer and schedule.
+    pub fn with_model(config: TrainingConfig, model: Model, device: &Device, train_len: usize) -> Result<Self, TrainError> {
+        config.validate().map_err(TrainError::Config)?;
+        if train_len < config.batch_size {
+            return Err(TrainError::Config(format!(
+                "batch size {} is larger than the {train_len} training images",
+                config.batch_size
+            )));
+        }
+        let device = device.clone().autodiff();
+        let steps_per_epoch = train_len / config.batch_size;
+        let schedule = config.schedule(steps_per_epoch).map_err(TrainError::Config)?;
+        Ok(Self {
+            optim: Optimizer::new(config.optimizer_settings()),
+            rng: Rng::new(config.seed),
+            model: model.to_device(&device).train(),
+            schedule,
+            device,
+            step: 0,
+            steps_per_epoch,
+            history: Vec::new(),
+            cursor: None,
+            pending: Vec::new(),
+            config,
+        })
+    }
+
+    pub fn total_steps(&self) -> usize {
+        self.schedule.config.total_steps
+    }
+
+    pub fn finished(&self) -> bool {
+        self.history.len() >= self.config.epochs
+    }
+
+    /// Shuffles the training set for the next epoch (no-op when one is in progress).
+    pub fn begin_epoch(&mut self, train_len: usize) {
+        if self.cursor.is_none() {
+            let mut order: Vec<u32> = (0..train_len as u32).collect();
+            self.rng.shuffle(&mut order);
+            self.cursor = Some(EpochCursor { order, next_batch: 0, running: RunningMean::default(), seconds: 0.0 });
+        }
+    }
+
+    /// Trains on the epoch's next batch; false when the epoch has no batch left.
+    pub fn train_step(&mut self, data: &Split) -> bool {
+        let bs = self.config.batch_size;
+        let cursor = self.cursor.as_mut().expect("begin_epoch first");
+        if cursor.next_batch >= self.steps_per_epoch {
+            return false;
+        }
+        let start = cursor.next_batch * bs;
+        let indices = cursor.order[start..start + bs].to_vec();
+        cursor.next_batch += 1;
+        let (lr, momentum) = self.schedule.at(self.step);
+        let (pixels, labels) = gather_batch(data, &indices);
+        let (loss, correct) = self.step_on(&pixels, &labels, lr, momentum);
+        self.pending.push((loss, correct, bs));
+        self.step += 1;
+        true
+    }
+
+    /// One optimisation step on the given batch; returns the (detached) loss and the number of
+    /// correct predictions, both still on the device.
+    pub fn step_on(&mut self, pixels: &[u8], labels: &[i64], lr: f64, momentum: f64) -> (Tensor<1>, Tensor<1, Int>) {
+        let n = labels.len();
+        let params = augment::draw(&self.config.augment, &mut self.rng, n);
+        // Dropout masks come from the backend RNG: reseed it from ours every step so that a
+        // resumed run draws the same masks.
+        self.device.seed(self.rng.next_u64());
+        let x = augment::augment(augment::to_tensor(pixels, &self.device), &params, &self.config.augment);
+        let y = Tensor::<1, Int>::from_data(TensorData::new(labels.to_vec(), [n]), &self.device);
+        let logits = self.model.forward(x);
+        let correct = logits.clone().detach().argmax(1).reshape([n]).equal(y.clone()).int().sum();
+        let loss = cross_entropy(logits, y, self.config.label_smoothing);
+        let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        // Modules are handles to shared tensors: the clone is cheap.
+        self.model = self.optim.step(self.model.clone(), grads, lr, momentum);
+        (loss.detach().inner(), correct.inner())
+    }
+
+    /// Fetches the losses of the steps since the last sync (one transfer) and checks them.
+    pub async fn sync(&mut self) -> Result<Progress, TrainError> {
+        let pending = std::mem::take(&mut self.pending);
+        let cursor = self.cursor.as_mut().expect("begin_epoch first");
+        let mut recent = RunningMean::default();
+        if !pending.is_empty() {
+            let first_step = self.step - pending.len();
+            let losses: Vec<Tensor<1>> = pending.iter().map(|p| p.0.clone()).collect();
+            let correct: Vec<Tensor<1, Int>> = pending.iter().map(|p| p.1.clone()).collect();
+            let losses = read_vec_f32(Tensor::cat(losses, 0)).await?;
+            let correct = read_vec_i64(Tensor::cat(correct, 0)).await?;
+            for (i, ((loss, correct), (_, _, n))) in losses.iter().zip(&correct).zip(&pending).enumerate() {
+                let loss = *loss as f64;
+                if !loss.is_finite() {
+                    return Err(TrainError::NonFinite { step: first_step + i + 1, loss });
+                }
+                cursor.running.add(loss, *correct as u64, *n as u64);
+                recent.add(loss, *correct as u64, *n as u64);
+            }
+        }
+        Ok(Progress {
+            step: self.step,
+            batch_in_epoch: cursor.next_batch,
+            batches_per_epoch: self.steps_per_epoch,
+            lr: self.schedule.lr(self.step.saturating_sub(1)),
+            loss: cursor.running.loss(),
+            accuracy: cursor.running.accuracy(),
+            recent_loss: recent.loss(),
+        })
+    }
+
+    /// Closes the epoch with its test result; `seconds` is the test pass's duration.
+    pub fn finish_epoch(&mut self, test: &Evaluation, test_seconds: f64) -> EpochMetrics {
+        let cursor = self.cursor.take().expect("an epoch in progress");
+        let images = (cursor.next_batch * self.config.batch_size) as f64;
+        let m = EpochMetrics {
+            epoch: self.history.len() + 1,
+            lr: self.schedule.lr(self.step.saturating_sub(1)),
+            train_loss: cursor.running.loss(),
+            train_acc: cursor.running.accuracy(),
+            test_loss: test.loss,
+            test_acc: test.accuracy,
+            seconds: cursor.seconds + test_seconds,
+            images_per_sec: if cursor.seconds > 0.0 { images / cursor.seconds } else { 0.0 },
+        };
+        self.history.push(m.clone());
+        m
+    }
+}
+
+async fn read_vec_f32(t: Tensor<1>) -> Result<Vec<f32>, TrainError> {
+    let data = t.into_data_async().await.map_err(|e| TrainError::Device(format!("{e:?}")))?;
+    data.convert::<f32>().try_into_vec::<f32>().map_err(|e| TrainError::Device(format!("{e:?}")))
+}
+
+async fn read_vec_i64(t: Tensor<1, Int>) -> Result<Vec<i64>, TrainError> {
+    let data = t.into_data_async().await.map_err(|e| TrainError::Device(format!("{e:?}")))?;
+    data.convert::<i64>().try_into_vec::<i64>().map_err(|e| TrainError::Device(format!("{e:?}")))
+}
+
+/// A test pass: loss, accuracy, confusion matrix, and each image's prediction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub confusion: ConfusionMatrix,
+    /// Per image: predicted class and its softmax probability.
+    pub predictions: Vec<(u8, f32)>,
+}
+
+impl Evaluation {
+    /// Indices of wrongly classified images, most confident mistakes first.
+    pub fn misclassified(&self, data: &Split, limit: usize) -> Vec<usize> {
+        let mut wrong: Vec<usize> = (0..self.predictions.len())
+            .filter(|&i| self.predictions[i].0 as usize != data.label(i))
+            .collect();
+        wrong.sort_by(|&a, &b| self.predictions[b].1.total_cmp(&self.predictions[a].1));
+        wrong.truncate(limit);
+        wrong
+    }
+}
+
+/// Logits of a batch in inference mode (BatchNorm running statistics, no dropout), with
+/// optional horizontal-flip test-time augmentation (mean of the two softmaxes).
+pub fn predict(model: &Model, pixels: &[u8], device: &Device, tta: bool) -> Tensor<2> {
+    let x = augment::to_tensor(pixels, device);
+    let probs = softmax(model.forward(x.clone()), 1);
+    if tta {
+        let flipped = softmax(model.forward(x.flip([3])), 1);
+        (probs + flipped).div_scalar(2.0)
+    } else {
+        probs
+    }
+}
+
+/// Evaluates `model` on `data` in batches; `model` should come from `Module::valid()` and
+/// `device` be a plain (non-autodiff) device.
+pub async fn evaluate(model: &Model, data: &Split, batch_size: usize, device: &Device, tta: bool) -> Result<Evaluation, TrainError> {
+    let mut confusion = ConfusionMatrix::new(10);
+    let mut predictions = Vec::with_capacity(data.len());
+    let mut total = RunningMean::default();
+    let all: Vec<u32> = (0..data.len() as u32).collect();
+    for chunk in all.chunks(batch_size.max(1)) {
+        let (pixels, labels) = gather_batch(data, chunk);
+        let n = labels.len();
+        let probs = predict(model, &pixels, device, tta);
+        let y = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [n]), device);
+        let nll = probs.clone().clamp_min(1e-12).log().gather(1, y.reshape([n, 1])).neg().sum();
+        let best = probs.max_dim_with_indices(1);
+        let conf = read_vec_f32(best.0.reshape([n])).await?;
+        let pred = read_vec_i64(best.1.reshape([n])).await?;
+        let loss_sum = read_vec_f32(nll).await?[0] as f64;
+        let correct = pred.iter().zip(&labels).filter(|(p, l)| p == l).count();
+        total.add(loss_sum / n as f64, correct as u64, n as u64);
+        for ((&p, &c), &l) in pred.iter().zip(&conf).zip(&labels) {
+            confusion.add(l as usize, p as usize);
+            predictions.push((p as u8, c));
+        }
+    }
+    Ok(Evaluation { loss: total.loss(), accuracy: total.accuracy(), confusion, predictions })
+}

@@ -1,0 +1,146 @@
+//! The command line end to end: outputs of a run, eval, refusing to clobber, bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::common::real_data;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cifar-webgpu"));
+    c.env_remove("RUST_LOG");
+    c
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cifar-webgpu-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+const TINY: [&str; 14] = [
+    "--backend", "flex", "--width", "0.125", "--batch-size", "32", "--train-limit", "256", "--test-limit", "128",
+    "--no-download", "--runs-dir", "", "--epochs",
+];
+
+fn tiny_train(runs: &Path, name: &str, extra: &[&str]) -> Output {
+    let mut args: Vec<String> = TINY.iter().map(|s| s.to_string()).collect();
+    args[12] = runs.display().to_string();
+    args.push("1".into());
+    args.extend(["--name".to_string(), name.to_string()]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    bin().arg("train").args(&args).output().unwrap()
+}
+
+#[test]
+fn summary_prints_the_original_table() {
+    let out = bin().arg("summary").output().unwrap();
+    assert!(out.status.success());
+    let s = text(&out);
+    assert!(s.contains("Total params: 6,573,120"), "{s}");
+    assert!(s.contains("BatchNorm2d-2"), "{s}");
+}
+
+#[test]
+fn train_writes_the_run_directory_and_eval_agrees() {
+    let Some(_) = real_data("train_writes_the_run_directory_and_eval_agrees") else { return };
+    let runs = scratch("run");
+    let out = tiny_train(&runs, "t", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let dir = runs.join("t");
+    for f in ["config.json", "metrics.jsonl", "curves.png", "misclassified.png", "confusion.png", "model.safetensors", "checkpoint.safetensors"] {
+        assert!(dir.join(f).is_file(), "{f} missing; output:\n{}", text(&out));
+    }
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    for key in ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "images_per_sec"] {
+        assert!(line.get(key).is_some_and(|v| v.is_number()), "{key} missing in {line}");
+    }
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["model"]["width"], 0.125);
+    assert!(text(&out).contains("overall accuracy"), "confusion table printed");
+
+    // eval on the same 128 test images reports the accuracy the run logged.
+    let weights = dir.join("model.safetensors");
+    let out = bin()
+        .args(["eval", "--backend", "flex", "--no-download", "--test-limit", "128", "--weights"])
+        .arg(&weights)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let acc = 100.0 * line["test_acc"].as_f64().unwrap();
+    assert!(text(&out).contains(&format!("test accuracy {acc:.2}%")), "expected {acc:.2}% in {}", text(&out));
+
+    // A second run with the same name must not clobber the first one's checkpoint.
+    let before = std::fs::read(dir.join("checkpoint.safetensors")).unwrap();
+    let out = tiny_train(&runs, "t", &[]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("already has a checkpoint"), "{}", text(&out));
+    assert_eq!(before, std::fs::read(dir.join("checkpoint.safetensors")).unwrap());
+
+    // Resuming a finished run is a no-op that keeps its files.
+    let out = bin().args(["train", "--backend", "flex", "--no-download", "--train-limit", "256", "--test-limit", "128", "--resume"]).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(before, std::fs::read(dir.join("checkpoint.safetensors")).unwrap());
+
+    // Diverging: clear error naming the step, exit code non-zero, nothing saved.
+    let out = tiny_train(&runs, "nan", &["--max-lr", "1e30"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("training diverged: loss is"), "{}", text(&out));
+    assert!(!runs.join("nan").join("checkpoint.safetensors").exists());
+    assert!(!runs.join("nan").join("model.safetensors").exists());
+    let _ = std::fs::remove_dir_all(&runs);
+}
+
+#[test]
+fn stop_and_resume_through_the_cli() {
+    let Some(_) = real_data("stop_and_resume_through_the_cli") else { return };
+    let runs = scratch("resume");
+    let out = tiny_train(&runs, "r", &["--stop-after", "3"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("stopped at step 3"), "{}", text(&out));
+    let dir = runs.join("r");
+    assert!(dir.join("checkpoint.safetensors").is_file());
+    assert!(!dir.join("model.safetensors").exists());
+    let out = bin()
+        .args(["train", "--backend", "flex", "--no-download", "--train-limit", "256", "--test-limit", "128", "--resume"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("resuming") && dir.join("model.safetensors").is_file(), "{}", text(&out));
+    let _ = std::fs::remove_dir_all(&runs);
+}
+
+#[test]
+fn bad_inputs_exit_non_zero_with_a_clear_message() {
+    // A truncated data file.
+    let data = scratch("baddata");
+    for f in ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"] {
+        std::fs::write(data.join(f), vec![0u8; 3073 * 10]).unwrap();
+    }
+    std::fs::write(data.join("data_batch_1.bin"), vec![0u8; 3073 * 10 - 5]).unwrap();
+    let out = bin().args(["eval", "--backend", "flex", "--no-download", "--no-verify", "--weights", "x.safetensors", "--data-dir"]).arg(&data).output().unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("data_batch_1.bin") && text(&out).contains("3073-byte records"), "{}", text(&out));
+
+    // A missing file, no download allowed.
+    std::fs::remove_file(data.join("test_batch.bin")).unwrap();
+    let out = bin().args(["eval", "--backend", "flex", "--no-download", "--weights", "x.safetensors", "--data-dir"]).arg(&data).output().unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("test_batch.bin"), "{}", text(&out));
+
+    // A corrupt weights file.
+    if real_data("bad_inputs_exit_non_zero_with_a_clear_message").is_some() {
+        let w = data.join("model.safetensors");
+        std::fs::write(&w, b"definitely not safetensors").unwrap();
+        let out = bin().args(["eval", "--backend", "flex", "--no-download", "--test-limit", "10", "--weights"]).arg(&w).output().unwrap();
+        assert!(!out.status.success());
+        assert!(text(&out).contains("model.safetensors: not a valid safetensors file"), "{}", text(&out));
+    }
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -1,0 +1,64 @@
+use burn::tensor::Device;
+use cifar_webgpu::data::{Cifar10, Split};
+use cifar_webgpu::rng::Rng;
+use cifar_webgpu::training::{self, Trainer};
+
+/// The real CIFAR-10 from `CIFAR10_DIR`, or `None` (the test is skipped) when it is unset.
+/// With `REQUIRE_REAL_DATA` set, as `.ci/run` does, a missing `CIFAR10_DIR` fails the test.
+pub fn real_data(test: &str) -> Option<Cifar10> {
+    match std::env::var_os("CIFAR10_DIR") {
+        Some(dir) => Some(
+            cifar_webgpu::download::load(std::path::Path::new(&dir), false, true)
+                .unwrap_or_else(|e| panic!("CIFAR10_DIR is set but does not load: {e}")),
+        ),
+        None => {
+            assert!(std::env::var_os("REQUIRE_REAL_DATA").is_none(), "{test}: REQUIRE_REAL_DATA is set but CIFAR10_DIR is not");
+            eprintln!("real-data test skipped: {test} (set CIFAR10_DIR)");
+            None
+        }
+    }
+}
+
+/// Dropout draws from the backend's RNG, which flex keeps per process: tests that train
+/// in this process take this lock so that their masks (and so their numbers) are their own.
+pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Random images with labels 0..10: enough to exercise the machinery quickly.
+pub fn synthetic(n: usize, seed: u64) -> Split {
+    let mut rng = Rng::new(seed);
+    Split {
+        images: (0..n * 3072).map(|_| rng.below(256) as u8).collect(),
+        labels: (0..n).map(|i| (i % 10) as u8).collect(),
+    }
+}
+
+pub fn flex() -> Device {
+    Device::flex()
+}
+
+/// Native training loop as the CLI runs it (sync every step), until `stop_at` steps or the end.
+pub fn run(trainer: &mut Trainer, train: &Split, test: &Split, stop_at: Option<usize>) {
+    while !trainer.finished() {
+        trainer.begin_epoch(train.len());
+        while trainer.train_step(train) {
+            pollster::block_on(trainer.sync()).unwrap();
+            if stop_at.is_some_and(|s| trainer.step >= s) {
+                return;
+            }
+        }
+        pollster::block_on(trainer.sync()).unwrap();
+        let eval_device = trainer.device.clone().inner();
+        let eval = pollster::block_on(training::evaluate(
+            &burn::module::Module::valid(&trainer.model),
+            test,
+            64,
+            &eval_device,
+            false,
+        ))
+        .unwrap();
+        trainer.finish_epoch(&eval, 0.0);
+    }
+}

@@ -1,0 +1,10 @@
+//! All integration tests in one binary: Burn is large, so one link instead of one per file.
+
+mod augment;
+mod backends;
+mod cli;
+mod common;
+mod learning;
+mod model;
+mod persistence;
+mod schedule;

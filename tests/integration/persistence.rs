@@ -1,0 +1,157 @@
+//! Weights and checkpoints: names, round trips, bad files, resume == uninterrupted.
+
+use burn::module::Module;
+use burn::tensor::{Distribution, Tensor};
+use cifar_webgpu::checkpoint;
+use cifar_webgpu::model::ModelConfig;
+use cifar_webgpu::training::{TrainError, Trainer, TrainingConfig};
+use cifar_webgpu::weights::{ArrayData, NamedArray, TensorFile, model_file, model_from_bytes};
+
+use crate::common::{flex, rng_lock, run, synthetic};
+
+fn tiny_config() -> TrainingConfig {
+    TrainingConfig::new(ModelConfig::new().with_width(0.125).with_dropout(0.1))
+        .with_epochs(2)
+        .with_batch_size(16)
+        .with_seed(7)
+}
+
+fn logits(model: &cifar_webgpu::model::Model, x: Tensor<4>) -> Vec<f32> {
+    model.valid().forward(x).into_data().try_into_vec::<f32>().unwrap()
+}
+
+#[test]
+fn weights_use_pytorch_names_and_round_trip() {
+    let _rng = rng_lock();
+    let train = synthetic(64, 1);
+    let mut trainer = Trainer::new(tiny_config().with_epochs(1), &flex(), train.len()).unwrap();
+    run(&mut trainer, &train, &synthetic(16, 2), None);
+    let file = pollster::block_on(model_file(&trainer.model, &trainer.config.model, trainer.step as u64)).unwrap();
+    let names: Vec<&str> = file.arrays.keys().map(|s| s.as_str()).collect();
+    for expected in [
+        "prep.0.weight", "prep.1.weight", "prep.1.bias", "prep.1.running_mean", "prep.1.running_var",
+        "prep.1.num_batches_tracked", "layer1.0.weight", "layer1.2.weight", "res1.0.weight", "res1.1.bias",
+        "res1.4.weight", "res1.5.running_var", "layer2.0.weight", "layer2.2.weight", "layer3.0.weight",
+        "layer3.2.bias", "res3.0.weight", "res3.1.weight", "res3.4.weight", "res3.5.weight", "fc.weight",
+    ] {
+        assert!(names.contains(&expected), "missing {expected} in {names:?}");
+    }
+    assert_eq!(names.len(), 8 * 6 + 1);
+    assert_eq!(file.arrays["fc.weight"].shape, vec![10, 64], "PyTorch Linear layout [out, in]");
+    assert_eq!(file.arrays["layer1.0.weight"].shape, vec![16, 8, 3, 3]);
+    assert_eq!(file.arrays["prep.1.num_batches_tracked"].data, ArrayData::I64(vec![4]));
+
+    let bytes = file.encode().unwrap();
+    let (loaded, config) = model_from_bytes("model.safetensors", &bytes, &flex()).unwrap();
+    assert_eq!(config.width, 0.125);
+    let x = Tensor::<4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &flex());
+    let (a, b) = (logits(&trainer.model, x.clone()), logits(&loaded, x.clone()));
+    // The trained tensors and the loaded ones hold the same values but not the same memory
+    // layout, so kernels may sum in another order: equal to float rounding.
+    let diff = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+    assert!(diff < 1e-6, "logits differ by {diff}");
+    // Loading the same bytes twice is bit-exact.
+    let (again, _) = model_from_bytes("model.safetensors", &bytes, &flex()).unwrap();
+    assert_eq!(b, logits(&again, x));
+}
+
+#[test]
+fn bad_weight_files_give_clear_errors() {
+    let model = ModelConfig::new().with_width(0.125).init(&flex());
+    let good = pollster::block_on(model_file(&model, &ModelConfig::new().with_width(0.125), 0)).unwrap();
+    let bytes = good.encode().unwrap();
+
+    let err = model_from_bytes("w.safetensors", &bytes[..bytes.len() / 2], &flex()).unwrap_err().to_string();
+    assert!(err.starts_with("w.safetensors: not a valid safetensors file"), "{err}");
+
+    let err = model_from_bytes("w.safetensors", b"hello", &flex()).unwrap_err().to_string();
+    assert!(err.contains("w.safetensors") && err.contains("not a valid"), "{err}");
+
+    let mut wrong_width = good.clone();
+    wrong_width.metadata.insert("model_config".into(), ModelConfig::new().with_width(0.25).to_json());
+    let err = model_from_bytes("w.safetensors", &wrong_width.encode().unwrap(), &flex()).unwrap_err().to_string();
+    assert!(err.contains("'prep.0.weight' has shape [8, 3, 3, 3], the model expects [16, 3, 3, 3]"), "{err}");
+
+    let mut missing = good.clone();
+    missing.arrays.remove("res3.5.running_var");
+    let err = model_from_bytes("w.safetensors", &missing.encode().unwrap(), &flex()).unwrap_err().to_string();
+    assert!(err.contains("'res3.5.running_var' is missing"), "{err}");
+
+    let mut nan = good.clone();
+    if let Some(NamedArray { data: ArrayData::F32(v), .. }) = nan.arrays.get_mut("fc.weight") {
+        v[3] = f32::NAN;
+    }
+    let err = model_from_bytes("w.safetensors", &nan.encode().unwrap(), &flex()).unwrap_err().to_string();
+    assert!(err.contains("'fc.weight' holds a non-finite value"), "{err}");
+
+    let mut extra = good.clone();
+    extra.arrays.insert("head.weight".into(), NamedArray { name: "head.weight".into(), shape: vec![1], data: ArrayData::F32(vec![0.0]) });
+    let err = model_from_bytes("w.safetensors", &extra.encode().unwrap(), &flex()).unwrap_err().to_string();
+    assert!(err.contains("unexpected tensor 'head.weight'"), "{err}");
+
+    // A PyTorch-written file has no metadata: the width is inferred from the shapes.
+    let mut bare = good.clone();
+    bare.metadata.clear();
+    let (_, config) = model_from_bytes("w.safetensors", &bare.encode().unwrap(), &flex()).unwrap();
+    assert_eq!(config.width, 0.125);
+
+    let not_a_checkpoint = checkpoint::from_bytes("w.safetensors", &bytes, &flex(), 64).err().unwrap().to_string();
+    assert!(not_a_checkpoint.contains("not a checkpoint"), "{not_a_checkpoint}");
+    let _ = TensorFile::default();
+}
+
+#[test]
+fn resume_after_interruption_equals_an_uninterrupted_run() {
+    let _rng = rng_lock();
+    let train = synthetic(64, 3);
+    let test = synthetic(16, 4);
+    let mut whole = Trainer::new(tiny_config(), &flex(), train.len()).unwrap();
+    run(&mut whole, &train, &test, None);
+    assert_eq!(whole.step, 8);
+
+    // Interrupted mid-epoch 2 (as Ctrl-C does), saved, restored in a "new process".
+    let mut first = Trainer::new(tiny_config(), &flex(), train.len()).unwrap();
+    run(&mut first, &train, &test, Some(6));
+    let bytes = pollster::block_on(checkpoint::to_bytes(&first, train.len())).unwrap();
+    drop(first);
+    let mut resumed = checkpoint::from_bytes("checkpoint.safetensors", &bytes, &flex(), train.len()).unwrap();
+    assert_eq!(resumed.step, 6);
+    run(&mut resumed, &train, &test, None);
+
+    assert_eq!(resumed.history.len(), 2);
+    for (a, b) in whole.history.iter().zip(&resumed.history) {
+        assert!((a.train_loss - b.train_loss).abs() < 1e-5, "{a:?} vs {b:?}");
+        assert!((a.test_loss - b.test_loss).abs() < 1e-5, "{a:?} vs {b:?}");
+        assert_eq!(a.test_acc, b.test_acc);
+    }
+    let w = |t: &Trainer| pollster::block_on(model_file(&t.model, &t.config.model, 0)).unwrap();
+    let (a, b) = (w(&whole), w(&resumed));
+    for (name, x) in &a.arrays {
+        if let (ArrayData::F32(x), ArrayData::F32(y)) = (&x.data, &b.arrays[name].data) {
+            let diff = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+            assert!(diff < 1e-5, "{name}: max difference {diff}");
+        }
+    }
+    // A checkpoint from another dataset size is refused.
+    let err = checkpoint::from_bytes("c.safetensors", &bytes, &flex(), 65).err().unwrap().to_string();
+    assert!(err.contains("trained on 64 images"), "{err}");
+}
+
+#[test]
+fn a_diverging_loss_is_reported_with_its_step() {
+    let _rng = rng_lock();
+    let train = synthetic(64, 5);
+    let mut trainer = Trainer::new(tiny_config().with_max_lr(1e30), &flex(), train.len()).unwrap();
+    trainer.begin_epoch(train.len());
+    let mut error = None;
+    while trainer.train_step(&train) {
+        if let Err(e) = pollster::block_on(trainer.sync()) {
+            error = Some(e);
+            break;
+        }
+    }
+    match error {
+        Some(TrainError::NonFinite { step, .. }) => assert!(step >= 2, "step {step}"),
+        other => panic!("expected a NonFinite error, got {other:?}"),
+    }
+}
