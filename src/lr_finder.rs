@@ -2,7 +2,7 @@
 //! train from the initial weights while the LR grows exponentially from `start_lr` to
 //! `end_lr`, track an exponentially smoothed loss, stop once it exceeds `diverge` × its best,
 //! and suggest the LR where the smoothed loss falls fastest (steepest negative slope
-//! against log LR).
+//! against log LR) on the way down to its minimum.
 
 use burn::config::Config;
 
@@ -41,14 +41,16 @@ impl LrFinderConfig {
     }
 }
 
-/// Steepest descent of `losses` against log LR, ignoring the noisy ends of the curve.
+/// Steepest descent of `losses` against log LR, looked for only before the lowest loss: past
+/// the minimum the loss is diverging, and a spike there can fall faster than the real descent.
+/// The first few points are skipped (the moving average is still warming up).
 pub fn suggest(lrs: &[f64], losses: &[f64]) -> Option<f64> {
-    let (skip_start, skip_end) = if lrs.len() > 20 { (5, 3) } else { (0, 0) };
-    let end = lrs.len().saturating_sub(skip_end);
-    if end < skip_start + 3 {
+    let skip_start = if lrs.len() > 20 { 5 } else { 0 };
+    let lowest = (0..losses.len()).filter(|&i| losses[i].is_finite()).min_by(|&a, &b| losses[a].total_cmp(&losses[b]))?;
+    if lowest < skip_start + 2 {
         return None;
     }
-    (skip_start + 1..end)
+    (skip_start + 1..=lowest)
         .map(|i| (i, (losses[i] - losses[i - 1]) / (lrs[i].ln() - lrs[i - 1].ln())))
         .filter(|(_, g)| g.is_finite())
         .min_by(|a, b| a.1.total_cmp(&b.1))
@@ -70,15 +72,15 @@ pub async fn run(
     let (mut lrs, mut losses) = (Vec::new(), Vec::new());
     let (mut avg, mut best) = (0.0, f64::INFINITY);
     let mut diverged = false;
-    let mut batch = usize::MAX;
+    // Start of the next batch in `order`; reshuffled whenever the data runs out.
+    let mut next = order.len();
     for i in 0..config.num_iter {
-        if (batch + 1) * bs > order.len() {
+        if next + bs > order.len() {
             trainer.rng.shuffle(&mut order);
-            batch = 0;
-        } else {
-            batch += 1;
+            next = 0;
         }
-        let (pixels, labels) = gather_batch(data, &order[batch * bs..(batch + 1) * bs]);
+        let (pixels, labels) = gather_batch(data, &order[next..next + bs]);
+        next += bs;
         let lr = config.lr_at(i);
         let (loss, _) = trainer.step_on(&pixels, &labels, lr, momentum);
         let data = loss.into_data_async().await.map_err(|e| TrainError::Device(format!("{e:?}")))?;
@@ -116,18 +118,24 @@ mod tests {
     }
 
     #[test]
-    fn suggestion_is_the_steepest_descent() {
-        let lrs: Vec<f64> = (0..30).map(|i| 10f64.powf(-6.0 + i as f64 * 0.2)).collect();
-        // flat, then a steep drop around index 15, then a blow-up
-        let losses: Vec<f64> = (0..30)
+    fn suggestion_is_the_steepest_descent_before_the_minimum() {
+        let lrs: Vec<f64> = (0..40).map(|i| 10f64.powf(-6.0 + i as f64 * 0.2)).collect();
+        // flat, a steep drop over 13..=17, a slow decline to the minimum at 25, then a spike
+        // whose falling edge (30..=32) is steeper than the real descent, then a blow-up.
+        let losses: Vec<f64> = (0..40)
             .map(|i| match i {
                 0..=12 => 2.3,
-                13..=17 => 2.3 - (i - 12) as f64 * 0.3,
-                _ => 0.8 + (i - 17) as f64 * 0.5,
+                13..=17 => 2.3 - (i - 12) as f64 * 0.2,
+                18..=25 => 1.3 - (i - 17) as f64 * 0.01,
+                26..=29 => 1.22 + (i - 25) as f64 * 0.5,
+                30..=32 => 3.22 - (i - 29) as f64 * 0.6,
+                _ => 1.5 + (i - 32) as f64,
             })
             .collect();
         let s = suggest(&lrs, &losses).unwrap();
         assert!(s >= lrs[13] && s <= lrs[17], "{s}");
-        assert_eq!(suggest(&lrs, &vec![1.0; 30]), None, "no descent, no suggestion");
+        assert_eq!(suggest(&lrs, &vec![1.0; 40]), None, "no descent, no suggestion");
+        let rising: Vec<f64> = (0..40).map(|i| i as f64).collect();
+        assert_eq!(suggest(&lrs, &rising), None);
     }
 }

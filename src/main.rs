@@ -264,9 +264,17 @@ fn train(args: TrainArgs) -> Result<(), String> {
         println!("resuming {} at epoch {}, step {}", dir.display(), trainer.history.len() + 1, trainer.step);
         (trainer, dir.clone())
     } else {
+        let dir = args.runs_dir.join(args.name.clone().unwrap_or_else(run_name));
+        if dir.join("checkpoint.safetensors").exists() {
+            return Err(format!(
+                "{} already has a checkpoint: continue it with --resume {0}, or choose another --name",
+                dir.display()
+            ));
+        }
+        fs::create_dir_all(&dir).map_err(|e| format!("{}: cannot create ({e})", dir.display()))?;
         let max_lr = match args.max_lr.as_deref() {
             Some("auto") => {
-                let found = lr_find(LrFindArgs {
+                let finder = LrFindArgs {
                     common: args.common.clone(),
                     model: args.model.clone(),
                     batch_size: args.batch_size,
@@ -275,8 +283,9 @@ fn train(args: TrainArgs) -> Result<(), String> {
                     end_lr: 10.0,
                     num_iter: 100,
                     seed: args.seed,
-                    out: args.runs_dir.join("lr_find.png"),
-                })?;
+                    out: dir.join("lr_find.png"),
+                };
+                let found = lr_find_on(&finder, &data, &device)?;
                 found.ok_or("the LR finder found no descent: pass --max-lr explicitly")?
             }
             Some(v) => v.parse::<f64>().map_err(|_| format!("--max-lr: '{v}' is neither a number nor 'auto'"))?,
@@ -297,14 +306,6 @@ fn train(args: TrainArgs) -> Result<(), String> {
             None => Trainer::new(config, &device, n_train),
         }
         .map_err(|e| e.to_string())?;
-        let dir = args.runs_dir.join(args.name.clone().unwrap_or_else(run_name));
-        if dir.join("checkpoint.safetensors").exists() {
-            return Err(format!(
-                "{} already has a checkpoint: continue it with --resume {0}, or choose another --name",
-                dir.display()
-            ));
-        }
-        fs::create_dir_all(&dir).map_err(|e| format!("{}: cannot create ({e})", dir.display()))?;
         (trainer, dir)
     };
     save(&run_dir.join("config.json"), serde_json::to_string_pretty(&trainer.config).map_err(|e| e.to_string())?.as_bytes())?;
@@ -358,14 +359,16 @@ fn train(args: TrainArgs) -> Result<(), String> {
                 let cursor = trainer.cursor.as_mut().expect("epoch in progress");
                 cursor.seconds += dt;
                 bar.set_position(p.batch_in_epoch as u64);
-                bar.set_message(format!(
+                if images_since > 0 {
+                    bar.set_message(format!(
                     "loss {:.4} acc {:5.2}% lr {:.2e} {:.0} img/s {:.0} ms/step",
                     p.loss,
                     100.0 * p.accuracy,
                     p.lr,
                     images_since as f64 / dt.max(1e-9),
                     1000.0 * dt / (images_since / trainer.config.batch_size).max(1) as f64,
-                ));
+                    ));
+                }
                 images_since = 0;
             }
             if stop_now {
@@ -439,11 +442,15 @@ fn write_final_outputs(trainer: &Trainer, eval: &Evaluation, data: &Cifar10, dir
 fn lr_find(args: LrFindArgs) -> Result<Option<f64>, String> {
     let data = load_data(&args.common)?;
     let device = backend::device(args.common.backend)?;
+    lr_find_on(&args, &data, &device)
+}
+
+fn lr_find_on(args: &LrFindArgs, data: &Cifar10, device: &burn::tensor::Device) -> Result<Option<f64>, String> {
     let config = TrainingConfig::new(model_config(&args.model))
         .with_optimizer(args.optimizer)
         .with_batch_size(args.batch_size)
         .with_seed(args.seed);
-    let mut trainer = Trainer::new(config, &device, data.train.len()).map_err(|e| e.to_string())?;
+    let mut trainer = Trainer::new(config, device, data.train.len()).map_err(|e| e.to_string())?;
     let finder = LrFinderConfig::new().with_start_lr(args.start_lr).with_end_lr(args.end_lr).with_num_iter(args.num_iter);
     let bar = ProgressBar::new(args.num_iter as u64);
     bar.set_style(ProgressStyle::with_template("lr-find {bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}").expect("valid template"));

@@ -144,3 +144,30 @@ fn bad_inputs_exit_non_zero_with_a_clear_message() {
     }
     let _ = std::fs::remove_dir_all(&data);
 }
+
+#[test]
+fn lr_find_and_train_with_max_lr_auto() {
+    let Some(_) = real_data("lr_find_and_train_with_max_lr_auto") else { return };
+    let runs = scratch("lrfind");
+    let png = runs.join("lr.png");
+    let out = bin()
+        .args(["lr-find", "--backend", "flex", "--no-download", "--width", "0.125", "--batch-size", "32"])
+        .args(["--train-limit", "640", "--num-iter", "40", "--start-lr", "1e-5", "--end-lr", "10", "--out"])
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("suggested max LR: "), "{}", text(&out));
+    assert!(image::open(&png).is_ok(), "lr-find wrote no readable PNG");
+
+    let out = tiny_train(&runs, "auto", &["--max-lr", "auto"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = text(&out);
+    let suggested: f64 = s.split("suggested max LR: ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(runs.join("auto").join("config.json")).unwrap()).unwrap();
+    let used = config["max_lr"].as_f64().unwrap();
+    assert!((used / suggested - 1.0).abs() < 1e-3, "trained with {used}, suggested {suggested}");
+    assert!(runs.join("auto").join("lr_find.png").is_file());
+    let _ = std::fs::remove_dir_all(&runs);
+}
