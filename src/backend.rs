@@ -11,6 +11,9 @@ pub enum Backend {
     /// NVIDIA CUDA (build with `--features cuda`).
     #[cfg(feature = "cuda")]
     Cuda,
+    /// Burn's deprecated ndarray CPU backend (build with `--features ndarray`), for comparison.
+    #[cfg(feature = "ndarray")]
+    Ndarray,
 }
 
 impl std::fmt::Display for Backend {
@@ -20,6 +23,8 @@ impl std::fmt::Display for Backend {
             Self::Flex => "flex",
             #[cfg(feature = "cuda")]
             Self::Cuda => "cuda",
+            #[cfg(feature = "ndarray")]
+            Self::Ndarray => "ndarray",
         };
         f.write_str(name)
     }
@@ -33,6 +38,8 @@ pub fn device(backend: Backend) -> Result<Device, String> {
         Backend::Flex => Device::flex(),
         #[cfg(feature = "cuda")]
         Backend::Cuda => Device::cuda(0),
+        #[cfg(feature = "ndarray")]
+        Backend::Ndarray => Device::ndarray(),
     };
     let probe = device.clone();
     let hook = std::panic::take_hook();

@@ -19,4 +19,6 @@ pub mod weights;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod backend;
 #[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod download;

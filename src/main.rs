@@ -40,6 +40,8 @@ enum Command {
     LrFind(LrFindArgs),
     /// Test accuracy of a weights file.
     Eval(EvalArgs),
+    /// Training and inference images/s per backend, width and batch size (synthetic data).
+    Bench(BenchArgs),
     /// Print the model table (layer, output shape, parameters).
     Summary {
         #[arg(long, default_value_t = 1.0)]
@@ -167,6 +169,47 @@ struct EvalArgs {
     predictions: Option<PathBuf>,
 }
 
+#[derive(Args, Debug, Clone)]
+struct BenchArgs {
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "flex,wgpu")]
+    backend: Vec<Backend>,
+    #[arg(long, value_delimiter = ',', default_value = "0.25,1.0")]
+    width: Vec<f64>,
+    #[arg(long, value_delimiter = ',', default_value = "128,512")]
+    batch_size: Vec<usize>,
+    /// Untimed steps first (kernel compilation, autotuning).
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    /// Also write the rows as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn bench(args: BenchArgs) -> Result<(), String> {
+    let mut rows = Vec::new();
+    for &b in &args.backend {
+        let device = backend::device(b)?;
+        for &width in &args.width {
+            for &batch in &args.batch_size {
+                let row = cifar_webgpu::bench::measure(&b.to_string(), &device, width, batch, args.warmup, args.steps)?;
+                eprintln!(
+                    "{b} width {width} batch {batch}: train {:.1} img/s, inference {:.1} img/s",
+                    row.train_images_per_sec, row.infer_images_per_sec
+                );
+                rows.push(row);
+            }
+        }
+    }
+    print!("{}", cifar_webgpu::bench::table(&rows));
+    if let Some(path) = &args.json {
+        save(path, serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?.as_bytes())?;
+    }
+    Ok(())
+}
+
 fn parse_optimizer(s: &str) -> Result<OptimizerKind, String> {
     s.parse()
 }
@@ -178,6 +221,7 @@ fn main() {
         Some(Command::Train(args)) => train(args),
         Some(Command::LrFind(args)) => lr_find(args).map(|_| ()),
         Some(Command::Eval(args)) => eval(args),
+        Some(Command::Bench(args)) => bench(args),
         Some(Command::Summary { width }) => {
             let config = ModelConfig::new().with_width(width);
             config.validate().map(|_| {
