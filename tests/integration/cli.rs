@@ -75,6 +75,14 @@ fn train_writes_the_run_directory_and_eval_agrees() {
     let acc = 100.0 * line["test_acc"].as_f64().unwrap();
     assert!(text(&out).contains(&format!("test accuracy {acc:.2}%")), "expected {acc:.2}% in {}", text(&out));
 
+    // Flip test-time augmentation runs on the same images.
+    let out = bin()
+        .args(["eval", "--backend", "flex", "--no-download", "--test-limit", "128", "--tta", "--weights"])
+        .arg(&weights)
+        .output()
+        .unwrap();
+    assert!(out.status.success() && text(&out).contains("flip TTA"), "{}", text(&out));
+
     // A second run with the same name must not clobber the first one's checkpoint.
     let before = std::fs::read(dir.join("checkpoint.safetensors")).unwrap();
     let out = tiny_train(&runs, "t", &[]);
@@ -169,5 +177,46 @@ fn lr_find_and_train_with_max_lr_auto() {
     let used = config["max_lr"].as_f64().unwrap();
     assert!((used / suggested - 1.0).abs() < 1e-3, "trained with {used}, suggested {suggested}");
     assert!(runs.join("auto").join("lr_find.png").is_file());
+    let _ = std::fs::remove_dir_all(&runs);
+}
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_that_resumes() {
+    use std::io::{BufRead, BufReader};
+    let Some(_) = real_data("ctrl_c_saves_a_checkpoint_that_resumes") else { return };
+    let runs = scratch("sigint");
+    let mut args: Vec<String> = TINY.iter().map(|s| s.to_string()).collect();
+    args[7] = "2048".into(); // --train-limit: 64 steps per epoch, so the signal lands mid-run
+    args[12] = runs.display().to_string();
+    args.extend(["3", "--name", "c"].map(String::from));
+    let mut child = bin().arg("train").args(&args).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen += &line;
+        seen.push('\n');
+        if line.starts_with("epoch  1/3") {
+            break;
+        }
+    }
+    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    for line in lines {
+        seen += &line.unwrap();
+        seen.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}");
+    assert!(seen.contains("stopped at step"), "{seen}");
+    let dir = runs.join("c");
+    let out = bin()
+        .args(["train", "--backend", "flex", "--no-download", "--train-limit", "2048", "--test-limit", "128", "--resume"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 3, "{metrics}");
     let _ = std::fs::remove_dir_all(&runs);
 }
