@@ -1,6 +1,6 @@
 //! Choosing the device natively (`--backend`).
 
-use burn::tensor::{Device, DeviceKind, Tensor};
+use burn::tensor::{Device, Tensor};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backend {
@@ -34,7 +34,20 @@ impl std::fmt::Display for Backend {
 /// is reported as an error here rather than as a panic in the middle of training.
 pub fn device(backend: Backend) -> Result<Device, String> {
     let device = match backend {
-        Backend::Wgpu => Device::wgpu(DeviceKind::DefaultDevice),
+        // Initialised eagerly (once per process: the runtime cannot be initialised twice) so
+        // that a missing adapter is an error here, not a panic in the middle of training.
+        Backend::Wgpu => {
+            static WGPU: std::sync::OnceLock<Result<Device, String>> = std::sync::OnceLock::new();
+            WGPU.get_or_init(|| {
+                Device::wgpu_options().init().map_err(|e| {
+                    format!(
+                        "backend wgpu could not start ({e}). On a machine without a GPU use \
+                         --backend flex, or install Mesa's Vulkan drivers (lavapipe)"
+                    )
+                })
+            })
+            .clone()?
+        }
         Backend::Flex => Device::flex(),
         #[cfg(feature = "cuda")]
         Backend::Cuda => Device::cuda(0),

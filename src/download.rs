@@ -74,8 +74,8 @@ pub fn load(dir: &Path, allow_download: bool, verify: bool) -> Result<Cifar10, D
         file: shown(first_missing),
         hint: format!(
             "Put the six CIFAR-10 binary files ({}) in {}, point --data-dir or the \
-             {DATA_DIR_ENV} environment variable at the folder that holds them, or pass \
-             --download to fetch the official archive (about 170 MB) from {ARCHIVE_URL}",
+             {DATA_DIR_ENV} environment variable at the folder that holds them, or run \
+             without --no-download to fetch the official archive (about 170 MB) from {ARCHIVE_URL}",
             ALL_FILES.join(", "),
             dir.display()
         ),
@@ -299,7 +299,7 @@ mod tests {
             "{err}"
         );
         let message = err.to_string();
-        for needle in ["--data-dir", "CIFAR10_DIR", "--download"] {
+        for needle in ["--data-dir", "CIFAR10_DIR", "without --no-download"] {
             assert!(message.contains(needle), "{message}");
         }
     }

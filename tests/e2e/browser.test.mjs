@@ -1,0 +1,128 @@
+// The browser trainer end to end: trunk's release bundle served on localhost, Debian's
+// Chromium (headless, WebGPU on SwiftShader) driven by Playwright. A tiny model trains on a
+// small real CIFAR-10 subset; the page's numbers are checked, and the weights it downloads
+// are evaluated by the native `eval` on the same images, which must predict the same classes.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { chromium } from 'playwright-core';
+
+const root = path.resolve(import.meta.dirname, '../..');
+const dist = path.join(root, 'dist');
+const targetDir = process.env.CARGO_TARGET_DIR || path.join(root, 'target');
+const FILES = ['data_batch_1.bin', 'data_batch_2.bin', 'data_batch_3.bin', 'data_batch_4.bin', 'data_batch_5.bin', 'test_batch.bin'];
+const TRAIN = 96, TEST = 48, BATCH = 16, EPOCHS = 3;
+
+const MIME = { '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'application/wasm', '.css': 'text/css' };
+
+function serve() {
+  const server = http.createServer((req, res) => {
+    const url = decodeURIComponent(new URL(req.url, 'http://x').pathname);
+    const file = path.join(dist, url === '/' ? 'index.html' : url);
+    if (!file.startsWith(dist) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) {
+      res.writeHead(404).end();
+      return;
+    }
+    res.writeHead(200, { 'content-type': MIME[path.extname(file)] || 'application/octet-stream' });
+    fs.createReadStream(file).pipe(res);
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
+}
+
+test('the browser trains the shared model on WebGPU and its weights load natively', { timeout: 40 * 60 * 1000 }, async () => {
+  const data = process.env.CIFAR10_DIR;
+  assert.ok(data && fs.existsSync(path.join(data, 'test_batch.bin')), 'CIFAR10_DIR must point at the CIFAR-10 .bin files');
+  assert.ok(fs.existsSync(path.join(dist, 'index.html')), 'build the page first: trunk build --release');
+  const server = await serve();
+  const url = `http://127.0.0.1:${server.address().port}/`;
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: ['--enable-unsafe-webgpu', '--no-sandbox', '--no-first-run', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--disable-quic'],
+  });
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cifar-e2e-'));
+  try {
+    const page = await browser.newPage({ acceptDownloads: true, viewport: { width: 1280, height: 900 } });
+    page.on('console', (m) => console.log(`[page] ${m.text()}`));
+    page.on('pageerror', (e) => console.log(`[page error] ${e.message}`));
+    await page.goto(url);
+    await page.waitForFunction(() => window.appState && (window.appState.ready || window.appState.errors.length), null, { timeout: 120000 });
+    assert.deepEqual(await page.evaluate(() => window.appState.errors), [], 'page reported errors at start');
+
+    // A small real subset, picked through the file input as a user would.
+    await page.fill('#train-limit', String(TRAIN));
+    await page.fill('#test-limit', String(TEST));
+    await page.setInputFiles('#data-files', FILES.map((f) => path.join(data, f)));
+    await page.waitForFunction(() => window.appState.data || window.appState.errors.length, null, { timeout: 300000 });
+    assert.deepEqual(await page.evaluate(() => window.appState.data), { train: TRAIN, test: TEST });
+
+    for (const [id, v] of [['#width', '0.125'], ['#batch-size', String(BATCH)], ['#epochs', String(EPOCHS)], ['#max-lr', '0.01'], ['#sync-every', '1'], ['#dropout', '0']]) {
+      await page.fill(id, v);
+    }
+    const t0 = Date.now();
+    // Dispatched from the page: the first steps compile many shaders on SwiftShader, and a
+    // trusted click would wait for the busy main thread to acknowledge the input.
+    await page.evaluate(() => document.getElementById('start').click());
+    const progress = setInterval(async () => {
+      const p = await page.evaluate(() => [window.appState.stepLoss.length, window.appState.epochs.length]).catch(() => null);
+      console.log(`after ${((Date.now() - t0) / 1000).toFixed(0)} s: ${JSON.stringify(p)} (steps, epochs)`);
+    }, 30000);
+    await page.waitForFunction(() => window.appState.finished || window.appState.errors.length, null, { timeout: 35 * 60 * 1000, polling: 1000 });
+    clearInterval(progress);
+    console.log(`training in the browser took ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+    const s = await page.evaluate(() => window.appState);
+    assert.deepEqual(s.errors, []);
+
+    // The loss went down and the charts received their points.
+    assert.equal(s.epochs.length, EPOCHS);
+    assert.ok(s.epochs[EPOCHS - 1].train_loss < s.epochs[0].train_loss, `train loss did not fall: ${JSON.stringify(s.epochs)}`);
+    assert.equal(s.stepLoss.length, EPOCHS * (TRAIN / BATCH), 'one loss point per step (read back every step)');
+    for (const id of ['chart-loss', 'chart-acc', 'chart-lr', 'chart-speed']) {
+      const inked = await page.evaluate((id) => {
+        const c = document.getElementById(id);
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i] < 200 || d[i + 2] < 200) n++;
+        return n;
+      }, id);
+      assert.ok(inked > 500, `${id} looks empty (${inked} inked pixels)`);
+    }
+
+    // The misclassified grid holds real images: many distinct colours, one tile per mistake.
+    assert.ok(s.misclassified > 0, 'no misclassified image shown');
+    const colours = await page.evaluate(() => {
+      const c = document.getElementById('misclassified');
+      const d = c.getContext('2d').getImageData(0, 0, Math.min(c.width, 500), 100).data;
+      const set = new Set();
+      for (let i = 0; i < d.length; i += 4) set.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
+      return set.size;
+    });
+    assert.ok(colours > 100, `misclassified grid has only ${colours} colours`);
+    assert.equal(s.predictions.length, TEST);
+
+    await page.screenshot({ path: path.join(targetDir, 'e2e-screenshot.png'), fullPage: true });
+
+    // Weights both ways: download, then the native eval on the same test images.
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download')]);
+    const weights = path.join(tmp, 'model.safetensors');
+    await download.saveAs(weights);
+    const preds = path.join(tmp, 'predictions.txt');
+    const exe = path.join(targetDir, 'release', 'cifar-webgpu');
+    const out = execFileSync(exe, ['eval', '--backend', 'flex', '--no-download', '--test-limit', String(TEST), '--weights', weights, '--predictions', preds], { env: process.env }).toString();
+    console.log(out.trim().split('\n').pop());
+    const native = fs.readFileSync(preds, 'utf8').trim().split('\n').map(Number);
+    const web = s.predictions.map((p) => p[0]);
+    assert.deepEqual(native, web, 'native eval and the page predict different classes');
+    const acc = Number(/test accuracy ([\d.]+)%/.exec(out)[1]);
+    const pageAcc = 100 * s.epochs[EPOCHS - 1].test_acc;
+    assert.ok(Math.abs(acc - pageAcc) < 1e-6 + 100 / TEST / 2, `native ${acc}% vs page ${pageAcc}%`);
+  } finally {
+    await browser.close();
+    server.close();
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+});

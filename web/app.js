@@ -1,0 +1,329 @@
+// The page: UI and event loop only. Every computation (data parsing, model, augmentation,
+// OneCycle, training, evaluation, weights) is the Rust core, called through `Session`.
+import { lineChart } from './charts.js';
+
+const $ = (id) => document.getElementById(id);
+const CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck'];
+const FILES = ['data_batch_1.bin', 'data_batch_2.bin', 'data_batch_3.bin', 'data_batch_4.bin', 'data_batch_5.bin', 'test_batch.bin'];
+
+// Everything the page shows, also read by the end-to-end test.
+const state = (window.appState = {
+  ready: false, session: null, data: null, busy: false, running: false, paused: false, stop: false,
+  info: null, stepLoss: [], epochs: [], speed: [], step: 0, lrFind: null, predictions: null,
+  misclassified: 0, confusion: null, errors: [], finished: false,
+});
+
+function say(id, text, error = false) {
+  const el = $(id);
+  el.textContent = text;
+  el.classList.toggle('error', error);
+  if (error) state.errors.push(text);
+}
+
+// A wasm trap (panic) or a lost GPU surfaces as an exception: say it plainly.
+function explain(e) {
+  const msg = e && e.message ? e.message : String(e);
+  if (/lost|Device|RuntimeError|unreachable/i.test(msg) || e instanceof WebAssembly.RuntimeError) {
+    say('gpu-status', `The GPU device was lost or the computation crashed (${msg}). Reload the page to start again.`, true);
+  }
+  return msg;
+}
+
+async function guarded(statusId, fn) {
+  if (state.busy) { say(statusId, 'busy: wait for the current operation to finish', true); return; }
+  state.busy = true;
+  try { await fn(); } catch (e) { say(statusId, explain(e), true); } finally { state.busy = false; }
+}
+
+function bindings() {
+  if (window.wasmBindings) return Promise.resolve(window.wasmBindings);
+  return new Promise((resolve) => addEventListener('TrunkApplicationStarted', () => resolve(window.wasmBindings), { once: true }));
+}
+
+// ---------- data ----------
+function limits() { return [Number($('train-limit').value) || 0, Number($('test-limit').value) || 0]; }
+
+function loadParsed(names, arrays) {
+  const [trainLimit, testLimit] = limits();
+  const summary = JSON.parse(state.session.load_files(names, arrays, $('verify').checked, trainLimit, testLimit));
+  state.data = summary;
+  say('data-status', `CIFAR-10 loaded: ${summary.train} training and ${summary.test} test images.`);
+}
+
+async function fetchWithProgress(url, onBytes) {
+  const res = await fetch(url);
+  if (!res.ok) throw new Error(`${url}: HTTP ${res.status} — run the native CLI once (it downloads CIFAR-10 into data/), then restart trunk serve`);
+  const reader = res.body.getReader();
+  const chunks = [];
+  let n = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    n += value.length;
+    onBytes(value.length);
+  }
+  const out = new Uint8Array(n);
+  let off = 0;
+  for (const c of chunks) { out.set(c, off); off += c.length; }
+  return out;
+}
+
+async function loadFromServer() {
+  const total = 5 * 30730000 + 30730000;
+  let seen = 0;
+  const bar = $('data-progress');
+  const arrays = [];
+  for (const f of FILES) {
+    say('data-status', `downloading ${f}…`);
+    arrays.push(await fetchWithProgress(`data/cifar-10-batches-bin/${f}`, (n) => { seen += n; bar.value = seen / total; }));
+  }
+  say('data-status', 'parsing…');
+  await new Promise((r) => setTimeout(r, 0));
+  loadParsed(FILES, arrays);
+}
+
+async function loadFromFiles(fileList) {
+  const files = [...fileList];
+  const bar = $('data-progress');
+  const names = [], arrays = [];
+  for (const [i, f] of files.entries()) {
+    say('data-status', `reading ${f.name}…`);
+    arrays.push(new Uint8Array(await f.arrayBuffer()));
+    names.push(f.name);
+    bar.value = (i + 1) / files.length;
+  }
+  say('data-status', 'parsing…');
+  await new Promise((r) => setTimeout(r, 0));
+  loadParsed(names, arrays);
+}
+
+// ---------- weights ----------
+function loadWeightBytes(name, bytes) {
+  const info = JSON.parse(state.session.load_weights(name, bytes));
+  say('weights-status', `${name}: width ${info.width}, ${info.params.toLocaleString()} parameters loaded.`);
+  $('width').value = info.width;
+}
+
+async function download() {
+  const bytes = await state.session.weights();
+  const a = document.createElement('a');
+  a.href = URL.createObjectURL(new Blob([bytes], { type: 'application/octet-stream' }));
+  a.download = 'model.safetensors';
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  say('weights-status', `model.safetensors downloaded (${bytes.length.toLocaleString()} bytes).`);
+}
+
+// ---------- training ----------
+function config() {
+  const num = (id) => {
+    const v = Number($(id).value);
+    if (!Number.isFinite(v)) throw new Error(`${id}: not a number`);
+    return v;
+  };
+  return {
+    model: { width: num('width'), dropout: num('dropout'), num_classes: 10 },
+    augment: { pad: 4, flip: true, cutout: 8 },
+    optimizer: $('optimizer').value,
+    epochs: num('epochs'), batch_size: num('batch-size'), max_lr: num('max-lr'),
+    pct_start: 5 / 24, div_factor: 25, final_div_factor: 1e4,
+    weight_decay: num('weight-decay'), label_smoothing: num('label-smoothing'),
+    base_momentum: 0.85, max_momentum: 0.95, beta2: 0.999, eps: 1e-8, seed: num('seed'),
+  };
+}
+
+function drawCharts() {
+  const spe = state.info ? state.info.steps_per_epoch : 1;
+  // Per-step losses smoothed with an exponential moving average (as the native progress bar).
+  let avg = null;
+  const smooth = state.stepLoss.map(([x, y]) => { avg = avg === null ? y : 0.9 * avg + 0.1 * y; return [x, avg]; });
+  lineChart($('chart-loss'), [
+    { label: 'train (per step)', points: smooth },
+    { label: 'train (epoch)', points: state.epochs.map((m) => [m.epoch, m.train_loss]), dots: true },
+    { label: 'test (epoch)', points: state.epochs.map((m) => [m.epoch, m.test_loss]), dots: true },
+  ], { xlabel: 'epoch' });
+  lineChart($('chart-acc'), [
+    { label: 'train', points: state.epochs.map((m) => [m.epoch, 100 * m.train_acc]), dots: true },
+    { label: 'test', points: state.epochs.map((m) => [m.epoch, 100 * m.test_acc]), dots: true },
+  ], { xlabel: 'epoch', ymin: 0, ymax: 100 });
+  if (state.info) {
+    const lrs = state.info.lrs;
+    const every = Math.max(1, Math.floor(lrs.length / 600));
+    lineChart($('chart-lr'), [{ label: 'learning rate', points: lrs.filter((_, i) => i % every === 0).map((lr, i) => [(i * every) / spe, lr]) }],
+      { xlabel: 'epoch', marker: { x: state.step / spe, label: 'now' } });
+  }
+  lineChart($('chart-speed'), [{ label: 'images/s', points: state.speed }], { xlabel: 'epoch', ymin: 0 });
+}
+
+async function showResults() {
+  state.predictions = JSON.parse(state.session.predictions());
+  const items = JSON.parse(state.session.misclassified(40));
+  const pixels = state.session.misclassified_pixels(40);
+  const canvas = $('misclassified');
+  const cols = 10, cell = 104, scale = 3, rows = Math.max(1, Math.ceil(items.length / cols));
+  canvas.height = rows * (cell + 14);
+  const ctx = canvas.getContext('2d');
+  ctx.fillStyle = '#fff';
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+  const tile = document.createElement('canvas');
+  tile.width = tile.height = 32;
+  const tctx = tile.getContext('2d');
+  items.forEach((it, k) => {
+    const img = tctx.createImageData(32, 32);
+    const src = pixels.subarray(k * 3072, (k + 1) * 3072);
+    for (let p = 0; p < 1024; p++) {
+      img.data[4 * p] = src[p]; img.data[4 * p + 1] = src[1024 + p]; img.data[4 * p + 2] = src[2048 + p]; img.data[4 * p + 3] = 255;
+    }
+    tctx.putImageData(img, 0, 0);
+    const x = (k % cols) * cell + 4, y = Math.floor(k / cols) * (cell + 14) + 2;
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(tile, x, y, 32 * scale, 32 * scale);
+    ctx.font = '11px system-ui, sans-serif';
+    ctx.fillStyle = '#2a7a2a';
+    ctx.fillText(`true: ${CLASSES[it.truth]}`, x, y + 32 * scale + 11);
+    ctx.fillStyle = '#b3261e';
+    ctx.fillText(`pred: ${CLASSES[it.predicted]} ${Math.round(100 * it.confidence)}%`, x, y + 32 * scale + 23);
+  });
+  canvas.height = Math.max(canvas.height, rows * (cell + 14) + 12);
+  state.misclassified = items.length;
+  const c = JSON.parse(state.session.confusion());
+  state.confusion = c;
+  const table = $('confusion');
+  table.innerHTML = '';
+  const head = table.insertRow();
+  head.innerHTML = '<th>true \\ predicted</th>' + c.classes.map((n) => `<th>${n}</th>`).join('') + '<th>accuracy</th>';
+  c.counts.forEach((row, i) => {
+    const tr = table.insertRow();
+    tr.innerHTML = `<th>${c.classes[i]}</th>` + row.map((v, j) => `<td style="background:${i === j ? '#e3ecff' : v ? '#fde8e6' : '#fff'}">${v}</td>`).join('') + `<td>${(100 * c.per_class[i]).toFixed(1)}%</td>`;
+  });
+  say('results-status', `${items.length} most confident mistakes of ${state.predictions.length} test images; accuracy ${(100 * c.accuracy).toFixed(2)}%.`);
+}
+
+async function train() {
+  const cfg = config();
+  state.info = JSON.parse(state.session.start(JSON.stringify(cfg), $('fine-tune').checked));
+  Object.assign(state, { stepLoss: [], epochs: [], speed: [], step: 0, running: true, paused: false, stop: false, finished: false });
+  $('start').disabled = true; $('pause').disabled = false; $('stop').disabled = false;
+  say('train-status', `training ${state.info.params.toLocaleString()} parameters: ${cfg.epochs} epochs × ${state.info.steps_per_epoch} steps`);
+  drawCharts();
+  const every = Math.max(1, Number($('sync-every').value) || 1);
+  const started = performance.now();
+  try {
+    for (;;) {
+      if (state.stop) { say('train-status', `stopped at step ${state.step}; the weights so far can be downloaded`); break; }
+      if (state.paused) { await new Promise((r) => setTimeout(r, 100)); continue; }
+      const t0 = performance.now();
+      const p = JSON.parse(await state.session.steps(every));
+      const dt = (performance.now() - t0) / 1000;
+      state.session.add_seconds(dt);
+      state.step = p.step;
+      const spe = state.info.steps_per_epoch;
+      if (p.steps > 0) {
+        state.stepLoss.push([p.step / spe, p.recent_loss]);
+        state.speed.push([p.step / spe, (p.steps * cfg.batch_size) / dt]);
+      }
+      const elapsed = (performance.now() - started) / 1000;
+      const eta = p.step > 0 ? (elapsed / p.step) * (state.info.total_steps - p.step) : 0;
+      $('stats').textContent =
+        `epoch ${p.epoch}/${cfg.epochs}  step ${p.batch}/${p.batches}  loss ${p.loss.toFixed(4)}  acc ${(100 * p.accuracy).toFixed(2)}%  ` +
+        `lr ${p.lr.toExponential(2)}  ${state.speed.length ? state.speed[state.speed.length - 1][1].toFixed(1) : '-'} img/s  ETA ${Math.round(eta)} s`;
+      if (p.epoch_done) {
+        const m = JSON.parse(await state.session.end_epoch());
+        state.epochs.push(m);
+        await showResults();
+        say('train-status', `epoch ${m.epoch}: test accuracy ${(100 * m.test_acc).toFixed(2)}%, test loss ${m.test_loss.toFixed(4)}`);
+        if (p.finished || m.epoch >= cfg.epochs) { state.finished = true; say('train-status', `done: test accuracy ${(100 * m.test_acc).toFixed(2)}%`); drawCharts(); break; }
+      }
+      drawCharts();
+      await new Promise((r) => setTimeout(r, 0)); // let the page repaint and handle clicks
+    }
+  } finally {
+    state.running = false;
+    $('start').disabled = false; $('pause').disabled = true; $('stop').disabled = true;
+  }
+}
+
+async function lrFind() {
+  say('train-status', 'LR range test running…');
+  const r = JSON.parse(await state.session.lr_find(JSON.stringify(config()), Number($('lr-iters').value) || 100));
+  state.lrFind = r;
+  lineChart($('chart-lrfind'), [{ label: 'smoothed loss', points: r.lrs.map((lr, i) => [lr, r.losses[i]]) }],
+    { logx: true, xlabel: 'learning rate', marker: r.suggestion ? { x: r.suggestion, label: `suggested ${r.suggestion.toExponential(1)}` } : undefined });
+  if (r.suggestion) {
+    $('max-lr').value = r.suggestion.toPrecision(2);
+    say('train-status', `suggested max LR ${r.suggestion.toExponential(2)} (now in the max LR field)`);
+  } else {
+    say('train-status', 'the loss never fell: no suggestion', true);
+  }
+}
+
+// ---------- own image ----------
+async function classify(file) {
+  const bitmap = await createImageBitmap(file);
+  const small = document.createElement('canvas');
+  small.width = small.height = 32;
+  const sctx = small.getContext('2d');
+  sctx.drawImage(bitmap, 0, 0, 32, 32);
+  const rgba = sctx.getImageData(0, 0, 32, 32).data;
+  const rgb = new Uint8Array(3072);
+  for (let p = 0; p < 1024; p++) { rgb[3 * p] = rgba[4 * p]; rgb[3 * p + 1] = rgba[4 * p + 1]; rgb[3 * p + 2] = rgba[4 * p + 2]; }
+  const preview = $('image-preview').getContext('2d');
+  preview.imageSmoothingEnabled = false;
+  preview.drawImage(small, 0, 0, 128, 128);
+  const top = JSON.parse(await state.session.classify(rgb));
+  $('top3').innerHTML = top.map((t) => `<li>${t.class} — ${(100 * t.probability).toFixed(1)}%</li>`).join('');
+}
+
+// ---------- wiring ----------
+function wire() {
+  $('load-server').onclick = () => guarded('data-status', loadFromServer);
+  $('data-files').onchange = (e) => guarded('data-status', () => loadFromFiles(e.target.files));
+  const zone = $('drop-zone');
+  zone.ondragover = (e) => { e.preventDefault(); zone.classList.add('over'); };
+  zone.ondragleave = () => zone.classList.remove('over');
+  zone.ondrop = (e) => { e.preventDefault(); zone.classList.remove('over'); guarded('data-status', () => loadFromFiles(e.dataTransfer.files)); };
+  $('weights-file').onchange = (e) => guarded('weights-status', async () => {
+    const f = e.target.files[0];
+    loadWeightBytes(f.name, new Uint8Array(await f.arrayBuffer()));
+  });
+  $('weights-url-load').onclick = () => guarded('weights-status', async () => {
+    const url = $('weights-url').value.trim();
+    const res = await fetch(url);
+    if (!res.ok) throw new Error(`${url}: HTTP ${res.status}`);
+    loadWeightBytes(url.split('/').pop() || url, new Uint8Array(await res.arrayBuffer()));
+  });
+  $('evaluate').onclick = () => guarded('weights-status', async () => {
+    say('weights-status', 'evaluating…');
+    const r = JSON.parse(await state.session.evaluate($('tta').checked));
+    say('weights-status', `test accuracy ${(100 * r.accuracy).toFixed(2)}%, loss ${r.loss.toFixed(4)}`);
+    await showResults();
+  });
+  $('download').onclick = () => guarded('weights-status', download);
+  $('start').onclick = () => guarded('train-status', train);
+  $('pause').onclick = () => { state.paused = !state.paused; $('pause').textContent = state.paused ? 'Resume' : 'Pause'; say('train-status', state.paused ? 'paused' : 'resumed'); };
+  $('stop').onclick = () => { state.stop = true; state.paused = false; $('pause').textContent = 'Pause'; };
+  $('lr-find').onclick = () => guarded('train-status', lrFind);
+  $('image-file').onchange = (e) => guarded('train-status', () => classify(e.target.files[0]));
+}
+
+async function main() {
+  drawCharts();
+  if (!navigator.gpu) {
+    say('gpu-status', 'WebGPU is not available in this browser, so nothing can be trained here. Use a browser with WebGPU enabled (Chrome/Edge 113+, or Firefox/Safari with WebGPU turned on).', true);
+    return;
+  }
+  const b = await bindings();
+  try {
+    state.session = await b.Session.create();
+  } catch (e) {
+    say('gpu-status', `WebGPU could not start: ${e.message || e}`, true);
+    return;
+  }
+  say('gpu-status', 'WebGPU ready.');
+  wire();
+  state.ready = true;
+}
+
+main();
