@@ -163,7 +163,7 @@ async function showResults() {
   const pixels = state.session.misclassified_pixels(40);
   const canvas = $('misclassified');
   const cols = 10, cell = 104, scale = 3, rows = Math.max(1, Math.ceil(items.length / cols));
-  canvas.height = rows * (cell + 14);
+  canvas.height = rows * (cell + 26) + 12; // (assigning the size clears the canvas: once, before drawing)
   const ctx = canvas.getContext('2d');
   ctx.fillStyle = '#fff';
   ctx.fillRect(0, 0, canvas.width, canvas.height);
@@ -177,7 +177,7 @@ async function showResults() {
       img.data[4 * p] = src[p]; img.data[4 * p + 1] = src[1024 + p]; img.data[4 * p + 2] = src[2048 + p]; img.data[4 * p + 3] = 255;
     }
     tctx.putImageData(img, 0, 0);
-    const x = (k % cols) * cell + 4, y = Math.floor(k / cols) * (cell + 14) + 2;
+    const x = (k % cols) * cell + 4, y = Math.floor(k / cols) * (cell + 26) + 2;
     ctx.imageSmoothingEnabled = false;
     ctx.drawImage(tile, x, y, 32 * scale, 32 * scale);
     ctx.font = '11px system-ui, sans-serif';
@@ -186,7 +186,6 @@ async function showResults() {
     ctx.fillStyle = '#b3261e';
     ctx.fillText(`pred: ${CLASSES[it.predicted]} ${Math.round(100 * it.confidence)}%`, x, y + 32 * scale + 23);
   });
-  canvas.height = Math.max(canvas.height, rows * (cell + 14) + 12);
   state.misclassified = items.length;
   const c = JSON.parse(state.session.confusion());
   state.confusion = c;

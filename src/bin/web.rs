@@ -94,6 +94,8 @@ mod api {
             let mut s = self.state()?;
             let (model, config) = weights::model_from_bytes(name, bytes, &s.device).map_err(err)?;
             let info = json!({ "width": config.width, "params": model.trainable_params() }).to_string();
+            // From now on evaluation, download and classification use these weights.
+            s.trainer = None;
             s.loaded = Some((model, config));
             Ok(info)
         }
