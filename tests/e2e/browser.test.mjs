@@ -53,6 +53,17 @@ test('the browser trains the shared model on WebGPU and its weights load nativel
     await page.waitForFunction(() => window.appState && (window.appState.ready || window.appState.errors.length), null, { timeout: 120000 });
     assert.deepEqual(await page.evaluate(() => window.appState.errors), [], 'page reported errors at start');
 
+    // A bad file gets the native parser's error, naming the file.
+    const bad = path.join(tmp, 'data_batch_1.bin');
+    fs.writeFileSync(bad, Buffer.alloc(3073 * 2 - 5));
+    await page.uncheck('#verify'); // (with it, the MD5 mismatch is reported first)
+    await page.setInputFiles('#data-files', [bad, ...FILES.slice(1).map((f) => path.join(data, f))]);
+    await page.waitForFunction(() => window.appState.errors.length, null, { timeout: 60000 });
+    const dataError = (await page.evaluate(() => window.appState.errors)).join(' | ');
+    assert.match(dataError, /data_batch_1\.bin: .*3073-byte records/);
+    await page.evaluate(() => { window.appState.errors = []; });
+    await page.check('#verify');
+
     // A small real subset, picked through the file input as a user would.
     await page.fill('#train-limit', String(TRAIN));
     await page.fill('#test-limit', String(TEST));
