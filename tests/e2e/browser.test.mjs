@@ -53,6 +53,17 @@ test('the browser trains the shared model on WebGPU and its weights load nativel
     await page.waitForFunction(() => window.appState && (window.appState.ready || window.appState.errors.length), null, { timeout: 120000 });
     assert.deepEqual(await page.evaluate(() => window.appState.errors), [], 'page reported errors at start');
 
+    // "Load from server": the files `trunk serve` serves from data/ (copied as trunk would).
+    const served = path.join(dist, 'data', 'cifar-10-batches-bin');
+    fs.mkdirSync(served, { recursive: true });
+    for (const f of FILES) fs.copyFileSync(path.join(data, f), path.join(served, f));
+    await page.fill('#train-limit', '32');
+    await page.fill('#test-limit', '16');
+    await page.evaluate(() => document.getElementById('load-server').click());
+    await page.waitForFunction(() => window.appState.data || window.appState.errors.length, null, { timeout: 300000 });
+    assert.deepEqual(await page.evaluate(() => window.appState.data), { train: 32, test: 16 });
+    fs.rmSync(served, { recursive: true, force: true });
+
     // A bad file gets the native parser's error, naming the file.
     const bad = path.join(tmp, 'data_batch_1.bin');
     fs.writeFileSync(bad, Buffer.alloc(3073 * 2 - 5));
@@ -67,6 +78,7 @@ test('the browser trains the shared model on WebGPU and its weights load nativel
     // A small real subset, picked through the file input as a user would.
     await page.fill('#train-limit', String(TRAIN));
     await page.fill('#test-limit', String(TEST));
+    await page.evaluate(() => { window.appState.data = null; });
     await page.setInputFiles('#data-files', FILES.map((f) => path.join(data, f)));
     await page.waitForFunction(() => window.appState.data || window.appState.errors.length, null, { timeout: 300000 });
     assert.deepEqual(await page.evaluate(() => window.appState.data), { train: TRAIN, test: TEST });
@@ -145,6 +157,25 @@ test('the browser trains the shared model on WebGPU and its weights load nativel
     });
     assert.deepEqual(pagePreds.predictions, nativePreds, 'native weights predict differently in the page');
     assert.ok(evalOut.includes(`test accuracy ${(100 * pagePreds.accuracy).toFixed(2)}%`), evalOut);
+
+    // Fine-tune those weights, with pause, resume and stop along the way.
+    await page.check('#fine-tune');
+    await page.fill('#epochs', '2');
+    await page.evaluate(() => document.getElementById('start').click());
+    await page.waitForFunction(() => window.appState.stepLoss.length >= 1, null, { timeout: 300000, polling: 200 });
+    await page.evaluate(() => document.getElementById('pause').click());
+    await page.waitForTimeout(3000); // lets the step in flight finish
+    const pausedAt = await page.evaluate(() => window.appState.stepLoss.length);
+    await page.waitForTimeout(3000);
+    assert.equal(await page.evaluate(() => window.appState.stepLoss.length), pausedAt, 'training went on while paused');
+    await page.evaluate(() => document.getElementById('pause').click());
+    await page.waitForFunction((n) => window.appState.stepLoss.length > n, pausedAt, { timeout: 300000, polling: 200 });
+    await page.evaluate(() => document.getElementById('stop').click());
+    await page.waitForFunction(() => !window.appState.running, null, { timeout: 300000, polling: 200 });
+    assert.match(await page.textContent('#train-status'), /stopped at step \d+/);
+    assert.equal(await page.evaluate(() => window.appState.finished), false);
+    assert.equal(await page.evaluate(() => window.appState.info.params), 103944, 'fine-tuned the loaded width-0.125 model');
+    await page.uncheck('#fine-tune');
 
     // Your own image: a PNG the native run wrote, classified into a top-3 list.
     await page.setInputFiles('#image-file', path.join(runs, 'native', 'misclassified.png'));
