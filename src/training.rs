@@ -335,8 +335,7 @@ impl Trainer {
 }
 
 async fn read_vec_f32(t: Tensor<1>) -> Result<Vec<f32>, TrainError> {
-    let data = t.into_data_async().await.map_err(|e| TrainError::Device(format!("{e:?}")))?;
-    data.convert::<f32>().try_into_vec::<f32>().map_err(|e| TrainError::Device(format!("{e:?}")))
+    crate::weights::read_f32(t).await.map_err(TrainError::Device)
 }
 
 async fn read_vec_i64(t: Tensor<1, Int>) -> Result<Vec<i64>, TrainError> {
