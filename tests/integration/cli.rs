@@ -36,6 +36,15 @@ fn tiny_train(runs: &Path, name: &str, extra: &[&str]) -> Output {
     bin().arg("train").args(&args).output().unwrap()
 }
 
+/// `train --resume dir` with the data limits the run was started with.
+fn resume(dir: &Path, train_limit: usize) -> Output {
+    bin()
+        .args(["train", "--backend", "flex", "--no-download", "--train-limit", &train_limit.to_string(), "--test-limit", "128", "--resume"])
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn summary_prints_the_original_table() {
     let out = bin().arg("summary").output().unwrap();
@@ -91,7 +100,7 @@ fn train_writes_the_run_directory_and_eval_agrees() {
     assert_eq!(before, std::fs::read(dir.join("checkpoint.safetensors")).unwrap());
 
     // Resuming a finished run is a no-op that keeps its files.
-    let out = bin().args(["train", "--backend", "flex", "--no-download", "--train-limit", "256", "--test-limit", "128", "--resume"]).arg(&dir).output().unwrap();
+    let out = resume(&dir, 256);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(before, std::fs::read(dir.join("checkpoint.safetensors")).unwrap());
 
@@ -114,11 +123,7 @@ fn stop_and_resume_through_the_cli() {
     let dir = runs.join("r");
     assert!(dir.join("checkpoint.safetensors").is_file());
     assert!(!dir.join("model.safetensors").exists());
-    let out = bin()
-        .args(["train", "--backend", "flex", "--no-download", "--train-limit", "256", "--test-limit", "128", "--resume"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = resume(&dir, 256);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("resuming") && dir.join("model.safetensors").is_file(), "{}", text(&out));
     let _ = std::fs::remove_dir_all(&runs);
@@ -210,11 +215,7 @@ fn ctrl_c_saves_a_checkpoint_that_resumes() {
     assert_eq!(status.code(), Some(130), "{seen}");
     assert!(seen.contains("stopped at step"), "{seen}");
     let dir = runs.join("c");
-    let out = bin()
-        .args(["train", "--backend", "flex", "--no-download", "--train-limit", "2048", "--test-limit", "128", "--resume"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = resume(&dir, 2048);
     assert!(out.status.success(), "{}", text(&out));
     let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 3, "{metrics}");
