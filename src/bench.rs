@@ -1,27 +1,58 @@
-//! Throughput measurement (`cifar-webgpu bench`): training steps (augmentation, forward,
-//! backward, optimizer) and inference, on synthetic images so no dataset is needed.
+//! Throughput measurement (`cifar-webgpu bench`): training steps (batch gather, augmentation,
+//! forward, backward, optimizer) and inference, on synthetic images so no dataset is needed;
+//! optionally beside PyTorch running the same shapes (`tools/pytorch_reference.py bench`).
 
 use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::Device;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::data::{IMAGE_BYTES, Split};
 use crate::model::ModelConfig;
 use crate::rng::Rng;
 use crate::training::{Trainer, TrainingConfig, predict};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchRow {
     pub backend: String,
     pub width: f64,
     pub batch_size: usize,
-    /// Seconds from a fresh trainer to the end of its first step (kernel compilation,
+    /// Seconds from a fresh model to the end of its first step (kernel compilation,
     /// autotuning, allocation).
     pub first_step_s: f64,
     pub train_images_per_sec: f64,
     pub infer_images_per_sec: f64,
+    /// Peak memory of the row: flex, the most heap bytes live at once; wgpu, the most device
+    /// memory its pools reserved; PyTorch, the peak resident-set growth.
+    pub peak_bytes: u64,
+}
+
+/// Our row next to PyTorch's for the same shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct Comparison {
+    pub ours: BenchRow,
+    pub pytorch: BenchRow,
+    /// ours / PyTorch: above 1 means we are faster.
+    pub train_ratio: f64,
+    pub infer_ratio: f64,
+}
+
+impl Comparison {
+    /// Pairs each of our rows with PyTorch's row of the same width and batch size.
+    pub fn pair(ours: &[BenchRow], pytorch: &[BenchRow]) -> Vec<Comparison> {
+        ours.iter()
+            .filter_map(|o| {
+                let p = pytorch.iter().find(|p| p.width == o.width && p.batch_size == o.batch_size)?;
+                Some(Comparison {
+                    ours: o.clone(),
+                    pytorch: p.clone(),
+                    train_ratio: o.train_images_per_sec / p.train_images_per_sec,
+                    infer_ratio: o.infer_images_per_sec / p.infer_images_per_sec,
+                })
+            })
+            .collect()
+    }
 }
 
 fn synthetic(n: usize, seed: u64) -> Split {
@@ -32,12 +63,38 @@ fn synthetic(n: usize, seed: u64) -> Split {
     }
 }
 
+/// Memory in use now: the device pools where the backend reports them (GPU), else the heap.
+fn memory_now(device: &Device) -> u64 {
+    match device.memory_pool_usage() {
+        Some(usage) => usage.bytes_reserved,
+        None => crate::memory::live_bytes() as u64,
+    }
+}
+
 /// Times `steps` training steps after `warmup` ones, then as many inference batches.
-pub fn measure(backend: &str, device: &Device, width: f64, batch_size: usize, warmup: usize, steps: usize) -> Result<BenchRow, String> {
+/// `sync_every`: read losses back every N steps, as `train --sync-every` does.
+pub fn measure(
+    backend: &str,
+    device: &Device,
+    width: f64,
+    batch_size: usize,
+    warmup: usize,
+    steps: usize,
+    sync_every: usize,
+) -> Result<BenchRow, String> {
     let data = synthetic(batch_size * (warmup + steps).max(1), 1);
     let config = TrainingConfig::new(ModelConfig::new().with_width(width))
         .with_batch_size(batch_size)
         .with_epochs(1);
+    let pools = device.memory_pool_usage().is_some();
+    let base = memory_now(device);
+    crate::memory::reset_peak();
+    let mut peak = 0u64;
+    let mut sample = |device: &Device| {
+        let now = if pools { memory_now(device) } else { crate::memory::peak_bytes() as u64 };
+        peak = peak.max(now.saturating_sub(base));
+    };
+
     let start = Instant::now();
     let mut trainer = Trainer::new(config, device, data.len()).map_err(|e| e.to_string())?;
     trainer.begin_epoch(data.len());
@@ -49,12 +106,17 @@ pub fn measure(backend: &str, device: &Device, width: f64, batch_size: usize, wa
         trainer.train_step(&data);
     }
     sync(&mut trainer)?;
+    sample(device);
     let t = Instant::now();
-    for _ in 0..steps {
+    for i in 0..steps {
         trainer.train_step(&data);
+        if (i + 1) % sync_every.max(1) == 0 {
+            sync(&mut trainer)?;
+        }
     }
     sync(&mut trainer)?;
     let train_images_per_sec = (steps * batch_size) as f64 / t.elapsed().as_secs_f64();
+    sample(device);
 
     let plain = trainer.device.clone().inner();
     let model = trainer.model.valid();
@@ -70,6 +132,7 @@ pub fn measure(backend: &str, device: &Device, width: f64, batch_size: usize, wa
     let t = Instant::now();
     infer(steps)?;
     let infer_images_per_sec = (steps * batch_size) as f64 / t.elapsed().as_secs_f64();
+    sample(device);
     Ok(BenchRow {
         backend: backend.to_string(),
         width,
@@ -77,19 +140,91 @@ pub fn measure(backend: &str, device: &Device, width: f64, batch_size: usize, wa
         first_step_s,
         train_images_per_sec,
         infer_images_per_sec,
+        peak_bytes: peak,
     })
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
 }
 
 pub fn table(rows: &[BenchRow]) -> String {
     let mut out = format!(
-        "{:<8} {:>6} {:>6} {:>14} {:>14} {:>14}\n",
-        "backend", "width", "batch", "first step s", "train img/s", "infer img/s"
+        "{:<8} {:>6} {:>6} {:>13} {:>12} {:>12} {:>10}\n",
+        "backend", "width", "batch", "first step s", "train img/s", "infer img/s", "peak MiB"
     );
     for r in rows {
         out += &format!(
-            "{:<8} {:>6} {:>6} {:>14.1} {:>14.1} {:>14.1}\n",
-            r.backend, r.width, r.batch_size, r.first_step_s, r.train_images_per_sec, r.infer_images_per_sec
+            "{:<8} {:>6} {:>6} {:>13.1} {:>12.1} {:>12.1} {:>10.0}\n",
+            r.backend,
+            r.width,
+            r.batch_size,
+            r.first_step_s,
+            r.train_images_per_sec,
+            r.infer_images_per_sec,
+            mib(r.peak_bytes)
         );
     }
     out
+}
+
+pub fn comparison_table(rows: &[Comparison]) -> String {
+    let mut out = format!(
+        "{:<8} {:>6} {:>6} {:>12} {:>12} {:>9} {:>12} {:>12} {:>9}\n",
+        "backend", "width", "batch", "train img/s", "PyTorch", "ours/PT", "infer img/s", "PyTorch", "ours/PT"
+    );
+    for c in rows {
+        out += &format!(
+            "{:<8} {:>6} {:>6} {:>12.1} {:>12.1} {:>8.2}× {:>12.1} {:>12.1} {:>8.2}×\n",
+            c.ours.backend,
+            c.ours.width,
+            c.ours.batch_size,
+            c.ours.train_images_per_sec,
+            c.pytorch.train_images_per_sec,
+            c.train_ratio,
+            c.ours.infer_images_per_sec,
+            c.pytorch.infer_images_per_sec,
+            c.infer_ratio
+        );
+    }
+    out
+}
+
+/// Runs `tools/pytorch_reference.py bench` with the same shapes and thread count and parses
+/// its rows. Errors say what to install when PyTorch is missing.
+pub fn run_pytorch(
+    python: &str,
+    script: &std::path::Path,
+    widths: &[f64],
+    batches: &[usize],
+    warmup: usize,
+    steps: usize,
+    threads: usize,
+) -> Result<Vec<BenchRow>, String> {
+    if !script.is_file() {
+        return Err(format!(
+            "{}: PyTorch reference script not found (run from the repository root or pass --pytorch-script)",
+            script.display()
+        ));
+    }
+    let list = |v: Vec<String>| v.join(",");
+    let output = std::process::Command::new(python)
+        .arg(script)
+        .arg("bench")
+        .args(["--width", &list(widths.iter().map(|w| w.to_string()).collect())])
+        .args(["--batch-size", &list(batches.iter().map(|b| b.to_string()).collect())])
+        .args(["--warmup", &warmup.to_string(), "--steps", &steps.to_string(), "--threads", &threads.to_string()])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run {python} ({e}); pass --python with a Python that has PyTorch"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "{python} {} bench failed ({}); is PyTorch installed for it? See README, \"Comparing with PyTorch\"",
+            script.display(),
+            output.status
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let json = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(json).map_err(|e| format!("{}: unexpected output ({e}): {json}", script.display()))
 }

@@ -3,8 +3,10 @@
 //! (`src/main.rs`) and, later, by the browser build.
 
 pub mod augment;
+pub mod batchnorm;
 pub mod checkpoint;
 pub mod data;
+pub mod dropout;
 pub mod lr_finder;
 pub mod metrics;
 pub mod model;
@@ -22,3 +24,9 @@ pub mod backend;
 pub mod bench;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod download;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod memory;
+
+#[cfg(not(target_arch = "wasm32"))]
+#[global_allocator]
+static ALLOCATOR: memory::CachingAllocator = memory::CachingAllocator;

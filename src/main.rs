@@ -183,18 +183,50 @@ struct BenchArgs {
     /// Timed steps.
     #[arg(long, default_value_t = 5)]
     steps: usize,
+    /// Read losses back every N training steps (as `train --sync-every`).
+    #[arg(long, default_value_t = 10)]
+    sync_every: usize,
+    /// CPU threads for flex and for PyTorch (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Also run tools/pytorch_reference.py with the same shapes and threads, and print ours/PyTorch.
+    #[arg(long)]
+    pytorch: bool,
+    /// The Python that has PyTorch installed (for --pytorch).
+    #[arg(long, default_value = "python3")]
+    python: String,
+    #[arg(long, default_value = "tools/pytorch_reference.py")]
+    pytorch_script: PathBuf,
     /// Also write the rows as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
 }
 
+fn cpu_name() -> String {
+    fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|n| n.trim().to_string()))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
 fn bench(args: BenchArgs) -> Result<(), String> {
+    use cifar_webgpu::bench::{self, Comparison};
+    let threads = match args.threads {
+        Some(n) => {
+            // Before the first flex operation builds rayon's pool; nothing else runs yet.
+            unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+            n
+        }
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let machine = format!("{} ({threads} threads)", cpu_name());
+    eprintln!("bench on {machine}");
     let mut rows = Vec::new();
     for &b in &args.backend {
         let device = backend::device(b)?;
         for &width in &args.width {
             for &batch in &args.batch_size {
-                let row = cifar_webgpu::bench::measure(&b.to_string(), &device, width, batch, args.warmup, args.steps)?;
+                let row = bench::measure(&b.to_string(), &device, width, batch, args.warmup, args.steps, args.sync_every)?;
                 eprintln!(
                     "{b} width {width} batch {batch}: train {:.1} img/s, inference {:.1} img/s",
                     row.train_images_per_sec, row.infer_images_per_sec
@@ -203,9 +235,32 @@ fn bench(args: BenchArgs) -> Result<(), String> {
             }
         }
     }
-    print!("{}", cifar_webgpu::bench::table(&rows));
+    print!("{}", bench::table(&rows));
+    let mut pytorch = Vec::new();
+    let mut comparison = Vec::new();
+    if args.pytorch {
+        match bench::run_pytorch(&args.python, &args.pytorch_script, &args.width, &args.batch_size, args.warmup, args.steps, threads) {
+            Ok(p) => {
+                pytorch = p;
+                print!("{}", bench::table(&pytorch));
+                comparison = Comparison::pair(&rows, &pytorch);
+                println!();
+                print!("{}", bench::comparison_table(&comparison));
+            }
+            Err(e) => eprintln!("PyTorch comparison skipped: {e}"),
+        }
+    }
     if let Some(path) = &args.json {
-        save(path, serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?.as_bytes())?;
+        let report = serde_json::json!({
+            "machine": machine,
+            "threads": threads,
+            "warmup": args.warmup,
+            "steps": args.steps,
+            "rows": rows,
+            "pytorch": pytorch,
+            "comparison": comparison,
+        });
+        save(path, serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?.as_bytes())?;
     }
     Ok(())
 }

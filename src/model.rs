@@ -16,8 +16,11 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d, Relu};
+use burn::nn::{Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::tensor::{Device, Tensor};
+
+use crate::batchnorm::BatchNorm;
+use crate::dropout::Dropout;
 
 #[derive(Config, Debug, PartialEq)]
 pub struct ModelConfig {
@@ -80,8 +83,8 @@ impl ConvBn {
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
                 .with_bias(false)
                 .init(device),
-            bn: BatchNormConfig::new(c_out).init(device),
-            dropout: DropoutConfig::new(dropout).init(),
+            bn: BatchNorm::new(c_out, device),
+            dropout: Dropout::new(dropout),
             relu: Relu::new(),
         }
     }

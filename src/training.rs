@@ -270,9 +270,11 @@ impl Trainer {
     pub fn step_on(&mut self, pixels: &[u8], labels: &[i64], lr: f64, momentum: f64) -> (Tensor<1>, Tensor<1, Int>) {
         let n = labels.len();
         let params = augment::draw(&self.config.augment, &mut self.rng, n);
-        // Dropout masks come from the backend RNG: reseed it from ours every step so that a
-        // resumed run draws the same masks.
-        self.device.seed(self.rng.next_u64());
+        // Dropout masks come from the backend RNG (GPU) or the host mask generator (CPU):
+        // reseed both from ours every step so that a resumed run draws the same masks.
+        let seed = self.rng.next_u64();
+        self.device.seed(seed);
+        crate::dropout::seed(seed);
         let x = augment::augment(augment::to_tensor(pixels, &self.device), &params, &self.config.augment);
         let y = Tensor::<1, Int>::from_data(TensorData::new(labels.to_vec(), [n]), &self.device);
         let logits = self.model.forward(x);

@@ -6,5 +6,6 @@ mod cli;
 mod common;
 mod learning;
 mod model;
+mod parity;
 mod persistence;
 mod schedule;

@@ -1,0 +1,159 @@
+//! Where a training step's time goes, op by op, at the network's real shapes.
+//!
+//! `cargo run --release --example profile_ops -- [flex|wgpu] [width] [batch]`
+//!
+//! Each op runs forward + backward (autodiff) on its own, repeated; the table lists ms per
+//! call summed over the layers that use it, so the rows add up to roughly one step.
+
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::module::{batch_norm_train, conv2d};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Device, Distribution, Tensor};
+use cifar_webgpu::backend::{self, Backend};
+use cifar_webgpu::model::ModelConfig;
+
+fn time(reps: usize, device: &Device, mut f: impl FnMut() -> Tensor<1>) -> f64 {
+    let _ = f().into_scalar::<f32>();
+    let t = Instant::now();
+    let mut acc = Vec::new();
+    for _ in 0..reps {
+        acc.push(f());
+    }
+    let _ = Tensor::cat(acc, 0).sum().into_scalar::<f32>();
+    let _ = device.sync();
+    t.elapsed().as_secs_f64() * 1000.0 / reps as f64
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let backend = match args.get(1).map(String::as_str) {
+        Some("wgpu") => Backend::Wgpu,
+        _ => Backend::Flex,
+    };
+    let width: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(0.25);
+    let n: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(128);
+    let reps = 5;
+    let plain = backend::device(backend).unwrap();
+    let ad = plain.clone().autodiff();
+    let [c0, c1, c2, c3] = ModelConfig::new().with_width(width).channels();
+    // (c_in, c_out, side, pooled): the 8 conv blocks in forward order.
+    let layers = [
+        (3, c0, 32, false),
+        (c0, c1, 32, true),
+        (c1, c1, 16, false),
+        (c1, c1, 16, false),
+        (c1, c2, 16, true),
+        (c2, c3, 8, true),
+        (c3, c3, 4, false),
+        (c3, c3, 4, false),
+    ];
+    let opts = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+    let mut rows: Vec<(&str, f64, f64)> = Vec::new();
+    let mut add = |name: &'static str, fwd: f64, both: f64| match rows.iter_mut().find(|r| r.0 == name) {
+        Some(r) => {
+            r.1 += fwd;
+            r.2 += both;
+        }
+        None => rows.push((name, fwd, both)),
+    };
+    for &(ci, co, side, pooled) in &layers {
+        let x = Tensor::<4>::random([n, ci, side, side], Distribution::Normal(0.0, 1.0), &ad).require_grad();
+        let w = Tensor::<4>::random([co, ci, 3, 3], Distribution::Normal(0.0, 0.1), &ad).require_grad();
+        let fwd = time(reps, &plain, || {
+            let y = conv2d(x.clone().inner(), w.clone().inner(), None, opts.clone());
+            y.sum()
+        });
+        let both = time(reps, &plain, || {
+            let y = conv2d(x.clone(), w.clone(), None, opts.clone());
+            let g = y.sum().backward();
+            w.grad(&g).unwrap().sum()
+        });
+        add("conv 3x3", fwd, both);
+        let xc = x.clone().inner();
+        let dw = time(reps, &plain, || {
+            let y = conv2d(xc.clone(), w.clone(), None, opts.clone());
+            let g = y.sum().backward();
+            w.grad(&g).unwrap().sum()
+        });
+        add("  conv fwd+dw only", 0.0, dw);
+        let wc = w.clone().inner();
+        let dx = time(reps, &plain, || {
+            let y = conv2d(x.clone(), wc.clone(), None, opts.clone());
+            let g = y.sum().backward();
+            x.grad(&g).unwrap().sum()
+        });
+        add("  conv fwd+dx only", 0.0, dx);
+        let out_side = if pooled { side / 2 } else { side };
+        let y = Tensor::<4>::random([n, co, side, side], Distribution::Normal(0.0, 1.0), &ad).require_grad();
+        let pool = burn::nn::pool::MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init();
+        if pooled {
+            let fwd = time(reps, &plain, || pool.forward(y.clone().inner()).sum());
+            let both = time(reps, &plain, || {
+                let g = pool.forward(y.clone()).sum().backward();
+                y.grad(&g).unwrap().sum()
+            });
+            add("max pool 2", fwd, both);
+            let alt = |t: Tensor<4>| {
+                let [a, b, h, w] = t.dims();
+                t.reshape([a, b, h / 2, 2, w / 2, 2]).max_dim(5).max_dim(3).reshape([a, b, h / 2, w / 2])
+            };
+            let fwd = time(reps, &plain, || alt(y.clone().inner()).sum());
+            let both = time(reps, &plain, || {
+                let g = alt(y.clone()).sum().backward();
+                y.grad(&g).unwrap().sum()
+            });
+            add("  max_dim pool", fwd, both);
+            let pairs = |t: Tensor<4>| {
+                let [a, b, h, w] = t.dims();
+                let t = t.reshape([a * b * h / 2, 2, w / 2, 2]);
+                let rows = t.clone().narrow(1, 0, 1).max_pair(t.narrow(1, 1, 1));
+                let m = rows.clone().narrow(3, 0, 1).max_pair(rows.narrow(3, 1, 1));
+                m.reshape([a, b, h / 2, w / 2])
+            };
+            let fwd = time(reps, &plain, || pairs(y.clone().inner()).sum());
+            let both = time(reps, &plain, || {
+                let g = pairs(y.clone()).sum().backward();
+                y.grad(&g).unwrap().sum()
+            });
+            add("  max_pair pool", fwd, both);
+        }
+        let z = Tensor::<4>::random([n, co, out_side, out_side], Distribution::Normal(0.0, 1.0), &ad).require_grad();
+        let gamma = Tensor::<1>::ones([co], &ad).require_grad();
+        let beta = Tensor::<1>::zeros([co], &ad).require_grad();
+        let both = time(reps, &plain, || {
+            let out = batch_norm_train(z.clone(), gamma.clone(), beta.clone(), 1e-5);
+            let g = out.output.sum().backward();
+            z.grad(&g).unwrap().sum()
+        });
+        add("batch norm (train)", 0.0, both);
+        let both = time(reps, &plain, || {
+            let r = burn::tensor::activation::relu(z.clone());
+            let g = r.sum().backward();
+            z.grad(&g).unwrap().sum()
+        });
+        add("relu", 0.0, both);
+        let drop = burn::nn::DropoutConfig::new(0.05).init();
+        let both = time(reps, &plain, || {
+            let r = drop.forward(z.clone());
+            let g = r.sum().backward();
+            z.grad(&g).unwrap().sum()
+        });
+        add("dropout 0.05", 0.0, both);
+    }
+    let model = ModelConfig::new().with_width(width).init(&ad).train();
+    let x = Tensor::<4>::random([n, 3, 32, 32], Distribution::Normal(0.0, 1.0), &ad);
+    let fwd = time(reps, &plain, || model.valid().forward(x.clone().inner()).sum().reshape([1]));
+    let both = time(reps, &plain, || {
+        let g = model.forward(x.clone()).sum().backward();
+        model.prep.conv.weight.val().grad(&g).unwrap().sum()
+    });
+    println!("{backend} width {width} batch {n}: ms per step (forward, forward+backward)");
+    for (name, f, b) in &rows {
+        println!("{name:<20} {f:>9.1} {b:>9.1}");
+    }
+    let total: f64 = rows.iter().filter(|r| !r.0.starts_with(' ')).map(|r| r.2).sum();
+    println!("{:<20} {:>9} {total:>9.1}", "sum of ops", "");
+    println!("{:<20} {fwd:>9.1} {both:>9.1}", "whole model");
+}

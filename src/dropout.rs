@@ -1,0 +1,97 @@
+//! Inverted dropout with masks that are cheap on the CPU backend.
+//!
+//! Burn's `nn::Dropout` draws every mask element from the backend RNG. On flex that is a
+//! ChaCha draw and a float conversion per element on one thread: profiled at 80 ms of a 450 ms
+//! training step (width 0.25, batch 128). On the CPU backend the mask is therefore built here
+//! from a fast counter-based generator (16 random bits per element, 4 per 64-bit draw) and
+//! already scaled by 1/keep, so applying it is one multiply. GPU backends keep drawing on the
+//! device: uploading a mask per layer would cost more than it saves.
+//!
+//! The generator is seeded by [`seed`] at every training step from the run's own RNG, like
+//! the backend RNG, so a resumed run draws the same masks as an unbroken one.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use burn::module::Module;
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+
+static STATE: AtomicU64 = AtomicU64::new(0x853c_49e6_748f_ea9b);
+
+/// Reseeds the host-side mask generator (process-wide, as the backend RNG is).
+pub fn seed(seed: u64) {
+    STATE.store(seed, Ordering::SeqCst);
+}
+
+#[derive(Module, Debug)]
+pub struct Dropout {
+    pub prob: f64,
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// `n` mask values: 0 with probability `prob`, else `1 / (1 - prob)`.
+pub fn host_mask(n: usize, prob: f64) -> Vec<f32> {
+    // SplitMix64 over a counter: each call consumes one stream position, so masks of
+    // successive layers differ and the sequence only depends on the seed.
+    let stream = mix(STATE.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::SeqCst));
+    let threshold = (prob * 65536.0).round() as u64;
+    let keep = (1.0 / (1.0 - prob)) as f32;
+    let mut out = Vec::with_capacity(n);
+    let mut counter = 0u64;
+    while out.len() < n {
+        let mut bits = mix(stream.wrapping_add(counter));
+        counter += 1;
+        for _ in 0..4.min(n - out.len()) {
+            out.push(if (bits & 0xffff) < threshold { 0.0 } else { keep });
+            bits >>= 16;
+        }
+    }
+    out
+}
+
+impl Dropout {
+    pub fn new(prob: f64) -> Self {
+        Self { prob }
+    }
+
+    /// Identity outside training (a device without autodiff) or when `prob` is 0.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let device = x.device();
+        if self.prob == 0.0 || !device.is_autodiff() {
+            return x;
+        }
+        if device == Device::flex() {
+            let shape = x.shape();
+            let mask = host_mask(shape.num_elements(), self.prob);
+            let mask = Tensor::<D>::from_data(TensorData::new(mask, shape), &device);
+            return x * mask;
+        }
+        let keep = 1.0 - self.prob;
+        let mask = x.random_like(Distribution::Bernoulli(keep));
+        x * mask.mul_scalar(1.0 / keep)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_mask_drops_the_right_fraction_and_scales() {
+        seed(7);
+        let m = host_mask(200_003, 0.05);
+        assert_eq!(m.len(), 200_003);
+        let dropped = m.iter().filter(|v| **v == 0.0).count() as f64 / m.len() as f64;
+        assert!((dropped - 0.05).abs() < 0.003, "dropped {dropped}");
+        let keep = 1.0 / 0.95f32;
+        assert!(m.iter().all(|v| *v == 0.0 || *v == keep));
+        // Reseeding replays; the next call draws a different mask.
+        seed(7);
+        assert_eq!(host_mask(200_003, 0.05), m);
+        assert_ne!(host_mask(200_003, 0.05), m);
+    }
+}

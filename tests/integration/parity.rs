@@ -1,0 +1,274 @@
+//! Parity with PyTorch: `tests/fixtures/parity.safetensors`, written by
+//! `tools/pytorch_reference.py fixture` (PyTorch 2.15, CPU), holds weights, an input batch and
+//! what PyTorch computed from them. The same computations here, on flex and on wgpu, must
+//! agree: forward (training and inference mode), loss, every gradient, BatchNorm running
+//! statistics, two Adam and two SGD-Nesterov steps with L2 decay, and the OneCycle table.
+
+use std::sync::OnceLock;
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use cifar_webgpu::backend::{self, Backend};
+use cifar_webgpu::model::{Model, ModelConfig};
+use cifar_webgpu::optim::{Optimizer, OptimizerKind, OptimizerSettings};
+use cifar_webgpu::schedule::{OneCycle, OneCycleConfig};
+use cifar_webgpu::training::cross_entropy;
+use cifar_webgpu::weights::{ArrayData, TensorFile, load_model, model_tensors};
+use serde::Deserialize;
+
+const FILE: &str = "tests/fixtures/parity.safetensors";
+
+#[derive(Deserialize)]
+struct Meta {
+    width: f64,
+    batch_size: usize,
+    weight_decay: f64,
+    steps: Vec<(f64, f64)>,
+    schedule: Schedule,
+    trainable_params_width_1: usize,
+}
+
+#[derive(Deserialize)]
+struct Schedule {
+    max_lr: f64,
+    total_steps: usize,
+    pct_start: f64,
+    div_factor: f64,
+    final_div_factor: f64,
+    base_momentum: f64,
+    max_momentum: f64,
+    lr: Vec<f64>,
+    momentum: Vec<f64>,
+}
+
+struct Fixture {
+    file: TensorFile,
+    meta: Meta,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(FILE);
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{FILE}: {e}"));
+        let file = TensorFile::decode(FILE, &bytes).unwrap();
+        let meta = serde_json::from_str(&file.metadata["fixture"]).expect("fixture metadata");
+        Fixture { file, meta }
+    })
+}
+
+impl Fixture {
+    fn f32(&self, name: &str) -> Vec<f32> {
+        match &self.file.arrays.get(name).unwrap_or_else(|| panic!("{FILE}: no tensor '{name}'")).data {
+            ArrayData::F32(v) => v.clone(),
+            ArrayData::I64(_) => panic!("{name} is int64"),
+        }
+    }
+
+    fn config(&self) -> ModelConfig {
+        ModelConfig::new().with_width(self.meta.width).with_dropout(0.0)
+    }
+
+    /// The tensors under `prefix/`, with the prefix removed: a `model.safetensors` in all but name.
+    fn weights(&self, prefix: &str) -> TensorFile {
+        let mut out = TensorFile::default();
+        for (name, a) in &self.file.arrays {
+            if let Some(rest) = name.strip_prefix(&format!("{prefix}/")) {
+                let mut a = a.clone();
+                a.name = rest.to_string();
+                out.arrays.insert(rest.to_string(), a);
+            }
+        }
+        out
+    }
+
+    /// The initial PyTorch weights in our model, on `device` (loaded by PyTorch names: this is
+    /// also the test that `state_dict` names and layouts map correctly).
+    fn model(&self, device: &Device) -> Model {
+        let mut file = self.weights("init");
+        let model = load_model(self.config().init(device), &mut file, FILE, device).unwrap();
+        assert!(file.arrays.is_empty(), "fixture tensors the model did not take: {:?}", file.arrays.keys());
+        model.train()
+    }
+
+    fn batch(&self, device: &Device) -> (Tensor<4>, Tensor<1, Int>) {
+        let n = self.meta.batch_size;
+        let x = Tensor::<4>::from_data(TensorData::new(self.f32("input"), [n, 3, 32, 32]), device);
+        let ArrayData::I64(labels) = &self.file.arrays["labels"].data else { panic!("labels are int64") };
+        let y = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [n]), device);
+        (x, y)
+    }
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    let n = t.shape().num_elements();
+    t.reshape([n]).into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+}
+
+/// Largest absolute difference, relative to the largest magnitude of the expected values.
+fn rel_diff(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().map(|v| v.abs()).fold(1e-12f32, f32::max);
+    got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0.0, f32::max) / scale
+}
+
+#[track_caller]
+fn check(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    let d = rel_diff(got, want);
+    if std::env::var_os("PARITY_VERBOSE").is_some() {
+        eprintln!("{what}: {d:.2e}");
+    }
+    assert!(d <= tol, "{what}: differs from PyTorch by {d:.2e} (relative to its largest value; tolerance {tol:.0e})");
+    assert!(want.iter().any(|v| *v != 0.0), "{what}: the expected values are all zero, the check proves nothing");
+}
+
+/// Every parameter gradient, by PyTorch name and layout.
+fn gradients(model: &Model, grads: &burn::tensor::Gradients) -> Vec<(String, Vec<f32>)> {
+    let mut out = Vec::new();
+    for (conv, bn, block) in model.blocks() {
+        out.push((format!("{conv}.weight"), values(block.conv.weight.val().grad(grads).expect("conv grad"))));
+        out.push((format!("{bn}.weight"), values(block.bn.gamma.val().grad(grads).expect("gamma grad"))));
+        out.push((format!("{bn}.bias"), values(block.bn.beta.val().grad(grads).expect("beta grad"))));
+    }
+    out.push(("fc.weight".into(), values(model.fc.weight.val().grad(grads).expect("fc grad").transpose())));
+    out
+}
+
+fn forward_backward(device: &Device) {
+    let f = fixture();
+    let ad = device.clone().autodiff();
+    let model = f.model(&ad);
+    let (x, y) = f.batch(&ad);
+
+    let logits = model.forward(x.clone());
+    check("training-mode logits", &values(logits.clone().inner()), &f.f32("forward/logits"), 2e-5);
+    let smoothed = cross_entropy(logits.clone(), y.clone(), 0.1);
+    check("loss, label smoothing 0.1", &values(smoothed.inner()), &f.f32("forward/loss_smoothed"), 1e-5);
+    let loss = cross_entropy(logits, y, 0.0);
+    check("loss", &values(loss.clone().inner()), &f.f32("forward/loss"), 1e-5);
+
+    let grads = loss.backward();
+    let all = gradients(&model, &grads);
+    assert_eq!(all.len(), 8 * 3 + 1);
+    for (name, got) in all {
+        check(&format!("gradient of {name}"), &got, &f.f32(&format!("grad/{name}")), 1e-4);
+    }
+
+    for (_, bn, block) in model.blocks() {
+        let mean = values(block.bn.running_mean.value_sync());
+        let var = values(block.bn.running_var.value_sync());
+        check(&format!("{bn}.running_mean after one step"), &mean, &f.f32(&format!("after_forward/{bn}.running_mean")), 2e-5);
+        check(&format!("{bn}.running_var after one step"), &var, &f.f32(&format!("after_forward/{bn}.running_var")), 2e-5);
+    }
+
+    // Inference mode: the running statistics the training forward just updated.
+    let plain = device.clone();
+    let eval = model.valid().forward(x.inner().to_device(&plain));
+    check("inference-mode logits", &values(eval), &f.f32("eval/logits"), 2e-5);
+}
+
+fn optimizer_steps(device: &Device, kind: OptimizerKind, prefix: &str) {
+    let f = fixture();
+    let ad = device.clone().autodiff();
+    let mut model = f.model(&ad);
+    let (x, y) = f.batch(&ad);
+    let initial: Vec<(String, Vec<f32>)> =
+        model_tensors(&model).into_iter().map(|(name, _, t)| (name, values(t.inner()))).collect();
+    let mut optim = Optimizer::new(OptimizerSettings { kind, weight_decay: f.meta.weight_decay, beta2: 0.999, eps: 1e-8 });
+    for &(lr, momentum) in &f.meta.steps {
+        let loss = cross_entropy(model.forward(x.clone()), y.clone(), 0.0);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(model, grads, lr, momentum);
+    }
+    let after = model_tensors(&model);
+    assert_eq!(after.len(), initial.len());
+    for ((name, _, t), (_, before)) in after.into_iter().zip(initial) {
+        let want = f.f32(&format!("{prefix}/{name}"));
+        let got = values(t.inner());
+        if name.contains("running") {
+            // After two steps the second batch's statistics carry the first update's round-off.
+            check(&format!("{prefix}: {name}"), &got, &want, 5e-4);
+            continue;
+        }
+        // Compare the change the two steps made, not the weights: it is what the optimiser
+        // computed, and it is ~lr in size against weights ~1.
+        let moved = |v: &[f32]| v.iter().zip(&before).map(|(a, b)| a - b).collect::<Vec<f32>>();
+        let (got_d, want_d) = (moved(&got), moved(&want));
+        // Adam divides by sqrt(v): where a gradient is ~0 the direction of its step is
+        // round-off in either framework. Allow that on at most 0.1% of the elements.
+        let tol = 2e-3;
+        let scale = want_d.iter().map(|v| v.abs()).fold(1e-12f32, f32::max);
+        let off: Vec<usize> =
+            (0..got_d.len()).filter(|&i| (got_d[i] - want_d[i]).abs() > tol * scale).collect();
+        let allowed = if kind == OptimizerKind::Adam { got_d.len() / 1000 } else { 0 };
+        assert!(
+            off.len() <= allowed,
+            "{prefix}: update of {name} differs from PyTorch on {} of {} elements (first at {}: {} vs {}; tolerance {tol:.0e} × {scale:.2e})",
+            off.len(),
+            got_d.len(),
+            off[0],
+            got_d[off[0]],
+            want_d[off[0]]
+        );
+        assert!(want_d.iter().any(|v| *v != 0.0), "{prefix}: {name} did not move in PyTorch");
+    }
+}
+
+#[test]
+fn fixture_is_the_recipe_network() {
+    let f = fixture();
+    assert_eq!(f.meta.trainable_params_width_1, 6_573_120);
+    let model = ModelConfig::new().init(&Device::flex());
+    assert_eq!(model.trainable_params(), f.meta.trainable_params_width_1);
+}
+
+#[test]
+fn flex_matches_pytorch_forward_and_backward() {
+    forward_backward(&Device::flex());
+}
+
+#[test]
+fn flex_matches_pytorch_adam_steps() {
+    optimizer_steps(&Device::flex(), OptimizerKind::Adam, "adam");
+}
+
+#[test]
+fn flex_matches_pytorch_sgd_nesterov_steps() {
+    optimizer_steps(&Device::flex(), OptimizerKind::Sgd, "sgd");
+}
+
+fn wgpu() -> Device {
+    backend::device(Backend::Wgpu).expect("a wgpu adapter (lavapipe in CI: mesa-vulkan-drivers)")
+}
+
+#[test]
+fn wgpu_matches_pytorch_forward_and_backward() {
+    forward_backward(&wgpu());
+}
+
+#[test]
+fn wgpu_matches_pytorch_adam_and_sgd_steps() {
+    optimizer_steps(&wgpu(), OptimizerKind::Adam, "adam");
+    optimizer_steps(&wgpu(), OptimizerKind::Sgd, "sgd");
+}
+
+#[test]
+fn onecycle_matches_pytorch_table() {
+    let s = &fixture().meta.schedule;
+    let ours = OneCycle::new(
+        OneCycleConfig::new(s.max_lr, s.total_steps)
+            .with_pct_start(s.pct_start)
+            .with_div_factor(s.div_factor)
+            .with_final_div_factor(s.final_div_factor)
+            .with_base_momentum(s.base_momentum)
+            .with_max_momentum(s.max_momentum),
+    )
+    .unwrap();
+    assert_eq!(s.lr.len(), s.total_steps);
+    for (step, (&lr, &m)) in s.lr.iter().zip(&s.momentum).enumerate() {
+        let (got_lr, got_m) = ours.at(step);
+        assert!((got_lr - lr).abs() <= 1e-15 + 1e-12 * lr, "step {step}: lr {got_lr} != PyTorch {lr}");
+        assert!((got_m - m).abs() <= 1e-12, "step {step}: momentum {got_m} != PyTorch {m}");
+    }
+}
