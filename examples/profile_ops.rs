@@ -85,6 +85,7 @@ fn main() {
             x.grad(&g).unwrap().sum()
         });
         add("  conv fwd+dx only", 0.0, dx);
+
         let out_side = if pooled { side / 2 } else { side };
         let y = Tensor::<4>::random([n, co, side, side], Distribution::Normal(0.0, 1.0), &ad).require_grad();
         let pool = burn::nn::pool::MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init();
@@ -95,29 +96,7 @@ fn main() {
                 y.grad(&g).unwrap().sum()
             });
             add("max pool 2", fwd, both);
-            let alt = |t: Tensor<4>| {
-                let [a, b, h, w] = t.dims();
-                t.reshape([a, b, h / 2, 2, w / 2, 2]).max_dim(5).max_dim(3).reshape([a, b, h / 2, w / 2])
-            };
-            let fwd = time(reps, &plain, || alt(y.clone().inner()).sum());
-            let both = time(reps, &plain, || {
-                let g = alt(y.clone()).sum().backward();
-                y.grad(&g).unwrap().sum()
-            });
-            add("  max_dim pool", fwd, both);
-            let pairs = |t: Tensor<4>| {
-                let [a, b, h, w] = t.dims();
-                let t = t.reshape([a * b * h / 2, 2, w / 2, 2]);
-                let rows = t.clone().narrow(1, 0, 1).max_pair(t.narrow(1, 1, 1));
-                let m = rows.clone().narrow(3, 0, 1).max_pair(rows.narrow(3, 1, 1));
-                m.reshape([a, b, h / 2, w / 2])
-            };
-            let fwd = time(reps, &plain, || pairs(y.clone().inner()).sum());
-            let both = time(reps, &plain, || {
-                let g = pairs(y.clone()).sum().backward();
-                y.grad(&g).unwrap().sum()
-            });
-            add("  max_pair pool", fwd, both);
+
         }
         let z = Tensor::<4>::random([n, co, out_side, out_side], Distribution::Normal(0.0, 1.0), &ad).require_grad();
         let gamma = Tensor::<1>::ones([co], &ad).require_grad();
@@ -134,7 +113,7 @@ fn main() {
             z.grad(&g).unwrap().sum()
         });
         add("relu", 0.0, both);
-        let drop = burn::nn::DropoutConfig::new(0.05).init();
+        let drop = cifar_webgpu::dropout::Dropout::new(0.05);
         let both = time(reps, &plain, || {
             let r = drop.forward(z.clone());
             let g = r.sum().backward();

@@ -18,6 +18,9 @@ pub struct BenchRow {
     pub backend: String,
     pub width: f64,
     pub batch_size: usize,
+    /// Training steps between loss read-backs (PyTorch rows: every step, on the CPU).
+    #[serde(default = "one")]
+    pub sync_every: usize,
     /// Seconds from a fresh model to the end of its first step (kernel compilation,
     /// autotuning, allocation).
     pub first_step_s: f64,
@@ -53,6 +56,10 @@ impl Comparison {
             })
             .collect()
     }
+}
+
+fn one() -> usize {
+    1
 }
 
 fn synthetic(n: usize, seed: u64) -> Split {
@@ -137,6 +144,7 @@ pub fn measure(
         backend: backend.to_string(),
         width,
         batch_size,
+        sync_every: sync_every.max(1),
         first_step_s,
         train_images_per_sec,
         infer_images_per_sec,
@@ -150,15 +158,16 @@ fn mib(bytes: u64) -> f64 {
 
 pub fn table(rows: &[BenchRow]) -> String {
     let mut out = format!(
-        "{:<8} {:>6} {:>6} {:>13} {:>12} {:>12} {:>10}\n",
-        "backend", "width", "batch", "first step s", "train img/s", "infer img/s", "peak MiB"
+        "{:<8} {:>6} {:>6} {:>5} {:>13} {:>12} {:>12} {:>10}\n",
+        "backend", "width", "batch", "sync", "first step s", "train img/s", "infer img/s", "peak MiB"
     );
     for r in rows {
         out += &format!(
-            "{:<8} {:>6} {:>6} {:>13.1} {:>12.1} {:>12.1} {:>10.0}\n",
+            "{:<8} {:>6} {:>6} {:>5} {:>13.1} {:>12.1} {:>12.1} {:>10.0}\n",
             r.backend,
             r.width,
             r.batch_size,
+            r.sync_every,
             r.first_step_s,
             r.train_images_per_sec,
             r.infer_images_per_sec,

@@ -22,6 +22,7 @@ pub mod weights;
 pub mod backend;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
+
 #[cfg(not(target_arch = "wasm32"))]
 pub mod download;
 #[cfg(not(target_arch = "wasm32"))]

@@ -183,9 +183,9 @@ struct BenchArgs {
     /// Timed steps.
     #[arg(long, default_value_t = 5)]
     steps: usize,
-    /// Read losses back every N training steps (as `train --sync-every`).
-    #[arg(long, default_value_t = 10)]
-    sync_every: usize,
+    /// Read losses back every N training steps (as `train --sync-every`); a list measures each.
+    #[arg(long, value_delimiter = ',', default_value = "10")]
+    sync_every: Vec<usize>,
     /// CPU threads for flex and for PyTorch (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -226,12 +226,14 @@ fn bench(args: BenchArgs) -> Result<(), String> {
         let device = backend::device(b)?;
         for &width in &args.width {
             for &batch in &args.batch_size {
-                let row = bench::measure(&b.to_string(), &device, width, batch, args.warmup, args.steps, args.sync_every)?;
-                eprintln!(
-                    "{b} width {width} batch {batch}: train {:.1} img/s, inference {:.1} img/s",
-                    row.train_images_per_sec, row.infer_images_per_sec
-                );
-                rows.push(row);
+                for &sync_every in &args.sync_every {
+                    let row = bench::measure(&b.to_string(), &device, width, batch, args.warmup, args.steps, sync_every)?;
+                    eprintln!(
+                        "{b} width {width} batch {batch} sync every {sync_every}: train {:.1} img/s, inference {:.1} img/s",
+                        row.train_images_per_sec, row.infer_images_per_sec
+                    );
+                    rows.push(row);
+                }
             }
         }
     }

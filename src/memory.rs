@@ -167,3 +167,26 @@ pub fn peak_bytes() -> usize {
 pub fn reset_peak() {
     PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuses_freed_large_blocks_zeroes_on_request_and_tracks_peak() {
+        // An odd size no other test allocates.
+        let n = (8 << 20) + 12_345;
+        reset_peak();
+        let base = peak_bytes();
+        let a = vec![2u8; n];
+        assert!(peak_bytes() >= base + n);
+        let first = a.as_ptr();
+        drop(a);
+        let b = vec![0u8; n];
+        assert_eq!(b.as_ptr(), first, "a block of the same size comes back from the cache");
+        assert!(b.iter().all(|&v| v == 0), "a zeroed allocation from the cache is zeroed");
+        let c = vec![1u8; 1000];
+        assert!(live_bytes() >= n + 1000);
+        drop((b, c));
+    }
+}

@@ -382,27 +382,41 @@ pub fn predict(model: &Model, pixels: &[u8], device: &Device, tta: bool) -> Tens
 
 /// Evaluates `model` on `data` in batches; `model` should come from `Module::valid()` and
 /// `device` be a plain (non-autodiff) device.
+///
+/// Every batch's results stay on the device until the end and come back in one transfer: on a
+/// GPU a read-back per batch would stall the queue once per batch.
 pub async fn evaluate(model: &Model, data: &Split, batch_size: usize, device: &Device, tta: bool) -> Result<Evaluation, TrainError> {
-    let mut confusion = ConfusionMatrix::new(10);
-    let mut predictions = Vec::with_capacity(data.len());
-    let mut total = RunningMean::default();
+    let mut labels_all = Vec::with_capacity(data.len());
+    let mut packed = Vec::new();
     let all: Vec<u32> = (0..data.len() as u32).collect();
     for chunk in all.chunks(batch_size.max(1)) {
         let (pixels, labels) = gather_batch(data, chunk);
         let n = labels.len();
         let probs = predict(model, &pixels, device, tta);
         let y = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [n]), device);
-        let nll = probs.clone().clamp_min(1e-12).log().gather(1, y.reshape([n, 1])).neg().sum();
-        let best = probs.max_dim_with_indices(1);
-        let conf = read_vec_f32(best.0.reshape([n])).await?;
-        let pred = read_vec_i64(best.1.reshape([n])).await?;
-        let loss_sum = read_vec_f32(nll).await?[0] as f64;
-        let correct = pred.iter().zip(&labels).filter(|(p, l)| p == l).count();
-        total.add(loss_sum / n as f64, correct as u64, n as u64);
-        for ((&p, &c), &l) in pred.iter().zip(&conf).zip(&labels) {
-            confusion.add(l as usize, p as usize);
-            predictions.push((p as u8, c));
-        }
+        let nll = probs.clone().clamp_min(1e-12).log().gather(1, y.reshape([n, 1])).neg();
+        let (conf, pred) = probs.max_dim_with_indices(1);
+        // [n, 3]: confidence, predicted class (exact as f32), per-image NLL.
+        packed.push(Tensor::cat(vec![conf, pred.float(), nll], 1));
+        labels_all.extend(labels);
     }
+    let mut confusion = ConfusionMatrix::new(10);
+    let mut predictions = Vec::with_capacity(data.len());
+    let mut total = RunningMean::default();
+    if packed.is_empty() {
+        return Ok(Evaluation { loss: total.loss(), accuracy: total.accuracy(), confusion, predictions });
+    }
+    let values = read_vec_f32(Tensor::cat(packed, 0).reshape([data.len() * 3])).await?;
+    let mut loss_sum = 0.0f64;
+    let mut correct = 0u64;
+    for (row, &label) in values.chunks_exact(3).zip(&labels_all) {
+        let (conf, pred) = (row[0], row[1] as i64);
+        loss_sum += row[2] as f64;
+        correct += (pred == label) as u64;
+        confusion.add(label as usize, pred as usize);
+        predictions.push((pred as u8, conf));
+    }
+    let n = labels_all.len() as u64;
+    total.add(loss_sum / n as f64, correct, n);
     Ok(Evaluation { loss: total.loss(), accuracy: total.accuracy(), confusion, predictions })
 }

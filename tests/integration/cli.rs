@@ -221,3 +221,58 @@ fn ctrl_c_saves_a_checkpoint_that_resumes() {
     assert_eq!(metrics.lines().count(), 3, "{metrics}");
     let _ = std::fs::remove_dir_all(&runs);
 }
+
+/// `bench --pytorch` end to end without PyTorch: a stand-in interpreter prints rows in the
+/// reference script's format, and the comparison pairs them with ours by shape.
+#[test]
+fn bench_compares_with_pytorch_rows_and_writes_json() {
+    let dir = scratch("bench");
+    let fake = dir.join("fake-python");
+    // Receives `<script> bench --width .. --batch-size .. --threads N`; checks the threads it
+    // was given, then answers like tools/pytorch_reference.py bench.
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\ncase \"$*\" in *'--threads 1'*) ;; *) echo \"wrong args: $*\" >&2; exit 3;; esac\n\
+         echo '[{\"backend\": \"pytorch\", \"width\": 0.0625, \"batch_size\": 8, \"first_step_s\": 0.5, \
+         \"train_images_per_sec\": 100.0, \"infer_images_per_sec\": 400.0, \"peak_bytes\": 1048576}]'\n",
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&fake).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&fake, perms).unwrap();
+    let script = dir.join("pytorch_reference.py");
+    std::fs::write(&script, "# stand-in\n").unwrap();
+    let json = dir.join("bench.json");
+    let out = bin()
+        .args(["bench", "--backend", "flex", "--width", "0.0625", "--batch-size", "8", "--warmup", "1", "--steps", "1"])
+        .args(["--threads", "1", "--pytorch", "--python"])
+        .arg(&fake)
+        .arg("--pytorch-script")
+        .arg(&script)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    let s = text(&out);
+    assert!(out.status.success(), "{s}");
+    assert!(s.contains("ours/PT"), "{s}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let row = &report["comparison"][0];
+    let ours = row["ours"]["train_images_per_sec"].as_f64().unwrap();
+    assert!(ours > 0.0);
+    assert!((row["train_ratio"].as_f64().unwrap() - ours / 100.0).abs() < 1e-9, "{row}");
+    assert!(row["ours"]["peak_bytes"].as_u64().unwrap() > 0, "peak memory measured: {row}");
+    assert_eq!(report["threads"], 1);
+
+    // No PyTorch: our table still prints, with a note saying why there is no comparison.
+    let out = bin()
+        .args(["bench", "--backend", "flex", "--width", "0.0625", "--batch-size", "8", "--warmup", "1", "--steps", "1"])
+        .args(["--pytorch", "--python", "/nonexistent/python3", "--pytorch-script"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    let s = text(&out);
+    assert!(out.status.success(), "{s}");
+    assert!(s.contains("PyTorch comparison skipped") && s.contains("/nonexistent/python3"), "{s}");
+    assert!(s.contains("train img/s"), "{s}");
+}
