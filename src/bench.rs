@@ -26,8 +26,8 @@ pub struct BenchRow {
     pub first_step_s: f64,
     pub train_images_per_sec: f64,
     pub infer_images_per_sec: f64,
-    /// Peak memory of the row: flex, the most heap bytes live at once; wgpu, the most device
-    /// memory its pools reserved; PyTorch, the peak resident-set growth.
+    /// Peak memory of the row: flex, the most heap bytes live at once (above the row's start);
+    /// wgpu, the most device memory its pools held reserved; PyTorch, resident-set growth.
     pub peak_bytes: u64,
 }
 
@@ -93,8 +93,11 @@ pub fn measure(
     let config = TrainingConfig::new(ModelConfig::new().with_width(width))
         .with_batch_size(batch_size)
         .with_epochs(1);
+    // GPU pools: release what earlier rows left reserved, then report the most reserved.
+    // Heap: the most bytes live at once above what was live before the row.
+    device.memory_cleanup();
     let pools = device.memory_pool_usage().is_some();
-    let base = memory_now(device);
+    let base = if pools { 0 } else { memory_now(device) };
     crate::memory::reset_peak();
     let mut peak = 0u64;
     let mut sample = |device: &Device| {
