@@ -96,6 +96,14 @@ fn main() {
                 y.grad(&g).unwrap().sum()
             });
             add("max pool 2", fwd, both);
+            if cifar_webgpu::cpu_ops::applies(&plain) {
+                let fwd = time(reps, &plain, || cifar_webgpu::cpu_ops::max_pool2(y.clone().inner()).sum());
+                let both = time(reps, &plain, || {
+                    let g = cifar_webgpu::cpu_ops::max_pool2(y.clone()).sum().backward();
+                    y.grad(&g).unwrap().sum()
+                });
+                add("  ours (cpu_ops)", fwd, both);
+            }
 
         }
         let z = Tensor::<4>::random([n, co, out_side, out_side], Distribution::Normal(0.0, 1.0), &ad).require_grad();
@@ -107,6 +115,16 @@ fn main() {
             z.grad(&g).unwrap().sum()
         });
         add("batch norm (train)", 0.0, both);
+        if cifar_webgpu::cpu_ops::applies(&plain) {
+            use cifar_webgpu::cpu_ops::{batch_norm, batch_stats};
+            let both = time(reps, &plain, || {
+                let stats = batch_stats(z.clone().detach());
+                let out = batch_norm(z.clone(), gamma.clone(), beta.clone(), stats, 1e-5);
+                let g = out.sum().backward();
+                z.grad(&g).unwrap().sum()
+            });
+            add("  ours (cpu_ops) ", 0.0, both);
+        }
         let both = time(reps, &plain, || {
             let r = burn::tensor::activation::relu(z.clone());
             let g = r.sum().backward();

@@ -22,6 +22,8 @@ pub mod weights;
 pub mod backend;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod cpu_ops;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub mod download;

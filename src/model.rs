@@ -93,6 +93,8 @@ impl ConvBn {
         let x = self.conv.forward(x);
         // Pooling before BN (as the original) makes BN and ReLU 4× cheaper.
         let x = match pool {
+            #[cfg(not(target_arch = "wasm32"))]
+            Some(_) if crate::cpu_ops::applies(&x.device()) => crate::cpu_ops::max_pool2(x),
             Some(pool) => pool.forward(x),
             None => x,
         };

@@ -1,0 +1,333 @@
+//! Fused BatchNorm and 2×2 max pooling for the CPU backend (flex), with their own backward.
+//!
+//! Burn runs both generically on flex: BatchNorm as a dozen tensor ops (axis swaps that copy,
+//! reductions, broadcasts: 194 ms of a 3.0 s step at width 1, batch 128) and max pooling
+//! through a general 3-D pooling kernel with 64-bit indices (153 ms). Here each is one or two
+//! passes over the data per direction, parallel over channel planes. They plug into Burn as a
+//! backend extension (`#[backend_extension]`) with a hand-written autodiff backward, and only
+//! run when the device is flex: GPU backends keep Burn's fused kernels.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::Autodiff;
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Dispatch, Flex, backend_extension};
+use burn::tensor::{Device, Tensor, TensorData};
+use rayon::prelude::*;
+
+#[backend_extension(Autodiff, Flex)]
+pub trait CpuOps: burn::backend::Backend {
+    /// Per-channel mean and biased variance of `[n, c, h, w]`, as `[2, c]`; not differentiated.
+    fn bn_stats(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `(x - mean) / sqrt(var + eps) * gamma + beta` with `stats = [mean; var]` (`[2, c]`).
+    /// Differentiated as training-mode BatchNorm: the statistics are taken to be the batch's
+    /// own, so the gradient of `x` flows through them too.
+    fn bn_apply(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, stats: FloatTensor<Self>, eps: f64)
+    -> FloatTensor<Self>;
+    /// 2×2 max pooling, stride 2 (floor for odd sizes).
+    fn max_pool2(x: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+/// Whether the fused kernels serve this device.
+pub fn applies(device: &Device) -> bool {
+    *device == Device::flex()
+}
+
+pub fn batch_stats(x: Tensor<4>) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as CpuOps>::bn_stats(x.into_dispatch()))
+}
+
+pub fn batch_norm(x: Tensor<4>, gamma: Tensor<1>, beta: Tensor<1>, stats: Tensor<2>, eps: f64) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as CpuOps>::bn_apply(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        stats.into_dispatch(),
+        eps,
+    ))
+}
+
+pub fn max_pool2(x: Tensor<4>) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as CpuOps>::max_pool2(x.into_dispatch()))
+}
+
+// ------------------------------------------------------------------------------ host data
+
+fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
+    match t.as_slice::<f32>() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(t.to_contiguous().as_slice::<f32>().expect("contiguous f32").to_vec()),
+    }
+}
+
+fn dims4(t: &FlexTensor) -> [usize; 4] {
+    let s = t.layout().shape();
+    assert_eq!(s.num_dims(), 4, "expected a [n, c, h, w] tensor");
+    [s[0], s[1], s[2], s[3]]
+}
+
+fn tensor(v: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(v, shape))
+}
+
+// ------------------------------------------------------------------------------ kernels
+
+/// `[mean; var]` per channel, accumulated in f64.
+fn stats_kernel(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
+    let hw = h * w;
+    let count = (n * hw) as f64;
+    let per_channel: Vec<(f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let planes = || (0..n).map(move |b| &x[(b * c + ch) * hw..][..hw]);
+            let mean = planes().map(|p| p.iter().map(|&v| v as f64).sum::<f64>()).sum::<f64>() / count;
+            let var = planes()
+                .map(|p| p.iter().map(|&v| (v as f64 - mean) * (v as f64 - mean)).sum::<f64>())
+                .sum::<f64>()
+                / count;
+            (mean as f32, var as f32)
+        })
+        .collect();
+    per_channel.iter().map(|s| s.0).chain(per_channel.iter().map(|s| s.1)).collect()
+}
+
+fn inv_std(stats: &[f32], c: usize, eps: f64) -> Vec<f32> {
+    stats[c..2 * c].iter().map(|&v| (1.0 / (v as f64 + eps).sqrt()) as f32).collect()
+}
+
+fn apply_kernel(x: &[f32], gamma: &[f32], beta: &[f32], stats: &[f32], eps: f64, [n, c, h, w]: [usize; 4]) -> Vec<f32> {
+    let hw = h * w;
+    let inv = inv_std(stats, c, eps);
+    let mut out = vec![0.0f32; n * c * hw];
+    out.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(plane, (o, xs))| {
+        let ch = plane % c;
+        let scale = gamma[ch] * inv[ch];
+        let shift = beta[ch] - stats[ch] * scale;
+        for (o, &v) in o.iter_mut().zip(xs) {
+            *o = v * scale + shift;
+        }
+    });
+    out
+}
+
+/// Training-mode BatchNorm backward: `(dx, dgamma, dbeta)`.
+fn bn_backward_kernel(
+    x: &[f32],
+    dy: &[f32],
+    gamma: &[f32],
+    stats: &[f32],
+    eps: f64,
+    [n, c, h, w]: [usize; 4],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let hw = h * w;
+    let count = (n * hw) as f32;
+    let inv = inv_std(stats, c, eps);
+    // Σ dy and Σ dy·x̂ per channel.
+    let sums: Vec<(f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mean, is) = (stats[ch], inv[ch]);
+            let (mut s, mut sx) = (0.0f64, 0.0f64);
+            for b in 0..n {
+                let at = (b * c + ch) * hw;
+                let (xs, ds) = (&x[at..][..hw], &dy[at..][..hw]);
+                let (mut ps, mut psx) = (0.0f32, 0.0f32);
+                for (&v, &d) in xs.iter().zip(ds) {
+                    ps += d;
+                    psx += d * (v - mean) * is;
+                }
+                s += ps as f64;
+                sx += psx as f64;
+            }
+            (s as f32, sx as f32)
+        })
+        .collect();
+    let mut dx = vec![0.0f32; x.len()];
+    dx.par_chunks_mut(hw).enumerate().for_each(|(plane, out)| {
+        let ch = plane % c;
+        let (mean, is) = (stats[ch], inv[ch]);
+        let (s, sx) = sums[ch];
+        let scale = gamma[ch] * is;
+        let (mean_dy, mean_dyx) = (s / count, sx / count);
+        let at = plane * hw;
+        for ((o, &v), &d) in out.iter_mut().zip(&x[at..][..hw]).zip(&dy[at..][..hw]) {
+            let xhat = (v - mean) * is;
+            *o = scale * (d - mean_dy - xhat * mean_dyx);
+        }
+    });
+    let dgamma = sums.iter().map(|s| s.1).collect();
+    let dbeta = sums.iter().map(|s| s.0).collect();
+    (dx, dgamma, dbeta)
+}
+
+/// Max of each 2×2 window and which of its four cells won (row-major), per plane.
+fn pool_kernel(x: &[f32], [n, c, h, w]: [usize; 4]) -> (Vec<f32>, Vec<u8>) {
+    let (oh, ow) = (h / 2, w / 2);
+    let mut out = vec![0.0f32; n * c * oh * ow];
+    let mut arg = vec![0u8; n * c * oh * ow];
+    out.par_chunks_mut(oh * ow).zip(arg.par_chunks_mut(oh * ow)).enumerate().for_each(|(plane, (o, a))| {
+        let xs = &x[plane * h * w..][..h * w];
+        for y in 0..oh {
+            let (r0, r1) = (&xs[2 * y * w..][..w], &xs[(2 * y + 1) * w..][..w]);
+            for xx in 0..ow {
+                let cand = [r0[2 * xx], r0[2 * xx + 1], r1[2 * xx], r1[2 * xx + 1]];
+                let mut best = 0;
+                for k in 1..4 {
+                    // NaN wins, as in PyTorch, so a diverging run still shows NaN.
+                    if cand[k] > cand[best] || (cand[k].is_nan() && !cand[best].is_nan()) {
+                        best = k;
+                    }
+                }
+                o[y * ow + xx] = cand[best];
+                a[y * ow + xx] = best as u8;
+            }
+        }
+    });
+    (out, arg)
+}
+
+fn pool_backward_kernel(dy: &[f32], arg: &[u8], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
+    let (oh, ow) = (h / 2, w / 2);
+    let mut dx = vec![0.0f32; n * c * h * w];
+    dx.par_chunks_mut(h * w).enumerate().for_each(|(plane, out)| {
+        let (d, a) = (&dy[plane * oh * ow..][..oh * ow], &arg[plane * oh * ow..][..oh * ow]);
+        for y in 0..oh {
+            for xx in 0..ow {
+                let k = a[y * ow + xx] as usize;
+                out[(2 * y + k / 2) * w + 2 * xx + k % 2] = d[y * ow + xx];
+            }
+        }
+    });
+    dx
+}
+
+// ------------------------------------------------------------------------------ flex
+
+impl CpuOps for Flex {
+    fn bn_stats(x: FlexTensor) -> FlexTensor {
+        let dims = dims4(&x);
+        tensor(stats_kernel(&values(&x), dims), vec![2, dims[1]])
+    }
+
+    fn bn_apply(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, stats: FlexTensor, eps: f64) -> FlexTensor {
+        let dims = dims4(&x);
+        let out = apply_kernel(&values(&x), &values(&gamma), &values(&beta), &values(&stats), eps, dims);
+        tensor(out, dims.to_vec())
+    }
+
+    fn max_pool2(x: FlexTensor) -> FlexTensor {
+        let [n, c, h, w] = dims4(&x);
+        tensor(pool_kernel(&values(&x), [n, c, h, w]).0, vec![n, c, h / 2, w / 2])
+    }
+}
+
+// ------------------------------------------------------------------------------ autodiff
+
+#[derive(Debug)]
+struct BnBackward;
+
+impl Backward<Flex, 3> for BnBackward {
+    /// x, gamma, stats, eps.
+    type State = (FlexTensor, FlexTensor, FlexTensor, f64);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let (x, gamma, stats, eps) = ops.state;
+        let dims = dims4(&x);
+        let (dx, dgamma, dbeta) = bn_backward_kernel(&values(&x), &values(&dy), &values(&gamma), &values(&stats), eps, dims);
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, tensor(dx, dims.to_vec()));
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<Flex>(node.id, tensor(dgamma, vec![dims[1]]));
+        }
+        if let Some(node) = node_beta {
+            grads.register::<Flex>(node.id, tensor(dbeta, vec![dims[1]]));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct PoolBackward;
+
+impl Backward<Flex, 1> for PoolBackward {
+    /// Which cell of each window won, and the input's dims.
+    type State = (Arc<Vec<u8>>, [usize; 4]);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let (arg, dims) = ops.state;
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, tensor(pool_backward_kernel(&values(&dy), &arg, dims), dims.to_vec()));
+        }
+    }
+}
+
+/// Burn's autodiff tensor over flex (its type is not exported by name).
+type Ad<C> = FloatTensor<Autodiff<Flex, C>>;
+
+impl<C: CheckpointStrategy> CpuOps for Autodiff<Flex, C> {
+    fn bn_stats(x: Ad<C>) -> Ad<C> {
+        Ad::<C>::new(<Flex as CpuOps>::bn_stats(x.into_primitive()))
+    }
+
+    fn bn_apply(
+        x: Ad<C>,
+        gamma: Ad<C>,
+        beta: Ad<C>,
+        stats: Ad<C>,
+        eps: f64,
+    ) -> Ad<C> {
+        let stats = stats.into_primitive();
+        match BnBackward.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (xp, gp) = (x.primitive().clone(), gamma.primitive().clone());
+                let out = <Flex as CpuOps>::bn_apply(xp.clone(), gp.clone(), beta.into_primitive(), stats.clone(), eps);
+                prep.finish((xp, gp, stats, eps), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(<Flex as CpuOps>::bn_apply(
+                x.into_primitive(),
+                gamma.into_primitive(),
+                beta.into_primitive(),
+                stats,
+                eps,
+            )),
+        }
+    }
+
+    fn max_pool2(x: Ad<C>) -> Ad<C> {
+        match PoolBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let xp = x.into_primitive();
+                let [n, c, h, w] = dims4(&xp);
+                let (out, arg) = pool_kernel(&values(&xp), [n, c, h, w]);
+                prep.finish((Arc::new(arg), [n, c, h, w]), tensor(out, vec![n, c, h / 2, w / 2]))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(<Flex as CpuOps>::max_pool2(x.into_primitive())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_backward_routes_each_gradient_to_its_window_max() {
+        // One 4×4 plane: window maxima at different cells, odd-sized input floors.
+        let x = [1., 5., 0., 0., 2., 3., 0., 9., 7., 0., 4., 4., 0., 0., 4., 8.];
+        let (out, arg) = pool_kernel(&x, [1, 1, 4, 4]);
+        assert_eq!(out, vec![5., 9., 7., 8.]);
+        assert_eq!(arg, vec![1, 3, 0, 3]);
+        let dx = pool_backward_kernel(&[1., 2., 3., 4.], &arg, [1, 1, 4, 4]);
+        assert_eq!(dx, vec![0., 1., 0., 0., 0., 0., 0., 2., 3., 0., 0., 0., 0., 0., 0., 4.]);
+    }
+}
