@@ -17,7 +17,9 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::Autodiff;
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
+use burn::backend::ops::{FloatTensorOps, ModuleOps};
 use burn::backend::{Dispatch, Flex, backend_extension};
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 use rayon::prelude::*;
 
@@ -32,6 +34,8 @@ pub trait CpuOps: burn::backend::Backend {
     -> FloatTensor<Self>;
     /// 2×2 max pooling, stride 2 (floor for odd sizes).
     fn max_pool2(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// 3×3 convolution, stride 1, padding 1, no bias: `x [n, c, h, w]`, `w [o, c, 3, 3]`.
+    fn conv3x3(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 /// Whether the fused kernels serve this device.
@@ -56,6 +60,18 @@ pub fn batch_norm(x: Tensor<4>, gamma: Tensor<1>, beta: Tensor<1>, stats: Tensor
 pub fn max_pool2(x: Tensor<4>) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as CpuOps>::max_pool2(x.into_dispatch()))
 }
+
+pub fn conv3x3(x: Tensor<4>, w: Tensor<4>) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as CpuOps>::conv3x3(x.into_dispatch(), w.into_dispatch()))
+}
+
+fn conv_options() -> ConvOptions<2> {
+    ConvOptions::new([1, 1], [1, 1], [1, 1], 1)
+}
+
+/// Maps at least this large (pixels per image) take the single-GEMM weight gradient; on
+/// smaller ones Burn's is as fast or faster (measured at widths 0.25 and 1).
+const GEMM_DW_MIN_PIXELS: usize = 256;
 
 // ------------------------------------------------------------------------------ host data
 
@@ -166,6 +182,111 @@ fn bn_backward_kernel(
     (dx, dgamma, dbeta)
 }
 
+/// Pixels (images × height × width) per weight-gradient GEMM: deep enough a reduction for
+/// the matmul to run at speed, small enough that a chunk's im2col stays small.
+const CHUNK_PIXELS: usize = 8192;
+
+/// dW of a 3×3 / stride 1 / pad 1 convolution as one `out × 9·in` GEMM per chunk of images,
+/// reducing over all of the chunk's pixels:
+/// `dW[o, (c,ky,kx)] = Σ_(n,y,x) dY[o, (n,y,x)] · X̃[(c,ky,kx), (n,y,x)]` (X̃: the input shifted
+/// by each tap). Burn's generic weight gradient is a convolution with batch and channels
+/// swapped, i.e. 9-column GEMMs, which is slower on large maps (measured per layer in
+/// `examples/profile_ops.rs`).
+fn conv3x3_weight_grad(x: &[f32], dy: &[f32], [n, c, h, w]: [usize; 4], o: usize) -> Vec<f32> {
+    let hw = h * w;
+    assert_eq!(x.len(), n * c * hw, "conv3x3_weight_grad: x has the wrong size");
+    assert_eq!(dy.len(), n * o * hw, "conv3x3_weight_grad: dy has the wrong size");
+    let c9 = c * 9;
+    let per_chunk = (CHUNK_PIXELS / hw).clamp(1, n.max(1));
+    let chunks: Vec<usize> = (0..n).step_by(per_chunk).collect();
+    // Each thread reduces its own chunks into its own dW (a GEMM this narrow has too little
+    // output to split), then the partial sums are added.
+    let partial = chunks
+        .into_par_iter()
+        .fold(
+            || (vec![0.0f32; o * c9], Vec::new(), Vec::new(), true),
+            |(mut dw, mut cols, mut grads, first), start| {
+                let images = per_chunk.min(n - start);
+                let k = images * hw;
+                cols.resize(c9 * k, 0.0f32);
+                grads.resize(o * k, 0.0f32);
+                im2col(x, &mut cols, start, images, [c, h, w]);
+                for (oc, dst) in grads.chunks_mut(k).enumerate() {
+                    for i in 0..images {
+                        dst[i * hw..][..hw].copy_from_slice(&dy[((start + i) * o + oc) * hw..][..hw]);
+                    }
+                }
+                // dw (o × c9) += grads (o × k) · colsᵀ (k × c9).
+                // SAFETY: the pointers cover the stated extents with these strides.
+                unsafe {
+                    gemm::gemm(
+                        o,
+                        c9,
+                        k,
+                        dw.as_mut_ptr(),
+                        1,
+                        c9 as isize,
+                        !first,
+                        grads.as_ptr(),
+                        1,
+                        k as isize,
+                        cols.as_ptr(),
+                        k as isize,
+                        1,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                (dw, cols, grads, false)
+            },
+        )
+        .map(|(dw, ..)| dw)
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            a
+        });
+    partial.unwrap_or_else(|| vec![0.0; o * c9])
+}
+
+/// X̃ rows for `images` images from `start`: (channel, tap) → pixels, zero where the tap
+/// falls in the padding.
+fn im2col(x: &[f32], cols: &mut [f32], start: usize, images: usize, [c, h, w]: [usize; 3]) {
+    let hw = h * w;
+    let k = images * hw;
+    for (row, dst) in cols.chunks_mut(k).enumerate().take(c * 9) {
+        let (ci, tap) = (row / 9, row % 9);
+        let (ty, tx) = (tap / 3, tap % 3);
+        for i in 0..images {
+            let src = &x[((start + i) * c + ci) * hw..][..hw];
+            let out = &mut dst[i * hw..][..hw];
+            for yy in 0..h {
+                let sy = yy as isize + ty as isize - 1;
+                let line = &mut out[yy * w..][..w];
+                if sy < 0 || sy >= h as isize {
+                    line.fill(0.0);
+                    continue;
+                }
+                let s = &src[sy as usize * w..][..w];
+                match tx {
+                    0 => {
+                        line[0] = 0.0;
+                        line[1..].copy_from_slice(&s[..w - 1]);
+                    }
+                    1 => line.copy_from_slice(s),
+                    _ => {
+                        line[..w - 1].copy_from_slice(&s[1..]);
+                        line[w - 1] = 0.0;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Max of each 2×2 window and which of its four cells won (row-major), per plane.
 fn pool_kernel(x: &[f32], [n, c, h, w]: [usize; 4]) -> (Vec<f32>, Vec<u8>) {
     let (oh, ow) = (h / 2, w / 2);
@@ -225,6 +346,10 @@ impl CpuOps for Flex {
         let [n, c, h, w] = dims4(&x);
         tensor(pool_kernel(&values(&x), [n, c, h, w]).0, vec![n, c, h / 2, w / 2])
     }
+
+    fn conv3x3(x: FlexTensor, w: FlexTensor) -> FlexTensor {
+        Flex::conv2d(x, w, None, conv_options())
+    }
 }
 
 // ------------------------------------------------------------------------------ autodiff
@@ -271,6 +396,36 @@ impl Backward<Flex, 1> for PoolBackward {
     }
 }
 
+#[derive(Debug)]
+struct ConvBackward;
+
+impl Backward<Flex, 2> for ConvBackward {
+    /// x, w.
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let (x, w) = ops.state;
+        if let Some(node) = node_w {
+            let [n, c, h, wd] = dims4(&x);
+            let o = dims4(&w)[0];
+            let dw = if h * wd >= GEMM_DW_MIN_PIXELS {
+                tensor(conv3x3_weight_grad(&values(&x), &values(&dy), [n, c, h, wd], o), vec![o, c, 3, 3])
+            } else {
+                // Burn's: a convolution of x (channels as batch) by dy (batch as channels).
+                let g = Flex::conv2d(Flex::float_swap_dims(x, 0, 1), Flex::float_swap_dims(dy.clone(), 0, 1), None, conv_options());
+                Flex::float_swap_dims(g, 0, 1)
+            };
+            grads.register::<Flex>(node.id, dw);
+        }
+        if let Some(node) = node_x {
+            let options = ConvTransposeOptions::new([1, 1], [1, 1], [0, 0], [1, 1], 1);
+            grads.register::<Flex>(node.id, Flex::conv_transpose2d(dy, w, None, options));
+        }
+    }
+}
+
 /// Burn's autodiff tensor over flex (its type is not exported by name).
 type Ad<C> = FloatTensor<Autodiff<Flex, C>>;
 
@@ -303,6 +458,17 @@ impl<C: CheckpointStrategy> CpuOps for Autodiff<Flex, C> {
         }
     }
 
+    fn conv3x3(x: Ad<C>, w: Ad<C>) -> Ad<C> {
+        match ConvBackward.prepare::<C>([x.node(), w.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (xp, wp) = (x.into_primitive(), w.into_primitive());
+                let out = <Flex as CpuOps>::conv3x3(xp.clone(), wp.clone());
+                prep.finish((xp, wp), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(<Flex as CpuOps>::conv3x3(x.into_primitive(), w.into_primitive())),
+        }
+    }
+
     fn max_pool2(x: Ad<C>) -> Ad<C> {
         match PoolBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
@@ -329,5 +495,48 @@ mod tests {
         assert_eq!(arg, vec![1, 3, 0, 3]);
         let dx = pool_backward_kernel(&[1., 2., 3., 4.], &arg, [1, 1, 4, 4]);
         assert_eq!(dx, vec![0., 1., 0., 0., 0., 0., 0., 2., 3., 0., 0., 0., 0., 0., 0., 4.]);
+    }
+
+    fn naive(x: &[f32], dy: &[f32], [n, c, h, w]: [usize; 4], o: usize) -> Vec<f32> {
+        let mut dw = vec![0.0f64; o * c * 9];
+        for b in 0..n {
+            for oc in 0..o {
+                for ci in 0..c {
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let mut s = 0.0f64;
+                            for y in 0..h {
+                                for xx in 0..w {
+                                    let (sy, sx) = (y as isize + ky as isize - 1, xx as isize + kx as isize - 1);
+                                    if sy < 0 || sx < 0 || sy >= h as isize || sx >= w as isize {
+                                        continue;
+                                    }
+                                    let xv = x[((b * c + ci) * h + sy as usize) * w + sx as usize] as f64;
+                                    s += xv * dy[((b * o + oc) * h + y) * w + xx] as f64;
+                                }
+                            }
+                            dw[((oc * c + ci) * 3 + ky) * 3 + kx] += s;
+                        }
+                    }
+                }
+            }
+        }
+        dw.into_iter().map(|v| v as f32).collect()
+    }
+
+    #[test]
+    fn matches_the_definition() {
+        let mut rng = crate::rng::Rng::new(3);
+        let mut rand = |len: usize| (0..len).map(|_| rng.below(2001) as f32 / 1000.0 - 1.0).collect::<Vec<f32>>();
+        // 5×7 maps (rows and columns differ) and more images than one chunk holds.
+        for (n, c, o, h, w) in [(3, 2, 4, 5, 7), (400, 3, 2, 5, 7), (2, 5, 3, 1, 1)] {
+            let x = rand(n * c * h * w);
+            let dy = rand(n * o * h * w);
+            let got = conv3x3_weight_grad(&x, &dy, [n, c, h, w], o);
+            let want = naive(&x, &dy, [n, c, h, w], o);
+            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                assert!((g - e).abs() <= 1e-3 * (1.0 + e.abs()), "{n}×{c}→{o} at {h}×{w}: index {i}: {g} vs {e}");
+            }
+        }
     }
 }
