@@ -85,6 +85,14 @@ fn main() {
             x.grad(&g).unwrap().sum()
         });
         add("  conv fwd+dx only", 0.0, dx);
+        if cifar_webgpu::cpu_ops::applies(&plain) {
+            let both = time(reps, &plain, || {
+                let y = cifar_webgpu::cpu_ops::conv3x3(x.clone(), w.clone());
+                let g = y.sum().backward();
+                w.grad(&g).unwrap().sum() + x.grad(&g).unwrap().sum()
+            });
+            add("  ours (cpu_ops)  ", 0.0, both);
+        }
 
         let out_side = if pooled { side / 2 } else { side };
         let y = Tensor::<4>::random([n, co, side, side], Distribution::Normal(0.0, 1.0), &ad).require_grad();
