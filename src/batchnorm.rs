@@ -3,8 +3,8 @@
 //! Burn's `nn::BatchNorm` feeds the *biased* batch variance into `running_var`; PyTorch feeds
 //! the unbiased one (`× n/(n-1)`, n = batch·height·width). The difference is small at batch 512
 //! on 32×32 maps but not at the 4×4 maps of `res3` (n = 16·batch), and it decides whether
-//! weights trained here evaluate the same in PyTorch. The normalisation itself (biased
-//! variance, one fused `batch_norm_train` op with its own backward) is Burn's.
+//! weights trained here evaluate the same in PyTorch. The normalisation itself is Burn's fused
+//! `batch_norm_train` op on GPUs and the kernels of `cpu_ops` on flex.
 
 use burn::module::{Module, Param, RunningState};
 use burn::nn::Initializer;
