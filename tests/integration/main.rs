@@ -4,6 +4,7 @@ mod augment;
 mod backends;
 mod cli;
 mod common;
+mod cpu_ops;
 mod learning;
 mod model;
 mod parity;
