@@ -92,6 +92,17 @@ fn main() {
                 w.grad(&g).unwrap().sum() + x.grad(&g).unwrap().sum()
             });
             add("  ours (cpu_ops)  ", 0.0, both);
+            if std::env::var_os("PROFILE_DW").is_some() {
+                let host = |t: Tensor<4>| t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+                let (xh, dyh) = (host(x.clone().inner()), host(Tensor::<4>::random([n, co, side, side], Distribution::Normal(0.0, 1.0), &plain)));
+                let t = Instant::now();
+                for _ in 0..reps {
+                    let _ = cifar_webgpu::cpu_ops::conv3x3_weight_grad(&xh, &dyh, [n, ci, side, side], co);
+                }
+                let ms = t.elapsed().as_secs_f64() * 1000.0 / reps as f64;
+                let gflops = 2.0 * (co * ci * 9 * n * side * side) as f64 / ms / 1e6;
+                eprintln!("{ci}->{co} at {side}: gemm dw {ms:.1} ms ({gflops:.0} GFLOP/s); Burn's fwd+dw - fwd {:.1} ms", dw - fwd);
+            }
         }
 
         let out_side = if pooled { side / 2 } else { side };

@@ -69,9 +69,10 @@ fn conv_options() -> ConvOptions<2> {
     ConvOptions::new([1, 1], [1, 1], [1, 1], 1)
 }
 
-/// Maps at least this large (pixels per image) take the single-GEMM weight gradient; on
-/// smaller ones Burn's is as fast or faster (measured at widths 0.25 and 1).
-const GEMM_DW_MIN_PIXELS: usize = 256;
+/// Maps at least this large (pixels per image) take the single-GEMM weight gradient; on the
+/// 4×4 maps Burn's is faster (measured per layer at widths 0.25 and 1 with
+/// `PROFILE_DW=1 cargo run --release --example profile_ops`).
+const GEMM_DW_MIN_PIXELS: usize = 64;
 
 // ------------------------------------------------------------------------------ host data
 
@@ -182,9 +183,9 @@ fn bn_backward_kernel(
     (dx, dgamma, dbeta)
 }
 
-/// Pixels (images × height × width) per weight-gradient GEMM: deep enough a reduction for
-/// the matmul to run at speed, small enough that a chunk's im2col stays small.
-const CHUNK_PIXELS: usize = 8192;
+/// Pixels (images × height × width) per weight-gradient GEMM. Measured: 1024–4096 run best
+/// (the chunk's im2col stays in cache); 16384 and up are up to twice slower.
+const CHUNK_PIXELS: usize = 4096;
 
 /// dW of a 3×3 / stride 1 / pad 1 convolution as one `out × 9·in` GEMM per chunk of images,
 /// reducing over all of the chunk's pixels:
@@ -192,7 +193,7 @@ const CHUNK_PIXELS: usize = 8192;
 /// by each tap). Burn's generic weight gradient is a convolution with batch and channels
 /// swapped, i.e. 9-column GEMMs, which is slower on large maps (measured per layer in
 /// `examples/profile_ops.rs`).
-fn conv3x3_weight_grad(x: &[f32], dy: &[f32], [n, c, h, w]: [usize; 4], o: usize) -> Vec<f32> {
+pub fn conv3x3_weight_grad(x: &[f32], dy: &[f32], [n, c, h, w]: [usize; 4], o: usize) -> Vec<f32> {
     let hw = h * w;
     assert_eq!(x.len(), n * c * hw, "conv3x3_weight_grad: x has the wrong size");
     assert_eq!(dy.len(), n * o * hw, "conv3x3_weight_grad: dy has the wrong size");
