@@ -70,14 +70,6 @@ fn synthetic(n: usize, seed: u64) -> Split {
     }
 }
 
-/// Memory in use now: the device pools where the backend reports them (GPU), else the heap.
-fn memory_now(device: &Device) -> u64 {
-    match device.memory_pool_usage() {
-        Some(usage) => usage.bytes_reserved,
-        None => crate::memory::live_bytes() as u64,
-    }
-}
-
 /// Times `steps` training steps after `warmup` ones, then as many inference batches.
 /// `sync_every`: read losses back every N steps, as `train --sync-every` does.
 pub fn measure(
@@ -96,12 +88,17 @@ pub fn measure(
     // GPU pools: release what earlier rows left reserved, then report the most reserved.
     // Heap: the most bytes live at once above what was live before the row.
     device.memory_cleanup();
-    let pools = device.memory_pool_usage().is_some();
-    let base = if pools { 0 } else { memory_now(device) };
+    let base = match device.memory_pool_usage() {
+        Some(_) => 0,
+        None => crate::memory::live_bytes() as u64,
+    };
     crate::memory::reset_peak();
     let mut peak = 0u64;
     let mut sample = |device: &Device| {
-        let now = if pools { memory_now(device) } else { crate::memory::peak_bytes() as u64 };
+        let now = match device.memory_pool_usage() {
+            Some(usage) => usage.bytes_reserved,
+            None => crate::memory::peak_bytes() as u64,
+        };
         peak = peak.max(now.saturating_sub(base));
     };
 

@@ -1,11 +1,14 @@
-//! Fused BatchNorm and 2×2 max pooling for the CPU backend (flex), with their own backward.
+//! CPU-backend (flex) kernels with their own backward: BatchNorm, 2×2 max pooling, and a 3×3
+//! convolution whose weight gradient is a single GEMM.
 //!
-//! Burn runs both generically on flex: BatchNorm as a dozen tensor ops (axis swaps that copy,
-//! reductions, broadcasts: 194 ms of a 3.0 s step at width 1, batch 128) and max pooling
-//! through a general 3-D pooling kernel with 64-bit indices (153 ms). Here each is one or two
-//! passes over the data per direction, parallel over channel planes. They plug into Burn as a
-//! backend extension (`#[backend_extension]`) with a hand-written autodiff backward, and only
-//! run when the device is flex: GPU backends keep Burn's fused kernels.
+//! Burn runs these generically on flex: BatchNorm as a dozen tensor ops (axis swaps that copy,
+//! reductions, broadcasts: 194 ms of a 3.0 s step at width 1, batch 128), max pooling through a
+//! general 3-D pooling kernel with 64-bit indices (153 ms), and a conv weight gradient as a
+//! convolution with batch and channels swapped (1.7× the forward). Here BatchNorm and pooling
+//! are one or two passes over the data per direction, parallel over channel planes; the conv
+//! keeps flex's forward and input gradient. They plug into Burn as a backend extension
+//! (`#[backend_extension]`) with a hand-written autodiff backward, and only run when the device
+//! is flex: GPU backends keep Burn's fused kernels.
 
 use std::borrow::Cow;
 use std::sync::Arc;

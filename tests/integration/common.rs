@@ -1,4 +1,4 @@
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use cifar_webgpu::data::{Cifar10, Split};
 use cifar_webgpu::rng::Rng;
 use cifar_webgpu::training::{self, Trainer};
@@ -61,4 +61,17 @@ pub fn run(trainer: &mut Trainer, train: &Split, test: &Split, stop_at: Option<u
         .unwrap();
         trainer.finish_epoch(&eval, 0.0);
     }
+}
+
+/// A tensor's values, flattened, as f32.
+pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    let n = t.shape().num_elements();
+    t.reshape([n]).into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+}
+
+/// Largest absolute difference, relative to the largest magnitude of the expected values.
+pub fn rel_diff(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().map(|v| v.abs()).fold(1e-12f32, f32::max);
+    got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0.0, f32::max) / scale
 }

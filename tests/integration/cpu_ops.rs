@@ -7,18 +7,12 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor};
 use cifar_webgpu::cpu_ops;
 
-use crate::common::rng_lock;
-
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    let n = t.shape().num_elements();
-    t.reshape([n]).into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
-}
+use crate::common::{rel_diff, rng_lock, values};
 
 #[track_caller]
 fn close(what: &str, got: Vec<f32>, want: Vec<f32>) {
     assert_eq!(got.len(), want.len(), "{what}");
-    let scale = want.iter().map(|v| v.abs()).fold(1e-6f32, f32::max);
-    let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max) / scale;
+    let d = rel_diff(&got, &want);
     assert!(d < 1e-4, "{what}: differs from Burn's op by {d:.2e} (relative)");
 }
 

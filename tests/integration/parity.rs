@@ -17,6 +17,8 @@ use cifar_webgpu::training::cross_entropy;
 use cifar_webgpu::weights::{ArrayData, TensorFile, load_model, model_tensors};
 use serde::Deserialize;
 
+use crate::common::{rel_diff, values};
+
 const FILE: &str = "tests/fixtures/parity.safetensors";
 
 #[derive(Deserialize)]
@@ -99,18 +101,6 @@ impl Fixture {
         let y = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [n]), device);
         (x, y)
     }
-}
-
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    let n = t.shape().num_elements();
-    t.reshape([n]).into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
-}
-
-/// Largest absolute difference, relative to the largest magnitude of the expected values.
-fn rel_diff(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().map(|v| v.abs()).fold(1e-12f32, f32::max);
-    got.iter().zip(want).map(|(g, w)| (g - w).abs()).fold(0.0, f32::max) / scale
 }
 
 #[track_caller]
