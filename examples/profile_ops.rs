@@ -86,22 +86,37 @@ fn main() {
         });
         add("  conv fwd+dx only", 0.0, dx);
         if cifar_webgpu::cpu_ops::applies(&plain) {
+            let fwd_ours = time(reps, &plain, || cifar_webgpu::cpu_ops::conv3x3(x.clone().inner(), w.clone().inner()).sum());
             let both = time(reps, &plain, || {
                 let y = cifar_webgpu::cpu_ops::conv3x3(x.clone(), w.clone());
                 let g = y.sum().backward();
                 w.grad(&g).unwrap().sum() + x.grad(&g).unwrap().sum()
             });
-            add("  ours (cpu_ops)  ", 0.0, both);
-            if std::env::var_os("PROFILE_DW").is_some() {
+            add("  ours (cpu_ops)  ", fwd_ours, both);
+            if std::env::var_os("PROFILE_CONV").is_some() {
+                // Each of our three kernels alone on host data, against Burn's (by difference).
+                use cifar_webgpu::conv_kernels;
                 let host = |t: Tensor<4>| t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
-                let (xh, dyh) = (host(x.clone().inner()), host(Tensor::<4>::random([n, co, side, side], Distribution::Normal(0.0, 1.0), &plain)));
-                let t = Instant::now();
-                for _ in 0..reps {
-                    let _ = cifar_webgpu::cpu_ops::conv3x3_weight_grad(&xh, &dyh, [n, ci, side, side], co);
-                }
-                let ms = t.elapsed().as_secs_f64() * 1000.0 / reps as f64;
-                let gflops = 2.0 * (co * ci * 9 * n * side * side) as f64 / ms / 1e6;
-                eprintln!("{ci}->{co} at {side}: gemm dw {ms:.1} ms ({gflops:.0} GFLOP/s); Burn's fwd+dw - fwd {:.1} ms", dw - fwd);
+                let dyt = Tensor::<4>::random([n, co, side, side], Distribution::Normal(0.0, 1.0), &plain);
+                let (xh, wh, dyh) = (host(x.clone().inner()), host(w.clone().inner()), host(dyt));
+                let dims = [n, ci, side, side];
+                let ms = |f: &dyn Fn() -> Vec<f32>| {
+                    let t = Instant::now();
+                    for _ in 0..reps {
+                        std::hint::black_box(f());
+                    }
+                    t.elapsed().as_secs_f64() * 1000.0 / reps as f64
+                };
+                let gf = |ms: f64| 2.0 * (co * ci * 9 * n * side * side) as f64 / ms / 1e6;
+                let (f, dx_, dw_) = (
+                    ms(&|| conv_kernels::forward(&xh, &wh, dims, co)),
+                    ms(&|| conv_kernels::input_grad(&dyh, &wh, dims, co)),
+                    ms(&|| conv_kernels::weight_grad(&xh, &dyh, dims, co)),
+                );
+                eprintln!(
+                    "{ci:>4}->{co:<4} at {side:>2}: ours fwd {f:6.1} ({:3.0} GF/s) dx {dx_:6.1} ({:3.0}) dw {dw_:6.1} ({:3.0}) | Burn fwd {fwd:6.1} dx {:6.1} dw {:6.1}",
+                    gf(f), gf(dx_), gf(dw_), dx - fwd, dw - fwd
+                );
             }
         }
 
@@ -135,14 +150,14 @@ fn main() {
         });
         add("batch norm (train)", 0.0, both);
         if cifar_webgpu::cpu_ops::applies(&plain) {
-            use cifar_webgpu::cpu_ops::{batch_norm, batch_stats};
+            use cifar_webgpu::cpu_ops::{batch_norm_relu_dropout, batch_stats};
             let both = time(reps, &plain, || {
                 let stats = batch_stats(z.clone().detach());
-                let out = batch_norm(z.clone(), gamma.clone(), beta.clone(), stats, 1e-5);
+                let out = batch_norm_relu_dropout(z.clone(), gamma.clone(), beta.clone(), stats, 1e-5, 0.05);
                 let g = out.sum().backward();
                 z.grad(&g).unwrap().sum()
             });
-            add("  ours (cpu_ops) ", 0.0, both);
+            add("  ours: BN+ReLU+dropout", 0.0, both);
         }
         let both = time(reps, &plain, || {
             let r = burn::tensor::activation::relu(z.clone());

@@ -4,7 +4,8 @@
 //! the unbiased one (`× n/(n-1)`, n = batch·height·width). The difference is small at batch 512
 //! on 32×32 maps but not at the 4×4 maps of `res3` (n = 16·batch), and it decides whether
 //! weights trained here evaluate the same in PyTorch. The normalisation itself is Burn's fused
-//! `batch_norm_train` op on GPUs and the kernels of `cpu_ops` on flex.
+//! `batch_norm_train` op on GPUs; on flex it is one `cpu_ops` kernel with the ReLU and dropout
+//! that follow it in every block.
 
 use burn::module::{Module, Param, RunningState};
 use burn::nn::Initializer;
@@ -39,10 +40,6 @@ impl BatchNorm {
     /// statistics otherwise.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let device = x.device();
-        #[cfg(not(target_arch = "wasm32"))]
-        if crate::cpu_ops::applies(&device) {
-            return self.forward_cpu(x);
-        }
         if !device.is_autodiff() {
             return burn::tensor::module::batch_norm(
                 x,
@@ -73,18 +70,20 @@ impl BatchNorm {
         self.running_var.update(running_var.detach());
     }
 
-    /// flex: the fused kernels of `cpu_ops` (one pass per direction instead of a dozen ops).
+    /// flex: this BatchNorm, then ReLU, then dropout with probability `drop` (0: none), as
+    /// one kernel of `cpu_ops` per direction instead of a dozen ops.
     #[cfg(not(target_arch = "wasm32"))]
-    fn forward_cpu(&self, x: Tensor<4>) -> Tensor<4> {
+    pub fn forward_relu_dropout_cpu(&self, x: Tensor<4>, drop: f64) -> Tensor<4> {
         use crate::cpu_ops;
         let c = self.gamma.dims()[0];
+        let (gamma, beta, eps) = (self.gamma.val(), self.beta.val(), self.epsilon);
         if !x.device().is_autodiff() {
             let stats = Tensor::cat(vec![self.running_mean.value(), self.running_var.value()], 0).reshape([2, c]);
-            return cpu_ops::batch_norm(x, self.gamma.val(), self.beta.val(), stats, self.epsilon);
+            return cpu_ops::batch_norm_relu_dropout(x, gamma, beta, stats, eps, drop);
         }
         let dims = x.dims();
         let stats = cpu_ops::batch_stats(x.clone().detach());
-        let out = cpu_ops::batch_norm(x, self.gamma.val(), self.beta.val(), stats.clone(), self.epsilon);
+        let out = cpu_ops::batch_norm_relu_dropout(x, gamma, beta, stats.clone(), eps, drop);
         let mean = stats.clone().slice([0..1, 0..c]).reshape([c]);
         let variance = stats.slice([1..2, 0..c]).reshape([c]);
         self.update_running(mean, variance, dims);

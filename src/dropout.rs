@@ -33,29 +33,55 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// `n` mask values: 0 with probability `prob`, else `1 / (1 - prob)`.
-pub fn host_mask(n: usize, prob: f64) -> Vec<f32> {
-    // SplitMix64 over a counter: each call consumes one stream position, so masks of
-    // successive layers differ and the sequence only depends on the seed.
-    let stream = mix(STATE.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::SeqCst));
-    let threshold = (prob * 65536.0).round() as u64;
-    let keep = (1.0 / (1.0 - prob)) as f32;
-    let mut out = Vec::with_capacity(n);
-    let mut counter = 0u64;
-    while out.len() < n {
-        let mut bits = mix(stream.wrapping_add(counter));
-        counter += 1;
-        for _ in 0..4.min(n - out.len()) {
-            out.push(if (bits & 0xffff) < threshold { 0.0 } else { keep });
-            bits >>= 16;
+/// One layer's dropout mask, drawn lazily: element `i` is dropped when 16 bits of
+/// `SplitMix64(stream + i/4)` fall under `prob · 2¹⁶`, so any slice of the mask can be built
+/// on its own (the fused CPU kernels apply it plane by plane, in parallel).
+#[derive(Clone, Copy, Debug)]
+pub struct Mask {
+    stream: u64,
+    threshold: u64,
+    /// What kept elements are multiplied by: `1 / (1 - prob)`.
+    pub keep: f32,
+}
+
+impl Mask {
+    /// The next layer's mask: each call consumes one stream position, so masks of successive
+    /// layers differ and the sequence only depends on the seed.
+    pub fn draw(prob: f64) -> Mask {
+        let stream = mix(STATE.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::SeqCst));
+        Mask { stream, threshold: (prob * 65536.0).round() as u64, keep: (1.0 / (1.0 - prob)) as f32 }
+    }
+
+    /// Multiplies `values`, elements `start..start + values.len()` of the masked tensor, by
+    /// the mask.
+    pub fn apply(&self, start: usize, values: &mut [f32]) {
+        let mut i = start;
+        let mut bits = mix(self.stream.wrapping_add((i / 4) as u64)) >> (16 * (i % 4));
+        for v in values {
+            let dropped = (bits & 0xffff) < self.threshold;
+            *v = if dropped { 0.0 } else { *v * self.keep };
+            i += 1;
+            bits = if i % 4 == 0 { mix(self.stream.wrapping_add((i / 4) as u64)) } else { bits >> 16 };
         }
     }
+}
+
+/// `n` mask values: 0 with probability `prob`, else `1 / (1 - prob)`.
+pub fn host_mask(n: usize, prob: f64) -> Vec<f32> {
+    let mut out = vec![1.0f32; n];
+    Mask::draw(prob).apply(0, &mut out);
     out
 }
 
 impl Dropout {
     pub fn new(prob: f64) -> Self {
         Self { prob }
+    }
+
+    /// The drop probability in effect on `device`: 0 outside training (a device without
+    /// autodiff).
+    pub fn prob_on(&self, device: &Device) -> f64 {
+        if device.is_autodiff() { self.prob } else { 0.0 }
     }
 
     /// Identity outside training (a device without autodiff) or when `prob` is 0.
@@ -93,5 +119,18 @@ mod tests {
         seed(7);
         assert_eq!(host_mask(200_003, 0.05), m);
         assert_ne!(host_mask(200_003, 0.05), m);
+    }
+
+    #[test]
+    fn any_slice_of_a_mask_is_the_same_as_in_the_whole() {
+        seed(9);
+        let mask = Mask::draw(0.3);
+        let mut whole = vec![1.0f32; 1001];
+        mask.apply(0, &mut whole);
+        for (start, len) in [(0, 3), (1, 7), (5, 400), (998, 3), (4, 4)] {
+            let mut part = vec![1.0f32; len];
+            mask.apply(start, &mut part);
+            assert_eq!(part, whole[start..start + len], "slice {start}+{len}");
+        }
     }
 }

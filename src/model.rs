@@ -89,7 +89,7 @@ impl ConvBn {
         }
     }
 
-    /// On flex, the conv with a faster weight gradient (`cpu_ops`); elsewhere Burn's.
+    /// On flex, our GEMM convolution (`cpu_ops`, `conv_kernels`); elsewhere Burn's.
     fn conv3x3(&self, x: Tensor<4>) -> Tensor<4> {
         #[cfg(not(target_arch = "wasm32"))]
         if crate::cpu_ops::applies(&x.device()) {
@@ -107,6 +107,11 @@ impl ConvBn {
             Some(pool) => pool.forward(x),
             None => x,
         };
+        #[cfg(not(target_arch = "wasm32"))]
+        if crate::cpu_ops::applies(&x.device()) {
+            let drop = self.dropout.prob_on(&x.device());
+            return self.bn.forward_relu_dropout_cpu(x, drop);
+        }
         self.dropout.forward(self.relu.forward(self.bn.forward(x)))
     }
 }

@@ -1,11 +1,13 @@
 //! The flex-only kernels of `cpu_ops` against Burn's generic ops on the same device: values and
-//! gradients, on shapes unlike the network's (odd sides, 3 channels, 1×1 maps) and on both of
-//! the conv weight-gradient paths (large maps: one GEMM; small maps: Burn's).
+//! gradients, on shapes unlike the network's (odd sides, 3 channels, 1×1 maps): the fused
+//! BatchNorm → ReLU → dropout, pooling, and both layouts of the conv kernels (`Plan::Rows` on
+//! maps of 256 pixels and more, `Plan::Taps` below).
 
 use burn::tensor::module::{batch_norm_train, conv2d};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Device, Distribution, Tensor};
-use cifar_webgpu::cpu_ops;
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use cifar_webgpu::{cpu_ops, dropout};
 
 use crate::common::{rel_diff, rng_lock, values};
 
@@ -21,13 +23,13 @@ fn input(shape: [usize; 4], device: &Device) -> Tensor<4> {
 }
 
 #[test]
-fn batch_norm_matches_burn_forward_and_backward() {
+fn batch_norm_relu_dropout_matches_burn_forward_and_backward() {
     let device = Device::flex().autodiff();
     // The inputs come from the backend RNG: seeded, and ours while we draw them.
     let _rng = rng_lock();
     device.seed(1);
     assert!(cpu_ops::applies(&device));
-    for shape in [[4, 3, 5, 7], [3, 6, 1, 1], [16, 8, 4, 4]] {
+    for (shape, drop) in [([4, 3, 5, 7], 0.0), ([3, 6, 1, 1], 0.0), ([16, 8, 4, 4], 0.0), ([5, 4, 6, 3], 0.3)] {
         let x = input(shape, &device);
         let c = shape[1];
         let gamma = Tensor::<1>::random([c], Distribution::Uniform(0.5, 1.5), &device).require_grad();
@@ -39,11 +41,23 @@ fn batch_norm_matches_burn_forward_and_backward() {
         let stats = cpu_ops::batch_stats(x.clone().detach());
         close("mean", values(stats.clone().slice([0..1, 0..c])), values(theirs.mean.clone().inner()));
         close("variance", values(stats.clone().slice([1..2, 0..c])), values(theirs.variance.clone().inner()));
-        let ours = cpu_ops::batch_norm(x.clone(), gamma.clone(), beta.clone(), stats, 1e-5);
-        close("output", values(ours.clone().inner()), values(theirs.output.clone().inner()));
+        // The same mask as the fused op draws: the host generator, reseeded.
+        dropout::seed(11);
+        let ours = cpu_ops::batch_norm_relu_dropout(x.clone(), gamma.clone(), beta.clone(), stats, 1e-5, drop);
+        dropout::seed(11);
+        let mut theirs = relu(theirs.output);
+        if drop > 0.0 {
+            let mask = dropout::host_mask(theirs.shape().num_elements(), drop);
+            theirs = theirs * Tensor::<4>::from_data(TensorData::new(mask, shape), &device);
+        }
+        close(&format!("output {shape:?}"), values(ours.clone().inner()), values(theirs.clone().inner()));
+        if drop > 0.0 {
+            let zeros = values(ours.clone().inner()).iter().filter(|v| **v == 0.0).count();
+            assert!(zeros > shape.iter().product::<usize>() / 2, "ReLU and dropout zero more than half: {zeros}");
+        }
 
         let g_ours = (ours * r.clone()).sum().backward();
-        let g_theirs = (theirs.output * r).sum().backward();
+        let g_theirs = (theirs * r).sum().backward();
         close(&format!("dx {shape:?}"), values(x.grad(&g_ours).unwrap()), values(x.grad(&g_theirs).unwrap()));
         close("dgamma", values(gamma.grad(&g_ours).unwrap()), values(gamma.grad(&g_theirs).unwrap()));
         close("dbeta", values(beta.grad(&g_ours).unwrap()), values(beta.grad(&g_theirs).unwrap()));
@@ -69,12 +83,12 @@ fn max_pool_matches_burn_forward_and_backward() {
 }
 
 #[test]
-fn conv3x3_matches_burn_on_both_weight_gradient_paths() {
+fn conv3x3_matches_burn_on_both_layouts() {
     let device = Device::flex().autodiff();
     let _rng = rng_lock();
     device.seed(3);
     let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
-    // 20×18 (360 pixels) takes the single-GEMM weight gradient, 6×5 Burn's.
+    // 20×18 (360 pixels) and 16×16 take `Plan::Rows`, 6×5 `Plan::Taps`.
     for (shape, out) in [([3, 3, 20, 18], 5), ([4, 6, 6, 5], 7), ([70, 2, 16, 16], 3)] {
         let x = input(shape, &device);
         let w = Tensor::<4>::random([out, shape[1], 3, 3], Distribution::Normal(0.0, 0.3), &device).require_grad();

@@ -177,8 +177,14 @@ fn optimizer_steps(device: &Device, kind: OptimizerKind, prefix: &str) {
         let want = f.f32(&format!("{prefix}/{name}"));
         let got = values(t.inner());
         if name.contains("running") {
-            // After two steps the second batch's statistics carry the first update's round-off.
-            check(&format!("{prefix}: {name}"), &got, &want, 5e-4);
+            // After two steps the second batch's statistics carry the first update's round-off,
+            // which Adam amplifies: its first step moves a weight by lr·g/(|g| + 1e-8), i.e. by
+            // about ±lr for any gradient above 1e-8, so a gradient that is round-off in both
+            // frameworks can move its weight either way. Measured on flex: 1.05e-3 on res3.1
+            // with the conv layout of `conv_kernels` (whose conv is closer to float64 than the
+            // other layout's, which happens to give 4e-4). SGD has no such division: 5e-4.
+            let tol = if kind == OptimizerKind::Adam { 2e-3 } else { 5e-4 };
+            check(&format!("{prefix}: {name}"), &got, &want, tol);
             continue;
         }
         // Compare the change the two steps made, not the weights: it is what the optimiser
@@ -186,12 +192,13 @@ fn optimizer_steps(device: &Device, kind: OptimizerKind, prefix: &str) {
         let moved = |v: &[f32]| v.iter().zip(&before).map(|(a, b)| a - b).collect::<Vec<f32>>();
         let (got_d, want_d) = (moved(&got), moved(&want));
         // Adam divides by sqrt(v): where a gradient is ~0 the direction of its step is
-        // round-off in either framework. Allow that on at most 0.1% of the elements.
+        // round-off in either framework, and the second step's gradients inherit it. Allow
+        // that on at most 0.5% of the elements (measured: 0.17%, 64 of res3.4's 36,864).
         let tol = 2e-3;
         let scale = want_d.iter().map(|v| v.abs()).fold(1e-12f32, f32::max);
         let off: Vec<usize> =
             (0..got_d.len()).filter(|&i| (got_d[i] - want_d[i]).abs() > tol * scale).collect();
-        let allowed = if kind == OptimizerKind::Adam { got_d.len() / 1000 } else { 0 };
+        let allowed = if kind == OptimizerKind::Adam { got_d.len() / 200 } else { 0 };
         assert!(
             off.len() <= allowed,
             "{prefix}: update of {name} differs from PyTorch on {} of {} elements (first at {}: {} vs {}; tolerance {tol:.0e} × {scale:.2e})",

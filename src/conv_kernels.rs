@@ -1,0 +1,441 @@
+//! Host kernels for the network's only convolution: 3×3, stride 1, padding 1, no bias, f32,
+//! NCHW in and out. Forward, input gradient and weight gradient are each three GEMMs (one per
+//! kernel row) over a "row-shifted" copy of the input, built per block of images so it stays
+//! in cache:
+//!
+//! ```text
+//! S[(kx, c), r·w + x] = input[b, c, y, x + kx − 1]   (zero outside the image)
+//! ```
+//! where the rows `r` of all images follow each other with **one zero row between images**
+//! (row `b·(h+1)` is zero, image `b`'s row `y` is row `b·(h+1) + 1 + y`). Shifting a column
+//! index by `ky·w` then moves one image row up or down, and the zero rows supply the vertical
+//! padding, so output row `r' = b·(h+1) + y` is
+//!
+//! ```text
+//! out[:, r'·w + x] = Σ_ky  W_ky (o × 3c) · S[:, (r' + ky)·w + x]
+//! ```
+//! with contiguous operands: K = 3c (kx and channels), and the only wasted work is the one
+//! separator row per image (1/h of the columns). flex's own conv makes an im2col with K = 9c
+//! per tile and converts to and from NHWC around it; im2col copies 9× the input, this 3×.
+
+use rayon::prelude::*;
+
+/// A block's shifted input is about this many floats (1 MiB: half of this CPU's L2), so the
+/// GEMMs find it in cache...
+const BLOCK_FLOATS: usize = 1 << 18;
+/// ... but has at least this many columns (output pixels), below which the GEMMs' own
+/// overhead shows (deep layers on small maps). Both measured with
+/// `PROFILE_CONV=1 cargo run --release --example profile_ops`.
+const MIN_BLOCK_COLUMNS: usize = 1024;
+
+/// `[n, c, h, w]`.
+pub type Dims = [usize; 4];
+
+/// How a block's input is laid out for the GEMMs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Plan {
+    /// Three horizontal shifts (K = 3c) with one zero row between images; one GEMM per kernel
+    /// row, which moves the columns by whole image rows. Copies 3× the input, computes
+    /// (h+1)/h of the output.
+    Rows,
+    /// All nine shifts (K = 9c, an im2col) and one GEMM: 9× the input, no wasted columns.
+    Taps,
+}
+
+impl Plan {
+    /// Shifts per GEMM (the K dimension is this times the channels).
+    fn taps(self) -> usize {
+        match self {
+            Plan::Rows => 3,
+            Plan::Taps => 9,
+        }
+    }
+
+    fn gemms(self) -> usize {
+        match self {
+            Plan::Rows => 3,
+            Plan::Taps => 1,
+        }
+    }
+
+    /// Zero rows between images.
+    fn separator(self) -> usize {
+        match self {
+            Plan::Rows => 1,
+            Plan::Taps => 0,
+        }
+    }
+
+    /// `(ky, kx)` of shift `t` of GEMM `g`.
+    fn tap(self, g: usize, t: usize) -> (usize, usize) {
+        match self {
+            Plan::Rows => (g, t),
+            Plan::Taps => (t / 3, t % 3),
+        }
+    }
+
+    /// The plan for `h × w` maps.
+    pub fn for_map(h: usize, w: usize) -> Plan {
+        match std::env::var("CONV_PLAN").as_deref() {
+            Ok("rows") => return Plan::Rows,
+            Ok("taps") => return Plan::Taps,
+            _ => {}
+        }
+        if h * w >= TAPS_BELOW_PIXELS { Plan::Rows } else { Plan::Taps }
+    }
+}
+
+/// Maps smaller than this take `Plan::Taps`, where a separator row would waste 1/h.
+const TAPS_BELOW_PIXELS: usize = 256;
+
+/// Images per block, so that blocks are about `BLOCK_FLOATS` large and there are enough of
+/// them for every thread.
+fn images_per_block(plan: Plan, [n, c, h, w]: Dims) -> usize {
+    let floats = std::env::var("CONV_BLOCK").ok().and_then(|v| v.parse().ok()).unwrap_or(BLOCK_FLOATS);
+    let columns = (floats / (plan.taps() * c)).max(MIN_BLOCK_COLUMNS);
+    let by_size = (columns / ((h + plan.separator()) * w)).max(1);
+    let threads = rayon::current_num_threads().max(1);
+    let by_threads = n.div_ceil(threads * 2).max(1);
+    by_size.min(by_threads).min(n.max(1))
+}
+
+/// The shifted copy of images `b0..b0 + k` of `x` into `s`: `plan.taps()·c` rows of
+/// `stride(plan, k, h, w)` floats.
+fn shift_block(plan: Plan, x: &[f32], [_, c, h, w]: Dims, b0: usize, k: usize, s: &mut Vec<f32>) {
+    let hw = h * w;
+    let sep = plan.separator();
+    let stride = stride(plan, k, h, w);
+    s.clear();
+    s.resize(plan.taps() * c * stride, 0.0);
+    for (row, dst) in s.chunks_mut(stride).enumerate() {
+        let (t, ci) = (row / c, row % c);
+        // Rows: the vertical shift is the GEMM's column offset; Taps: it is built in here.
+        let (ky, kx) = plan.tap(1, t);
+        for i in 0..k {
+            let src = &x[((b0 + i) * c + ci) * hw..][..hw];
+            let image = &mut dst[(i * (h + sep) + sep) * w..][..hw];
+            for (y, line) in image.chunks_mut(w).enumerate() {
+                let sy = y as isize + ky as isize - 1;
+                if sy < 0 || sy >= h as isize {
+                    continue;
+                }
+                let s = &src[sy as usize * w..][..w];
+                match kx {
+                    0 => {
+                        line[0] = 0.0;
+                        line[1..].copy_from_slice(&s[..w - 1]);
+                    }
+                    1 => line.copy_from_slice(s),
+                    _ => {
+                        line[..w - 1].copy_from_slice(&s[1..]);
+                        line[w - 1] = 0.0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Row length of a block's shifted input.
+fn stride(plan: Plan, k: usize, h: usize, w: usize) -> usize {
+    let sep = plan.separator();
+    (k * (h + sep) + sep) * w
+}
+
+/// Output columns of a block (the last image needs no separator after it).
+fn columns(plan: Plan, k: usize, h: usize, w: usize) -> usize {
+    let sep = plan.separator();
+    (k * (h + sep) - sep) * w
+}
+
+/// Column offset of GEMM `g` into the shifted input.
+fn offset(plan: Plan, g: usize, w: usize) -> usize {
+    match plan {
+        Plan::Rows => g * w,
+        Plan::Taps => 0,
+    }
+}
+
+/// `dst (m × n) = [dst +] a (m × k) · b (k × n)`, all given by (row stride, column stride).
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    [m, n, k]: [usize; 3],
+    dst: &mut [f32],
+    dst_strides: [usize; 2],
+    accumulate: bool,
+    a: &[f32],
+    a_strides: [usize; 2],
+    b: &[f32],
+    b_strides: [usize; 2],
+) {
+    let last = |rows: usize, cols: usize, [rs, cs]: [usize; 2]| {
+        if rows == 0 || cols == 0 { 0 } else { (rows - 1) * rs + (cols - 1) * cs + 1 }
+    };
+    assert!(dst.len() >= last(m, n, dst_strides), "gemm: destination too small");
+    assert!(a.len() >= last(m, k, a_strides), "gemm: left operand too small");
+    assert!(b.len() >= last(k, n, b_strides), "gemm: right operand too small");
+    // SAFETY: the asserts above keep every index the strides reach inside the slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_strides[1] as isize,
+            dst_strides[0] as isize,
+            accumulate,
+            a.as_ptr(),
+            a_strides[1] as isize,
+            a_strides[0] as isize,
+            b.as_ptr(),
+            b_strides[1] as isize,
+            b_strides[0] as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Weights `[o, c, 3, 3]` as `plan.gemms()` matrices `o × taps·c`: `[g][o][t·c + ci]`.
+fn weights_for(plan: Plan, wt: &[f32], o: usize, c: usize) -> Vec<f32> {
+    let k = plan.taps() * c;
+    let mut out = vec![0.0f32; plan.gemms() * o * k];
+    for g in 0..plan.gemms() {
+        for oc in 0..o {
+            for t in 0..plan.taps() {
+                let (ky, kx) = plan.tap(g, t);
+                for ci in 0..c {
+                    out[(g * o + oc) * k + t * c + ci] = wt[((oc * c + ci) * 3 + ky) * 3 + kx];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The forward convolution: `x [n, c, h, w]`, `wt [o, c, 3, 3]` → `[n, o, h, w]`.
+pub fn forward(x: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec<f32> {
+    forward_with(Plan::for_map(dims[2], dims[3]), x, wt, dims, o)
+}
+
+pub fn forward_with(plan: Plan, x: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec<f32> {
+    let [n, c, h, w] = dims;
+    let hw = h * w;
+    assert_eq!(x.len(), n * c * hw, "conv3x3: input has the wrong size");
+    assert_eq!(wt.len(), o * c * 9, "conv3x3: weight has the wrong size");
+    let kc = plan.taps() * c;
+    let weights = weights_for(plan, wt, o, c);
+    let per_block = images_per_block(plan, dims);
+    let mut out = vec![0.0f32; n * o * hw];
+    if out.is_empty() {
+        return out;
+    }
+    out.par_chunks_mut(per_block * o * hw).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(s, acc), (block, dst)| {
+            let k = dst.len() / (o * hw);
+            shift_block(plan, x, dims, block * per_block, k, s);
+            let (stride, cols) = (stride(plan, k, h, w), columns(plan, k, h, w));
+            acc.clear();
+            acc.resize(o * cols, 0.0);
+            for g in 0..plan.gemms() {
+                let a = &weights[g * o * kc..][..o * kc];
+                gemm([o, cols, kc], acc, [cols, 1], g > 0, a, [kc, 1], &s[offset(plan, g, w)..], [stride, 1]);
+            }
+            for i in 0..k {
+                for oc in 0..o {
+                    dst[(i * o + oc) * hw..][..hw].copy_from_slice(&acc[oc * cols + i * (h + plan.separator()) * w..][..hw]);
+                }
+            }
+        },
+    );
+    out
+}
+
+/// The input gradient: the forward convolution of `dy [n, o, h, w]` by the weights flipped in
+/// both spatial axes with input and output channels swapped → `[n, c, h, w]`.
+pub fn input_grad(dy: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec<f32> {
+    input_grad_with(Plan::for_map(dims[2], dims[3]), dy, wt, dims, o)
+}
+
+pub fn input_grad_with(plan: Plan, dy: &[f32], wt: &[f32], [n, c, h, w]: Dims, o: usize) -> Vec<f32> {
+    assert_eq!(wt.len(), o * c * 9, "conv3x3 input grad: weight has the wrong size");
+    let mut flipped = vec![0.0f32; wt.len()];
+    for oc in 0..o {
+        for ci in 0..c {
+            for t in 0..9 {
+                flipped[(ci * o + oc) * 9 + 8 - t] = wt[(oc * c + ci) * 9 + t];
+            }
+        }
+    }
+    forward_with(plan, dy, &flipped, [n, o, h, w], c)
+}
+
+/// The weight gradient `[o, c, 3, 3]`:
+/// `dW_g (o × taps·c) = Σ_blocks dY (o × cols) · S[:, offset_g ..]ᵀ (cols × taps·c)`; each
+/// thread sums its own blocks, then the partial sums are added.
+pub fn weight_grad(x: &[f32], dy: &[f32], dims: Dims, o: usize) -> Vec<f32> {
+    weight_grad_with(Plan::for_map(dims[2], dims[3]), x, dy, dims, o)
+}
+
+pub fn weight_grad_with(plan: Plan, x: &[f32], dy: &[f32], dims: Dims, o: usize) -> Vec<f32> {
+    let [n, c, h, w] = dims;
+    let hw = h * w;
+    assert_eq!(x.len(), n * c * hw, "conv3x3 weight grad: input has the wrong size");
+    assert_eq!(dy.len(), n * o * hw, "conv3x3 weight grad: output gradient has the wrong size");
+    let kc = plan.taps() * c;
+    let per_block = images_per_block(plan, dims);
+    let blocks: Vec<usize> = (0..n).step_by(per_block.max(1)).collect();
+    let by_gemm = blocks
+        .into_par_iter()
+        .fold(
+            || (vec![0.0f32; plan.gemms() * o * kc], Vec::new(), Vec::new()),
+            |(mut dw, mut s, mut g), b0| {
+                let k = per_block.min(n - b0);
+                shift_block(plan, x, dims, b0, k, &mut s);
+                let (stride, cols) = (stride(plan, k, h, w), columns(plan, k, h, w));
+                // dY in the output's column layout: zero on the separator rows.
+                g.clear();
+                g.resize(o * cols, 0.0);
+                for i in 0..k {
+                    for oc in 0..o {
+                        g[oc * cols + i * (h + plan.separator()) * w..][..hw]
+                            .copy_from_slice(&dy[((b0 + i) * o + oc) * hw..][..hw]);
+                    }
+                }
+                for gi in 0..plan.gemms() {
+                    let d = &mut dw[gi * o * kc..][..o * kc];
+                    gemm([o, kc, cols], d, [kc, 1], true, &g, [cols, 1], &s[offset(plan, gi, w)..], [1, stride]);
+                }
+                (dw, s, g)
+            },
+        )
+        .map(|(dw, ..)| dw)
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            a
+        })
+        .unwrap_or_else(|| vec![0.0; plan.gemms() * o * kc]);
+    let mut out = vec![0.0f32; o * c * 9];
+    for gi in 0..plan.gemms() {
+        for oc in 0..o {
+            for t in 0..plan.taps() {
+                let (ky, kx) = plan.tap(gi, t);
+                for ci in 0..c {
+                    out[((oc * c + ci) * 3 + ky) * 3 + kx] = by_gemm[(gi * o + oc) * kc + t * c + ci];
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(x: &[f32], [_, c, h, w]: Dims, b: usize, ci: usize, y: isize, xx: isize) -> f64 {
+        if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
+            return 0.0;
+        }
+        x[((b * c + ci) * h + y as usize) * w + xx as usize] as f64
+    }
+
+    fn naive_forward(x: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec<f32> {
+        let [n, c, h, w] = dims;
+        let mut out = vec![0.0f32; n * o * h * w];
+        for b in 0..n {
+            for oc in 0..o {
+                for y in 0..h {
+                    for xx in 0..w {
+                        let mut s = 0.0f64;
+                        for ci in 0..c {
+                            for t in 0..9 {
+                                let (dy, dx) = ((t / 3) as isize - 1, (t % 3) as isize - 1);
+                                s += wt[(oc * c + ci) * 9 + t] as f64 * at(x, dims, b, ci, y as isize + dy, xx as isize + dx);
+                            }
+                        }
+                        out[((b * o + oc) * h + y) * w + xx] = s as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn naive_weight_grad(x: &[f32], dy: &[f32], dims: Dims, o: usize) -> Vec<f32> {
+        let [n, c, h, w] = dims;
+        let mut dw = vec![0.0f64; o * c * 9];
+        for b in 0..n {
+            for oc in 0..o {
+                for ci in 0..c {
+                    for t in 0..9 {
+                        let (ty, tx) = ((t / 3) as isize - 1, (t % 3) as isize - 1);
+                        for y in 0..h {
+                            for xx in 0..w {
+                                let g = dy[((b * o + oc) * h + y) * w + xx] as f64;
+                                dw[(oc * c + ci) * 9 + t] += g * at(x, dims, b, ci, y as isize + ty, xx as isize + tx);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        dw.into_iter().map(|v| v as f32).collect()
+    }
+
+    /// Each output gradient scattered back to the inputs that made it.
+    fn naive_input_grad(dy: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec<f32> {
+        let [n, c, h, w] = dims;
+        let mut dx = vec![0.0f64; n * c * h * w];
+        for b in 0..n {
+            for oc in 0..o {
+                for y in 0..h {
+                    for xx in 0..w {
+                        let g = dy[((b * o + oc) * h + y) * w + xx] as f64;
+                        for ci in 0..c {
+                            for t in 0..9 {
+                                let (sy, sx) = (y as isize + (t / 3) as isize - 1, xx as isize + (t % 3) as isize - 1);
+                                if sy < 0 || sx < 0 || sy >= h as isize || sx >= w as isize {
+                                    continue;
+                                }
+                                dx[((b * c + ci) * h + sy as usize) * w + sx as usize] += g * wt[(oc * c + ci) * 9 + t] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        dx.into_iter().map(|v| v as f32).collect()
+    }
+
+    #[track_caller]
+    fn close(what: &str, got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (g, e)) in got.iter().zip(want).enumerate() {
+            assert!((g - e).abs() <= 1e-3 * (1.0 + e.abs()), "{what}: index {i}: {g} vs {e}");
+        }
+    }
+
+    #[test]
+    fn forward_and_both_gradients_match_the_definition() {
+        let mut rng = crate::rng::Rng::new(3);
+        let mut rand = |len: usize| (0..len).map(|_| rng.below(2001) as f32 / 1000.0 - 1.0).collect::<Vec<f32>>();
+        // Rows ≠ columns, 1×1 and 1-wide maps, and more images than one block holds.
+        for (n, c, o, h, w) in [(3, 2, 4, 5, 7), (400, 3, 2, 5, 7), (2, 5, 3, 1, 1), (3, 2, 3, 4, 1), (5, 1, 2, 1, 6)] {
+            let dims = [n, c, h, w];
+            let (x, wt, dy) = (rand(n * c * h * w), rand(o * c * 9), rand(n * o * h * w));
+            let (fwd, dx, dw) = (naive_forward(&x, &wt, dims, o), naive_input_grad(&dy, &wt, dims, o), naive_weight_grad(&x, &dy, dims, o));
+            for plan in [Plan::Rows, Plan::Taps] {
+                let what = format!("{plan:?}, {n}×{c}→{o} at {h}×{w}");
+                close(&format!("forward {what}"), &forward_with(plan, &x, &wt, dims, o), &fwd);
+                close(&format!("dx {what}"), &input_grad_with(plan, &dy, &wt, dims, o), &dx);
+                close(&format!("dw {what}"), &weight_grad_with(plan, &x, &dy, dims, o), &dw);
+            }
+        }
+    }
+}
