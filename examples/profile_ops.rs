@@ -153,7 +153,7 @@ fn main() {
             use cifar_webgpu::cpu_ops::{batch_norm_relu_dropout, batch_stats};
             let both = time(reps, &plain, || {
                 let stats = batch_stats(z.clone().detach());
-                let out = batch_norm_relu_dropout(z.clone(), gamma.clone(), beta.clone(), stats, 1e-5, 0.05);
+                let out = batch_norm_relu_dropout(z.clone(), gamma.clone(), beta.clone(), stats, 1e-5, std::env::var("PROFILE_DROP").ok().and_then(|v| v.parse().ok()).unwrap_or(0.05));
                 let g = out.sum().backward();
                 z.grad(&g).unwrap().sum()
             });
