@@ -20,6 +20,8 @@
 
 use rayon::prelude::*;
 
+use crate::conv_winograd;
+
 /// A block's shifted input is about this many floats (1 MiB: half of this CPU's L2), so the
 /// GEMMs find it in cache...
 const BLOCK_FLOATS: usize = 1 << 18;
@@ -158,7 +160,7 @@ fn offset(plan: Plan, g: usize, w: usize) -> usize {
 
 /// `dst (m × n) = [dst +] a (m × k) · b (k × n)`, all given by (row stride, column stride).
 #[allow(clippy::too_many_arguments)]
-fn gemm(
+pub(crate) fn gemm(
     [m, n, k]: [usize; 3],
     dst: &mut [f32],
     dst_strides: [usize; 2],
@@ -217,9 +219,32 @@ fn weights_for(plan: Plan, wt: &[f32], o: usize, c: usize) -> Vec<f32> {
     out
 }
 
-/// The forward convolution: `x [n, c, h, w]`, `wt [o, c, 3, 3]` → `[n, o, h, w]`.
+/// The forward convolution: `x [n, c, h, w]`, `wt [o, c, 3, 3]` → `[n, o, h, w]`. Winograd
+/// where there are enough channels for its transforms to pay, else the GEMMs of a [`Plan`].
 pub fn forward(x: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec<f32> {
+    if use_winograd(dims, o) {
+        return conv_winograd::forward(x, wt, dims, o);
+    }
     forward_with(Plan::for_map(dims[2], dims[3]), x, wt, dims, o)
+}
+
+/// Where Winograd beats the GEMMs, measured per layer with
+/// `CONV_WINOGRAD=0|1 PROFILE_CONV=1 cargo run --release --example profile_ops`: with at least
+/// this many input and output channels (at width 0.25, 64→128 at 8×8 took 38 ms with it
+/// against 31 without)...
+const WINOGRAD_MIN_CHANNELS: usize = 256;
+/// ... on maps of at most this many pixels (8×8). On the larger maps its transforms (scalar
+/// code, 16 scattered writes per tile) cost more than the flops it saves: 145 against 102 ms
+/// for 64→128 at 32×32, width 1, batch 128; 86–92 against 115 ms for 256→512 at 8×8.
+const WINOGRAD_MAX_PIXELS: usize = 64;
+
+fn use_winograd([_, c, h, w]: Dims, o: usize) -> bool {
+    match std::env::var("CONV_WINOGRAD").as_deref() {
+        Ok("0") => return false,
+        Ok("1") => return conv_winograd::fits(h, w),
+        _ => {}
+    }
+    conv_winograd::fits(h, w) && c.min(o) >= WINOGRAD_MIN_CHANNELS && h * w <= WINOGRAD_MAX_PIXELS
 }
 
 pub fn forward_with(plan: Plan, x: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec<f32> {
@@ -258,21 +283,26 @@ pub fn forward_with(plan: Plan, x: &[f32], wt: &[f32], dims: Dims, o: usize) -> 
 
 /// The input gradient: the forward convolution of `dy [n, o, h, w]` by the weights flipped in
 /// both spatial axes with input and output channels swapped → `[n, c, h, w]`.
-pub fn input_grad(dy: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec<f32> {
-    input_grad_with(Plan::for_map(dims[2], dims[3]), dy, wt, dims, o)
+pub fn input_grad(dy: &[f32], wt: &[f32], [n, c, h, w]: Dims, o: usize) -> Vec<f32> {
+    forward(dy, &flipped(wt, o, c), [n, o, h, w], c)
 }
 
 pub fn input_grad_with(plan: Plan, dy: &[f32], wt: &[f32], [n, c, h, w]: Dims, o: usize) -> Vec<f32> {
+    forward_with(plan, dy, &flipped(wt, o, c), [n, o, h, w], c)
+}
+
+/// `[o, c, 3, 3]` → `[c, o, 3, 3]`, each kernel rotated by 180°.
+fn flipped(wt: &[f32], o: usize, c: usize) -> Vec<f32> {
     assert_eq!(wt.len(), o * c * 9, "conv3x3 input grad: weight has the wrong size");
-    let mut flipped = vec![0.0f32; wt.len()];
+    let mut out = vec![0.0f32; wt.len()];
     for oc in 0..o {
         for ci in 0..c {
             for t in 0..9 {
-                flipped[(ci * o + oc) * 9 + 8 - t] = wt[(oc * c + ci) * 9 + t];
+                out[(ci * o + oc) * 9 + 8 - t] = wt[(oc * c + ci) * 9 + t];
             }
         }
     }
-    forward_with(plan, dy, &flipped, [n, o, h, w], c)
+    out
 }
 
 /// The weight gradient `[o, c, 3, 3]`:
@@ -426,7 +456,7 @@ mod tests {
         let mut rng = crate::rng::Rng::new(3);
         let mut rand = |len: usize| (0..len).map(|_| rng.below(2001) as f32 / 1000.0 - 1.0).collect::<Vec<f32>>();
         // Rows ≠ columns, 1×1 and 1-wide maps, and more images than one block holds.
-        for (n, c, o, h, w) in [(3, 2, 4, 5, 7), (400, 3, 2, 5, 7), (2, 5, 3, 1, 1), (3, 2, 3, 4, 1), (5, 1, 2, 1, 6)] {
+        for (n, c, o, h, w) in [(3, 2, 4, 5, 7), (400, 3, 2, 5, 7), (2, 5, 3, 1, 1), (3, 2, 3, 4, 1), (5, 1, 2, 1, 6), (3, 3, 5, 6, 4), (70, 4, 3, 2, 8)] {
             let dims = [n, c, h, w];
             let (x, wt, dy) = (rand(n * c * h * w), rand(o * c * 9), rand(n * o * h * w));
             let (fwd, dx, dw) = (naive_forward(&x, &wt, dims, o), naive_input_grad(&dy, &wt, dims, o), naive_weight_grad(&x, &dy, dims, o));
@@ -435,6 +465,10 @@ mod tests {
                 close(&format!("forward {what}"), &forward_with(plan, &x, &wt, dims, o), &fwd);
                 close(&format!("dx {what}"), &input_grad_with(plan, &dy, &wt, dims, o), &dx);
                 close(&format!("dw {what}"), &weight_grad_with(plan, &x, &dy, dims, o), &dw);
+            }
+            if conv_winograd::fits(h, w) {
+                let what = format!("Winograd, {n}×{c}→{o} at {h}×{w}");
+                close(&format!("forward {what}"), &conv_winograd::forward(&x, &wt, dims, o), &fwd);
             }
         }
     }

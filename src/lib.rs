@@ -25,6 +25,8 @@ pub mod bench;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod conv_kernels;
 #[cfg(not(target_arch = "wasm32"))]
+pub mod conv_winograd;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod cpu_ops;
 
 #[cfg(not(target_arch = "wasm32"))]

@@ -1,7 +1,7 @@
 //! The flex-only kernels of `cpu_ops` against Burn's generic ops on the same device: values and
 //! gradients, on shapes unlike the network's (odd sides, 3 channels, 1×1 maps): the fused
 //! BatchNorm → ReLU → dropout, pooling, and both layouts of the conv kernels (`Plan::Rows` on
-//! maps of 256 pixels and more, `Plan::Taps` below).
+//! maps of 256 pixels and more, `Plan::Taps` below) and Winograd.
 
 use burn::tensor::module::{batch_norm_train, conv2d};
 use burn::tensor::ops::ConvOptions;
@@ -83,13 +83,15 @@ fn max_pool_matches_burn_forward_and_backward() {
 }
 
 #[test]
-fn conv3x3_matches_burn_on_both_layouts() {
+fn conv3x3_matches_burn_on_every_path() {
     let device = Device::flex().autodiff();
     let _rng = rng_lock();
     device.seed(3);
     let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
-    // 20×18 (360 pixels) and 16×16 take `Plan::Rows`, 6×5 `Plan::Taps`.
-    for (shape, out) in [([3, 3, 20, 18], 5), ([4, 6, 6, 5], 7), ([70, 2, 16, 16], 3)] {
+    // 20×18 (360 pixels) and 16×16 take `Plan::Rows`, 6×5 `Plan::Taps`; 256 channels on 8×6
+    // and 4×4 maps Winograd (forward and input gradient).
+    let shapes = [([3, 3, 20, 18], 5), ([4, 6, 6, 5], 7), ([70, 2, 16, 16], 3), ([2, 256, 8, 6], 256), ([3, 256, 4, 4], 320)];
+    for (shape, out) in shapes {
         let x = input(shape, &device);
         let w = Tensor::<4>::random([out, shape[1], 3, 3], Distribution::Normal(0.0, 0.3), &device).require_grad();
         let ours = cpu_ops::conv3x3(x.clone(), w.clone());
