@@ -228,15 +228,11 @@ pub fn forward(x: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec<f32> {
     forward_with(Plan::for_map(dims[2], dims[3]), x, wt, dims, o)
 }
 
-/// Where Winograd beats the GEMMs, measured per layer with
-/// `CONV_WINOGRAD=0|1 PROFILE_CONV=1 cargo run --release --example profile_ops`: with at least
-/// this many input and output channels (at width 0.25, 64→128 at 8×8 took 38 ms with it
-/// against 31 without)...
-const WINOGRAD_MIN_CHANNELS: usize = 256;
-/// ... on maps of at most this many pixels (8×8). On the larger maps its transforms (scalar
-/// code, 16 scattered writes per tile) cost more than the flops it saves: 145 against 102 ms
-/// for 64→128 at 32×32, width 1, batch 128; 86–92 against 115 ms for 256→512 at 8×8.
-const WINOGRAD_MAX_PIXELS: usize = 64;
+/// Channels (input and output) from which Winograd beats the GEMMs, measured per layer with
+/// `CONV_WINOGRAD=0|1 PROFILE_CONV=1 cargo run --release --example profile_ops`: at width 1,
+/// batch 128, 64→128 at 32×32 takes 86 ms against 102, 256→512 at 8×8 65 against 115; at
+/// width 0.25 the 16- and 32-channel layers are faster without it (16→32: 15 against 10 ms).
+const WINOGRAD_MIN_CHANNELS: usize = 64;
 
 fn use_winograd([_, c, h, w]: Dims, o: usize) -> bool {
     match std::env::var("CONV_WINOGRAD").as_deref() {
@@ -244,7 +240,7 @@ fn use_winograd([_, c, h, w]: Dims, o: usize) -> bool {
         Ok("1") => return conv_winograd::fits(h, w),
         _ => {}
     }
-    conv_winograd::fits(h, w) && c.min(o) >= WINOGRAD_MIN_CHANNELS && h * w <= WINOGRAD_MAX_PIXELS
+    conv_winograd::fits(h, w) && c.min(o) >= WINOGRAD_MIN_CHANNELS
 }
 
 pub fn forward_with(plan: Plan, x: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec<f32> {

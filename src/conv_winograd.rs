@@ -4,7 +4,8 @@
 //! block of tiles the products are 16 GEMMs, `M_ξ (o × tiles) = U_ξ (o × c) · V_ξ (c × tiles)`,
 //! one per position ξ of the 4×4 transformed tile: 2.25× fewer flops than the direct GEMMs of
 //! `conv_kernels`, for the cost of transforming inputs and outputs (cheap when channels are
-//! many). Used on flex for the forward and the input gradient of the wide layers.
+//! many). Used on flex for the forward and the input gradient of the layers with 64 channels
+//! and more.
 
 use rayon::prelude::*;
 
@@ -41,37 +42,6 @@ fn transform_weights(wt: &[f32], o: usize, c: usize) -> Vec<f32> {
     u
 }
 
-/// `Bᵀ d B` of a 4×4 patch, Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]].
-#[inline(always)]
-fn transform_patch(d: [[f32; 4]; 4]) -> [f32; 16] {
-    let mut t = [[0.0f32; 4]; 4];
-    for s in 0..4 {
-        t[0][s] = d[0][s] - d[2][s];
-        t[1][s] = d[1][s] + d[2][s];
-        t[2][s] = d[2][s] - d[1][s];
-        t[3][s] = d[1][s] - d[3][s];
-    }
-    let mut v = [0.0f32; 16];
-    for i in 0..4 {
-        v[i * 4] = t[i][0] - t[i][2];
-        v[i * 4 + 1] = t[i][1] + t[i][2];
-        v[i * 4 + 2] = t[i][2] - t[i][1];
-        v[i * 4 + 3] = t[i][1] - t[i][3];
-    }
-    v
-}
-
-/// `Aᵀ m A` of a transformed tile, Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]: the 2×2 output.
-#[inline(always)]
-fn output_tile(m: [f32; 16]) -> [[f32; 2]; 2] {
-    let mut t = [[0.0f32; 4]; 2];
-    for s in 0..4 {
-        t[0][s] = m[s] + m[4 + s] + m[8 + s];
-        t[1][s] = m[4 + s] - m[8 + s] - m[12 + s];
-    }
-    [[t[0][0] + t[0][1] + t[0][2], t[0][1] - t[0][2] - t[0][3]], [t[1][0] + t[1][1] + t[1][2], t[1][1] - t[1][2] - t[1][3]]]
-}
-
 /// Whether the maps can be tiled (even sides).
 pub fn fits(h: usize, w: usize) -> bool {
     h % 2 == 0 && w % 2 == 0 && h > 0 && w > 0
@@ -99,26 +69,43 @@ pub fn forward(x: &[f32], wt: &[f32], [n, c, h, w]: Dims, o: usize) -> Vec<f32> 
         |(v, m, padded), (block, dst)| {
             let k = dst.len() / (o * hw);
             let t = k * tiles_per_image;
-            // V_ξ[ci][tile]: every 4×4 patch of the zero-padded planes, transformed.
+            // V_ξ[ci][tile]: every 4×4 patch of the zero-padded planes, transformed. Bᵀ · B is
+            // applied to whole rows at once (rows of patches, then columns), so every loop runs
+            // over contiguous memory and one tile row writes 16 contiguous runs.
             v.clear();
             v.resize(16 * c * t, 0.0);
             padded.clear();
-            padded.resize((h + 2) * (w + 2), 0.0);
+            padded.resize((h + 2) * (w + 2) + 4 * (w + 2), 0.0);
+            let pw = w + 2;
             for i in 0..k {
                 for ci in 0..c {
                     let src = &x[((block * per_block + i) * c + ci) * hw..][..hw];
                     for (y, row) in src.chunks(w).enumerate() {
-                        padded[(y + 1) * (w + 2) + 1..][..w].copy_from_slice(row);
+                        padded[(y + 1) * pw + 1..][..w].copy_from_slice(row);
                     }
+                    let (rows, combos) = padded.split_at_mut((h + 2) * pw);
                     for ty in 0..th {
-                        for tx in 0..tw {
-                            let mut d = [[0.0f32; 4]; 4];
-                            for (r, line) in d.iter_mut().enumerate() {
-                                line.copy_from_slice(&padded[(2 * ty + r) * (w + 2) + 2 * tx..][..4]);
-                            }
-                            let tile = i * tiles_per_image + ty * tw + tx;
-                            for (xi, val) in transform_patch(d).into_iter().enumerate() {
-                                v[(xi * c + ci) * t + tile] = val;
+                        let p = |r: usize| &rows[(2 * ty + r) * pw..][..pw];
+                        let (r0, r1, r2, r3) = (p(0), p(1), p(2), p(3));
+                        let (c0, rest) = combos.split_at_mut(pw);
+                        let (c1, rest) = rest.split_at_mut(pw);
+                        let (c2, c3) = rest.split_at_mut(pw);
+                        for s in 0..pw {
+                            c0[s] = r0[s] - r2[s];
+                            c1[s] = r1[s] + r2[s];
+                            c2[s] = r2[s] - r1[s];
+                            c3[s] = r1[s] - r3[s];
+                        }
+                        let tile0 = i * tiles_per_image + ty * tw;
+                        for (row_i, comb) in [&*c0, &*c1, &*c2, &*c3].into_iter().enumerate() {
+                            let at = |j: usize| ((row_i * 4 + j) * c + ci) * t + tile0;
+                            let (a0, a1, a2, a3) = (at(0), at(1), at(2), at(3));
+                            for tx in 0..tw {
+                                let q = &comb[2 * tx..][..4];
+                                v[a0 + tx] = q[0] - q[2];
+                                v[a1 + tx] = q[1] + q[2];
+                                v[a2 + tx] = q[2] - q[1];
+                                v[a3 + tx] = q[1] - q[3];
                             }
                         }
                     }
@@ -130,19 +117,26 @@ pub fn forward(x: &[f32], wt: &[f32], [n, c, h, w]: Dims, o: usize) -> Vec<f32> 
                 let (mx, ux, vx) = (&mut m[xi * o * t..][..o * t], &u[xi * o * c..][..o * c], &v[xi * c * t..][..c * t]);
                 gemm([o, t, c], mx, [t, 1], false, ux, [c, 1], vx, [t, 1]);
             }
+            // Aᵀ · A, again on runs of tiles: the 16 values of a tile row are contiguous runs
+            // of M.
             for i in 0..k {
                 for oc in 0..o {
                     let plane = &mut dst[(i * o + oc) * hw..][..hw];
                     for ty in 0..th {
+                        let tile0 = i * tiles_per_image + ty * tw;
+                        let run: [&[f32]; 16] = std::array::from_fn(|xi| &m[(xi * o + oc) * t + tile0..][..tw]);
+                        let (top, bottom) = plane[2 * ty * w..][..2 * w].split_at_mut(w);
                         for tx in 0..tw {
-                            let tile = i * tiles_per_image + ty * tw + tx;
-                            let mut mt = [0.0f32; 16];
-                            for (xi, val) in mt.iter_mut().enumerate() {
-                                *val = m[(xi * o + oc) * t + tile];
+                            let mut t0 = [0.0f32; 4];
+                            let mut t1 = [0.0f32; 4];
+                            for s in 0..4 {
+                                t0[s] = run[s][tx] + run[4 + s][tx] + run[8 + s][tx];
+                                t1[s] = run[4 + s][tx] - run[8 + s][tx] - run[12 + s][tx];
                             }
-                            let y = output_tile(mt);
-                            plane[2 * ty * w + 2 * tx..][..2].copy_from_slice(&y[0]);
-                            plane[(2 * ty + 1) * w + 2 * tx..][..2].copy_from_slice(&y[1]);
+                            top[2 * tx] = t0[0] + t0[1] + t0[2];
+                            top[2 * tx + 1] = t0[1] - t0[2] - t0[3];
+                            bottom[2 * tx] = t1[0] + t1[1] + t1[2];
+                            bottom[2 * tx + 1] = t1[1] - t1[2] - t1[3];
                         }
                     }
                 }
