@@ -34,9 +34,14 @@ fn forward_backward(bytes: &[u8], device: &Device, pixels: &[u8], labels: &[i64]
 fn wgpu_and_cpu_agree_on_forward_and_gradients() {
     let wgpu = backend::device(Backend::Wgpu).expect("a wgpu adapter (lavapipe in CI: mesa-vulkan-drivers)");
     let config = ModelConfig::new().with_width(0.125).with_dropout(0.0);
+    // Seeded: the gradient of the first layer passes through eight BatchNorms of batch 8, and
+    // an unlucky initialisation (a near-constant channel) amplifies round-off past the
+    // tolerance; unseeded, the weights depended on which tests ran first (a 2% failure seen).
     let model = {
         let _rng = rng_lock();
-        config.init(&Device::flex())
+        let device = Device::flex();
+        device.seed(7);
+        config.init(&device)
     };
     let bytes = pollster::block_on(model_file(&model, &config, 0)).unwrap().encode().unwrap();
     let data = synthetic(8, 9);
@@ -47,6 +52,9 @@ fn wgpu_and_cpu_agree_on_forward_and_gradients() {
     for ((name, a), (_, b)) in cpu.iter().zip(&gpu) {
         assert_eq!(a.len(), b.len(), "{name}");
         let d = rel_diff(b, a);
+        if std::env::var_os("PARITY_VERBOSE").is_some() {
+            eprintln!("{name}: {d:.2e}");
+        }
         assert!(d < 2e-3, "{name}: relative difference {d}");
         assert!(a.iter().any(|v| *v != 0.0), "{name} is all zeros");
     }
