@@ -17,6 +17,9 @@
 //! with contiguous operands: K = 3c (kx and channels), and the only wasted work is the one
 //! separator row per image (1/h of the columns). flex's own conv makes an im2col with K = 9c
 //! per tile and converts to and from NHWC around it; im2col copies 9× the input, this 3×.
+//! On maps under 16×16 the separator rows would waste 1/8 and more, so there `Plan::Taps` (a
+//! plain im2col, one GEMM) is used instead. Layers with 64 channels and more take Winograd
+//! (`conv_winograd`) for the forward and the input gradient.
 
 use rayon::prelude::*;
 
