@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use crate::conv_kernels::{Dims, gemm};
+use crate::conv_kernels::{Dims, gemm, resize_for_overwrite};
 
 /// A block's transformed input is about this many floats...
 const BLOCK_FLOATS: usize = 1 << 18;
@@ -88,8 +88,8 @@ simd_fn!(
 fn transform_input_body(x: &[f32], [_, c, h, w]: Dims, b0: usize, k: usize, v: &mut Vec<f32>, scratch: &mut Vec<f32>) {
     let (hw, th, tw) = (h * w, h / 2, w / 2);
     let t = k * th * tw;
-    v.clear();
-    v.resize(16 * c * t, 0.0);
+    // Every element is written below.
+    resize_for_overwrite(v, 16 * c * t);
     // Padded row p, column q (q = 0..w + 2) is even[p][q / 2] or odd[p][q / 2]; each half row
     // has tw + 1 entries. Then four row combinations, as halves too.
     let half = tw + 1;
@@ -233,8 +233,8 @@ pub fn forward(x: &[f32], wt: &[f32], [n, c, h, w]: Dims, o: usize) -> Vec<f32> 
             let k = dst.len() / (o * hw);
             let t = k * tiles_per_image;
             transform_input(x, [n, c, h, w], block * per_block, k, v, padded);
-            m.clear();
-            m.resize(16 * o * t, 0.0);
+            // The GEMMs overwrite it.
+            resize_for_overwrite(m, 16 * o * t);
             // M and V are [channel][ξ][tile], so that a tile row's 16 runs sit together for
             // the transforms (as [ξ][channel][tile] they were 16 far-apart cache lines per tile
             // row: the output transform took 12% of a step).
