@@ -98,10 +98,14 @@ const TAPS_BELOW_PIXELS: usize = 256;
 fn images_per_block(plan: Plan, [n, c, h, w]: Dims) -> usize {
     let floats = std::env::var("CONV_BLOCK").ok().and_then(|v| v.parse().ok()).unwrap_or(BLOCK_FLOATS);
     let columns = (floats / (plan.taps() * c)).max(MIN_BLOCK_COLUMNS);
-    let by_size = (columns / ((h + plan.separator()) * w)).max(1);
+    capped_for_threads(columns / ((h + plan.separator()) * w), n)
+}
+
+/// `by_size` images per block (at least one), but few enough that each thread gets two
+/// blocks of the `n` images.
+pub(crate) fn capped_for_threads(by_size: usize, n: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
-    let by_threads = n.div_ceil(threads * 2).max(1);
-    by_size.min(by_threads).min(n.max(1))
+    by_size.max(1).min(n.div_ceil(threads * 2).max(1))
 }
 
 /// The shifted copy of images `b0..b0 + k` of `x` into `s`: `plan.taps()·c` rows of
@@ -388,79 +392,53 @@ pub fn weight_grad_with(plan: Plan, x: &[f32], dy: &[f32], dims: Dims, o: usize)
 mod tests {
     use super::*;
 
-    fn at(x: &[f32], [_, c, h, w]: Dims, b: usize, ci: usize, y: isize, xx: isize) -> f64 {
-        if y < 0 || xx < 0 || y >= h as isize || xx >= w as isize {
-            return 0.0;
-        }
-        x[((b * c + ci) * h + y as usize) * w + xx as usize] as f64
-    }
-
-    fn naive_forward(x: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec<f32> {
-        let [n, c, h, w] = dims;
-        let mut out = vec![0.0f32; n * o * h * w];
+    /// Every (output element, input element, weight) triple of the convolution's definition,
+    /// as indices into `[n, o, h, w]`, `[n, c, h, w]` and `[o, c, 3, 3]`; taps that fall in
+    /// the padding are skipped.
+    fn each_product([n, c, h, w]: Dims, o: usize, mut f: impl FnMut(usize, usize, usize)) {
         for b in 0..n {
             for oc in 0..o {
                 for y in 0..h {
                     for xx in 0..w {
-                        let mut s = 0.0f64;
-                        for ci in 0..c {
-                            for t in 0..9 {
-                                let (dy, dx) = ((t / 3) as isize - 1, (t % 3) as isize - 1);
-                                s += wt[(oc * c + ci) * 9 + t] as f64 * at(x, dims, b, ci, y as isize + dy, xx as isize + dx);
-                            }
-                        }
-                        out[((b * o + oc) * h + y) * w + xx] = s as f32;
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    fn naive_weight_grad(x: &[f32], dy: &[f32], dims: Dims, o: usize) -> Vec<f32> {
-        let [n, c, h, w] = dims;
-        let mut dw = vec![0.0f64; o * c * 9];
-        for b in 0..n {
-            for oc in 0..o {
-                for ci in 0..c {
-                    for t in 0..9 {
-                        let (ty, tx) = ((t / 3) as isize - 1, (t % 3) as isize - 1);
-                        for y in 0..h {
-                            for xx in 0..w {
-                                let g = dy[((b * o + oc) * h + y) * w + xx] as f64;
-                                dw[(oc * c + ci) * 9 + t] += g * at(x, dims, b, ci, y as isize + ty, xx as isize + tx);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        dw.into_iter().map(|v| v as f32).collect()
-    }
-
-    /// Each output gradient scattered back to the inputs that made it.
-    fn naive_input_grad(dy: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec<f32> {
-        let [n, c, h, w] = dims;
-        let mut dx = vec![0.0f64; n * c * h * w];
-        for b in 0..n {
-            for oc in 0..o {
-                for y in 0..h {
-                    for xx in 0..w {
-                        let g = dy[((b * o + oc) * h + y) * w + xx] as f64;
                         for ci in 0..c {
                             for t in 0..9 {
                                 let (sy, sx) = (y as isize + (t / 3) as isize - 1, xx as isize + (t % 3) as isize - 1);
                                 if sy < 0 || sx < 0 || sy >= h as isize || sx >= w as isize {
                                     continue;
                                 }
-                                dx[((b * c + ci) * h + sy as usize) * w + sx as usize] += g * wt[(oc * c + ci) * 9 + t] as f64;
+                                let input = ((b * c + ci) * h + sy as usize) * w + sx as usize;
+                                f(((b * o + oc) * h + y) * w + xx, input, (oc * c + ci) * 9 + t);
                             }
                         }
                     }
                 }
             }
         }
-        dx.into_iter().map(|v| v as f32).collect()
+    }
+
+    /// `Σ a[i]·b[j]` into `out[k]` for every product, accumulated in f64.
+    fn naive(len: usize, dims: Dims, o: usize, pick: impl Fn(usize, usize, usize) -> (usize, f32, f32)) -> Vec<f32> {
+        let mut out = vec![0.0f64; len];
+        each_product(dims, o, |oi, ii, wi| {
+            let (k, a, b) = pick(oi, ii, wi);
+            out[k] += a as f64 * b as f64;
+        });
+        out.into_iter().map(|v| v as f32).collect()
+    }
+
+    fn naive_forward(x: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec<f32> {
+        let [n, _, h, w] = dims;
+        naive(n * o * h * w, dims, o, |oi, ii, wi| (oi, wt[wi], x[ii]))
+    }
+
+    fn naive_weight_grad(x: &[f32], dy: &[f32], dims: Dims, o: usize) -> Vec<f32> {
+        naive(o * dims[1] * 9, dims, o, |oi, ii, wi| (wi, dy[oi], x[ii]))
+    }
+
+    /// Each output gradient scattered back to the inputs that made it.
+    fn naive_input_grad(dy: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec<f32> {
+        let [n, c, h, w] = dims;
+        naive(n * c * h * w, dims, o, |oi, ii, wi| (ii, dy[oi], wt[wi]))
     }
 
     #[track_caller]

@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use crate::conv_kernels::{Dims, gemm, resize_for_overwrite};
+use crate::conv_kernels::{Dims, capped_for_threads, gemm, resize_for_overwrite};
 
 /// A block's transformed input is about this many floats...
 const BLOCK_FLOATS: usize = 1 << 18;
@@ -203,8 +203,7 @@ fn transform_output_body(m: &[f32], [k, o, h, w]: Dims, dst: &mut [f32]) {
 /// tiles, and enough blocks for every thread.
 fn images_per_block([n, c, h, w]: Dims) -> usize {
     let tiles = (BLOCK_FLOATS / (16 * c)).max(MIN_BLOCK_TILES);
-    let threads = rayon::current_num_threads().max(1);
-    (tiles / (h / 2 * w / 2).max(1)).max(1).min(n.div_ceil(threads * 2).max(1))
+    capped_for_threads(tiles / (h / 2 * w / 2).max(1), n)
 }
 
 /// Whether the maps can be tiled (even sides).
