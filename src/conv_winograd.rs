@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use crate::conv_kernels::{Dims, capped_for_threads, gemm, resize_for_overwrite};
+use crate::conv_kernels::{Dims, capped_for_threads, gemm, resize_for_overwrite, with_scratch};
 
 /// A block's transformed input is about this many floats...
 const BLOCK_FLOATS: usize = 1 << 18;
@@ -226,9 +226,8 @@ pub fn forward(x: &[f32], wt: &[f32], [n, c, h, w]: Dims, o: usize) -> Vec<f32> 
     if out.is_empty() {
         return out;
     }
-    out.par_chunks_mut(per_block * o * hw).enumerate().for_each_init(
-        || (Vec::new(), Vec::new(), Vec::new()),
-        |(v, m, padded), (block, dst)| {
+    out.par_chunks_mut(per_block * o * hw).enumerate().for_each(|(block, dst)| {
+        with_scratch(|[v, m, padded]| {
             let k = dst.len() / (o * hw);
             let t = k * tiles_per_image;
             transform_input(x, [n, c, h, w], block * per_block, k, v, padded);
@@ -242,7 +241,7 @@ pub fn forward(x: &[f32], wt: &[f32], [n, c, h, w]: Dims, o: usize) -> Vec<f32> 
                 gemm([o, t, c], &mut m[xi * t..], [16 * t, 1], false, ux, [c, 1], &v[xi * t..], [16 * t, 1]);
             }
             transform_output(m, [k, o, h, w], dst);
-        },
-    );
+        })
+    });
     out
 }
