@@ -173,6 +173,16 @@ fn main() {
         });
         add("dropout 0.05", 0.0, both);
     }
+    {
+        use cifar_webgpu::augment::{AugmentConfig, augment, batch, draw, normalised_by_ops};
+        let pixels: Vec<u8> = (0..n * 3072).map(|i| (i * 7 % 251) as u8).collect();
+        let config = AugmentConfig::new();
+        let params = draw(&config, &mut cifar_webgpu::rng::Rng::new(1), n);
+        let ops = time(reps, &plain, || augment(normalised_by_ops(&pixels, &ad), &params, &config).sum().reshape([1]));
+        add("batch + augment (ops)", ops, ops);
+        let ours = time(reps, &plain, || batch(&pixels, &params, &config, &ad).sum().reshape([1]));
+        add("  host pass (CPU)", ours, ours);
+    }
     let model = ModelConfig::new().with_width(width).init(&ad).train();
     let x = Tensor::<4>::random([n, 3, 32, 32], Distribution::Normal(0.0, 1.0), &ad);
     let fwd = time(reps, &plain, || model.valid().forward(x.clone().inner()).sum().reshape([1]));

@@ -275,7 +275,7 @@ impl Trainer {
         let seed = self.rng.next_u64();
         self.device.seed(seed);
         crate::dropout::seed(seed);
-        let x = augment::augment(augment::to_tensor(pixels, &self.device), &params, &self.config.augment);
+        let x = augment::batch(pixels, &params, &self.config.augment, &self.device);
         let y = Tensor::<1, Int>::from_data(TensorData::new(labels.to_vec(), [n]), &self.device);
         let logits = self.model.forward(x);
         let correct = logits.clone().detach().argmax(1).reshape([n]).equal(y.clone()).int().sum();

@@ -1,7 +1,7 @@
 //! Augmentation properties against a plain host implementation of pad/crop/flip/CutOut.
 
 use burn::tensor::Tensor;
-use cifar_webgpu::augment::{AugmentConfig, SampleAug, augment, draw, to_tensor};
+use cifar_webgpu::augment::{AugmentConfig, SampleAug, augment, batch, draw, normalised_by_ops, to_tensor};
 use cifar_webgpu::rng::Rng;
 
 use crate::common::{flex, synthetic};
@@ -116,4 +116,28 @@ fn augmentation_is_reproducible_from_the_seed() {
     };
     assert_eq!(run(11), run(11));
     assert_ne!(run(11), run(12));
+}
+
+#[test]
+fn host_batch_matches_the_tensor_ops() {
+    // `batch` and `to_tensor` build CPU batches on the host; `augment(normalised_by_ops(..))`
+    // is the tensor-op path GPUs take.
+    let data = synthetic(24, 5);
+    let (ours, ops) = (host(to_tensor(&data.images, &flex())), host(normalised_by_ops(&data.images, &flex())));
+    assert_eq!((ours.0, ours.1), (ops.0, ops.1));
+    let configs = [
+        AugmentConfig::new(),
+        AugmentConfig::new().with_pad(0),
+        AugmentConfig::new().with_flip(false).with_cutout(0),
+        AugmentConfig::new().with_pad(7).with_cutout(32),
+        AugmentConfig::new().with_cutout(1),
+    ];
+    for (k, cfg) in configs.iter().enumerate() {
+        let params = draw(cfg, &mut Rng::new(k as u64), 24);
+        let ours = host(batch(&data.images, &params, cfg, &flex()));
+        let ops = host(augment(normalised_by_ops(&data.images, &flex()), &params, cfg));
+        assert_eq!(ours.1, ops.1);
+        // CutOut multiplies by 0 there, so the tensor path's zeros may be −0.
+        assert!(ours.0.iter().zip(&ops.0).all(|(a, b)| a == b), "config {k}: {cfg:?}");
+    }
 }
