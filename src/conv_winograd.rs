@@ -11,6 +11,7 @@
 use rayon::prelude::*;
 
 use crate::conv_kernels::{Dims, capped_for_threads, gemm, resize_for_overwrite, with_scratch};
+use crate::simd::simd_fn;
 
 /// A block's transformed input is about this many floats...
 const BLOCK_FLOATS: usize = 1 << 18;
@@ -41,38 +42,6 @@ fn transform_weights(wt: &[f32], o: usize, c: usize) -> Vec<f32> {
         }
     }
     u
-}
-
-/// Defines `fn $name(args)` that runs `$body(args)` compiled for AVX-512 or AVX2 when the CPU
-/// has them (checked at run time: the crate itself is built for baseline x86-64, and SSE2 made
-/// these loops several times slower), else as is. `$body` must be `#[inline(always)]` (and
-/// free of closures in its loops), so that it is compiled inside the feature-enabled copies.
-macro_rules! simd_fn {
-    ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
-        $(#[$m])*
-        fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx2,fma")]
-                unsafe fn avx512($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) {
-                    $body($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has the features the copy is compiled for.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                    // SAFETY: as above.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            $body($($arg),*)
-        }
-    };
 }
 
 simd_fn!(

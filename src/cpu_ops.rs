@@ -27,6 +27,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::conv_kernels;
 use crate::dropout::Mask;
+use crate::simd::simd_fn;
 use rayon::prelude::*;
 
 #[backend_extension(Autodiff, Flex)]
@@ -109,27 +110,48 @@ fn stats_kernel(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
         .into_par_iter()
         .map(|ch| {
             let planes = || (0..n).map(move |b| &x[(b * c + ch) * hw..][..hw]);
-            let mean = planes().map(|p| lanes_sum(p, |v| v) as f64).sum::<f64>() / count;
+            let mean = planes().map(|p| plane_sum(p) as f64).sum::<f64>() / count;
             let m = mean as f32;
-            let var = planes().map(|p| lanes_sum(p, |v| (v - m) * (v - m)) as f64).sum::<f64>() / count;
+            let var = planes().map(|p| plane_squares(p, m) as f64).sum::<f64>() / count;
             (mean as f32, var as f32)
         })
         .collect();
     per_channel.iter().map(|s| s.0).chain(per_channel.iter().map(|s| s.1)).collect()
 }
 
-/// `Σ f(v)` in eight independent f32 lanes (vectorisable, unlike one running sum).
+simd_fn!(
+    /// `Σ v` in eight independent f32 lanes (vectorisable, unlike one running sum).
+    fn plane_sum(v: &[f32]) -> f32 => plane_sum_body
+);
+simd_fn!(
+    /// `Σ (v − m)²`, the same way.
+    fn plane_squares(v: &[f32], m: f32) -> f32 => plane_squares_body
+);
+
 #[inline(always)]
-fn lanes_sum(v: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+fn plane_sum_body(v: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = v.chunks_exact(8);
     let rest = chunks.remainder();
     for c in chunks {
         for l in 0..8 {
-            acc[l] += f(c[l]);
+            acc[l] += c[l];
         }
     }
-    acc.iter().sum::<f32>() + rest.iter().map(|&v| f(v)).sum::<f32>()
+    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+#[inline(always)]
+fn plane_squares_body(v: &[f32], m: f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = v.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] += (c[l] - m) * (c[l] - m);
+        }
+    }
+    acc.iter().sum::<f32>() + rest.iter().map(|&v| (v - m) * (v - m)).sum::<f32>()
 }
 
 fn inv_std(stats: &[f32], c: usize, eps: f64) -> Vec<f32> {
@@ -154,14 +176,24 @@ fn apply_kernel(
         let ch = plane % c;
         let scale = gamma[ch] * inv[ch];
         let shift = beta[ch] - stats[ch] * scale;
-        for (o, &v) in o.iter_mut().zip(xs) {
-            *o = relu(v * scale + shift);
-        }
-        if let Some(mask) = mask {
-            mask.apply(plane * hw, o);
-        }
+        apply_plane(o, xs, scale, shift, mask, plane * hw);
     });
     out
+}
+
+simd_fn!(
+    /// One plane of [`apply_kernel`]; `start` is its first element's index in the tensor.
+    fn apply_plane(o: &mut [f32], xs: &[f32], scale: f32, shift: f32, mask: Option<Mask>, start: usize) => apply_plane_body
+);
+
+#[inline(always)]
+fn apply_plane_body(o: &mut [f32], xs: &[f32], scale: f32, shift: f32, mask: Option<Mask>, start: usize) {
+    for (o, &v) in o.iter_mut().zip(xs) {
+        *o = relu(v * scale + shift);
+    }
+    if let Some(mask) = mask {
+        mask.apply(start, o);
+    }
 }
 
 /// `v` where `keep`, else 0, without a branch: ReLU's sign is a coin flip, and a mispredicted
@@ -177,30 +209,49 @@ fn relu(y: f32) -> f32 {
     select(!(y <= 0.0), y)
 }
 
-/// The gradient at the BatchNorm output, from the fused op's output `out` and its gradient
-/// `dy`: `dy · keep` where the output is positive (ReLU active, element kept), else 0.
-fn gated(dy: &[f32], out: &[f32], keep: f32, buf: &mut Vec<f32>) {
-    buf.clear();
-    buf.extend(dy.iter().zip(out).map(|(&d, &o)| select(o > 0.0, d * keep)));
-}
+simd_fn!(
+    /// `(Σ d, Σ d·(v − mean))` over a plane, where `d` is the gradient at the BatchNorm output:
+    /// `dy · keep` where the fused op's output `out` is positive (ReLU active, element kept),
+    /// else 0. Eight independent lanes, which the compiler vectorises (one running f32 sum is
+    /// a chain of dependent adds).
+    fn gated_sums(dy: &[f32], out: &[f32], v: &[f32], keep: f32, mean: f32) -> (f32, f32) => gated_sums_body
+);
 
-/// `(Σ d, Σ d·(v − mean))` in eight independent lanes, which the compiler can vectorise (one
-/// running f32 sum is a chain of dependent adds).
-fn plane_sums(d: &[f32], v: &[f32], mean: f32) -> (f32, f32) {
+#[inline(always)]
+fn gated_sums_body(dy: &[f32], out: &[f32], v: &[f32], keep: f32, mean: f32) -> (f32, f32) {
     let (mut s, mut sx) = ([0.0f32; 8], [0.0f32; 8]);
-    let (dc, vc) = (d.chunks_exact(8), v.chunks_exact(8));
-    let (dr, vr) = (dc.remainder(), vc.remainder());
-    for (d, v) in dc.zip(vc) {
+    let (dc, oc, vc) = (dy.chunks_exact(8), out.chunks_exact(8), v.chunks_exact(8));
+    let (dr, or, vr) = (dc.remainder(), oc.remainder(), vc.remainder());
+    for ((d, o), v) in dc.zip(oc).zip(vc) {
         for l in 0..8 {
-            s[l] += d[l];
-            sx[l] += d[l] * (v[l] - mean);
+            let g = select(o[l] > 0.0, d[l] * keep);
+            s[l] += g;
+            sx[l] += g * (v[l] - mean);
         }
     }
-    for (&d, &v) in dr.iter().zip(vr) {
-        s[0] += d;
-        sx[0] += d * (v - mean);
+    for ((&d, &o), &v) in dr.iter().zip(or).zip(vr) {
+        let g = select(o > 0.0, d * keep);
+        s[0] += g;
+        sx[0] += g * (v - mean);
     }
     (s.iter().sum(), sx.iter().sum())
+}
+
+simd_fn!(
+    /// One plane of the input gradient: `scale · (d − mean(d) − x̂ · mean(d · x̂))`, `d` gated
+    /// as in [`gated_sums`].
+    #[allow(clippy::too_many_arguments)]
+    fn dx_plane(dx: &mut [f32], dy: &[f32], out: &[f32], v: &[f32], keep: f32, mean: f32, is: f32, scale: f32, mean_dy: f32, mean_dyx: f32) => dx_plane_body
+);
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn dx_plane_body(dx: &mut [f32], dy: &[f32], out: &[f32], v: &[f32], keep: f32, mean: f32, is: f32, scale: f32, mean_dy: f32, mean_dyx: f32) {
+    for (((o, &d), &y), &v) in dx.iter_mut().zip(dy).zip(out).zip(v) {
+        let g = select(y > 0.0, d * keep);
+        let xhat = (v - mean) * is;
+        *o = scale * (g - mean_dy - xhat * mean_dyx);
+    }
 }
 
 /// Backward of the fused training-mode BatchNorm → ReLU → dropout whose output was `out`:
@@ -224,11 +275,9 @@ fn bn_backward_kernel(
         .map(|ch| {
             let (mean, is) = (stats[ch], inv[ch]);
             let (mut s, mut sx) = (0.0f64, 0.0f64);
-            let mut buf = Vec::new();
             for b in 0..n {
                 let at = (b * c + ch) * hw;
-                gated(&dy[at..][..hw], &out[at..][..hw], keep, &mut buf);
-                let (ps, psx) = plane_sums(&buf, &x[at..][..hw], mean);
+                let (ps, psx) = gated_sums(&dy[at..][..hw], &out[at..][..hw], &x[at..][..hw], keep, mean);
                 s += ps as f64;
                 sx += (psx * is) as f64;
             }
@@ -236,18 +285,14 @@ fn bn_backward_kernel(
         })
         .collect();
     let mut dx = vec![0.0f32; x.len()];
-    dx.par_chunks_mut(hw).enumerate().for_each_init(Vec::new, |buf, (plane, dx_plane)| {
+    dx.par_chunks_mut(hw).enumerate().for_each(|(plane, dx_out)| {
         let ch = plane % c;
         let (mean, is) = (stats[ch], inv[ch]);
         let (s, sx) = sums[ch];
         let scale = gamma[ch] * is;
         let (mean_dy, mean_dyx) = (s / count, sx / count);
         let at = plane * hw;
-        gated(&dy[at..][..hw], &out[at..][..hw], keep, buf);
-        for ((o, &v), &d) in dx_plane.iter_mut().zip(&x[at..][..hw]).zip(buf.iter()) {
-            let xhat = (v - mean) * is;
-            *o = scale * (d - mean_dy - xhat * mean_dyx);
-        }
+        dx_plane(dx_out, &dy[at..][..hw], &out[at..][..hw], &x[at..][..hw], keep, mean, is, scale, mean_dy, mean_dyx);
     });
     let dgamma = sums.iter().map(|s| s.1).collect();
     let dbeta = sums.iter().map(|s| s.0).collect();
@@ -271,17 +316,27 @@ fn pool_kernel(x: &[f32], [n, c, h, w]: [usize; 4]) -> (Vec<f32>, Vec<u8>) {
     let mut out = vec![0.0f32; n * c * oh * ow];
     let mut arg = vec![0u8; n * c * oh * ow];
     out.par_chunks_mut(oh * ow).zip(arg.par_chunks_mut(oh * ow)).enumerate().for_each(|(plane, (o, a))| {
-        let xs = &x[plane * h * w..][..h * w];
-        for (y, (o, a)) in o.chunks_exact_mut(ow).zip(a.chunks_exact_mut(ow)).enumerate() {
-            let (r0, r1) = (&xs[2 * y * w..][..2 * ow], &xs[(2 * y + 1) * w..][..2 * ow]);
-            for (((o, a), p0), p1) in o.iter_mut().zip(a).zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
-                let (v01, i01) = wins((p0[0], 0), (p0[1], 1));
-                let (v23, i23) = wins((p1[0], 2), (p1[1], 3));
-                (*o, *a) = wins((v01, i01), (v23, i23));
-            }
-        }
+        pool_plane(o, a, &x[plane * h * w..][..h * w], w);
     });
     (out, arg)
+}
+
+simd_fn!(
+    /// One plane of [`pool_kernel`]: `xs` is `h × w`, `o` and `a` `h/2 × w/2`.
+    fn pool_plane(o: &mut [f32], a: &mut [u8], xs: &[f32], w: usize) => pool_plane_body
+);
+
+#[inline(always)]
+fn pool_plane_body(o: &mut [f32], a: &mut [u8], xs: &[f32], w: usize) {
+    let ow = w / 2;
+    for (y, (o, a)) in o.chunks_exact_mut(ow).zip(a.chunks_exact_mut(ow)).enumerate() {
+        let (r0, r1) = (&xs[2 * y * w..][..2 * ow], &xs[(2 * y + 1) * w..][..2 * ow]);
+        for (((o, a), p0), p1) in o.iter_mut().zip(a).zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
+            let (v01, i01) = wins((p0[0], 0), (p0[1], 1));
+            let (v23, i23) = wins((p1[0], 2), (p1[1], 3));
+            (*o, *a) = wins((v01, i01), (v23, i23));
+        }
+    }
 }
 
 fn pool_backward_kernel(dy: &[f32], arg: &[u8], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
@@ -289,21 +344,31 @@ fn pool_backward_kernel(dy: &[f32], arg: &[u8], [n, c, h, w]: [usize; 4]) -> Vec
     // Zeros stay only in an odd last row or column, which no window covers.
     let mut dx = vec![0.0f32; n * c * h * w];
     dx.par_chunks_mut(h * w).enumerate().for_each(|(plane, out)| {
-        let (d, a) = (&dy[plane * oh * ow..][..oh * ow], &arg[plane * oh * ow..][..oh * ow]);
-        for (y, (d, a)) in d.chunks_exact(ow).zip(a.chunks_exact(ow)).enumerate() {
-            let (top, bottom) = out[2 * y * w..][..2 * w].split_at_mut(w);
-            // All four cells of every window are written (the gradient or 0), with no branch
-            // on which cell won.
-            let cells = top.chunks_exact_mut(2).zip(bottom.chunks_exact_mut(2));
-            for (((t, b), &k), &g) in cells.zip(a).zip(d) {
-                t[0] = select(k == 0, g);
-                t[1] = select(k == 1, g);
-                b[0] = select(k == 2, g);
-                b[1] = select(k == 3, g);
-            }
-        }
+        pool_backward_plane(out, &dy[plane * oh * ow..][..oh * ow], &arg[plane * oh * ow..][..oh * ow], w);
     });
     dx
+}
+
+simd_fn!(
+    /// One plane of [`pool_backward_kernel`].
+    fn pool_backward_plane(out: &mut [f32], d: &[f32], a: &[u8], w: usize) => pool_backward_plane_body
+);
+
+#[inline(always)]
+fn pool_backward_plane_body(out: &mut [f32], d: &[f32], a: &[u8], w: usize) {
+    let ow = w / 2;
+    for (y, (d, a)) in d.chunks_exact(ow).zip(a.chunks_exact(ow)).enumerate() {
+        let (top, bottom) = out[2 * y * w..][..2 * w].split_at_mut(w);
+        // All four cells of every window are written (the gradient or 0), with no branch on
+        // which cell won.
+        let cells = top.chunks_exact_mut(2).zip(bottom.chunks_exact_mut(2));
+        for (((t, b), &k), &g) in cells.zip(a).zip(d) {
+            t[0] = select(k == 0, g);
+            t[1] = select(k == 1, g);
+            b[0] = select(k == 2, g);
+            b[1] = select(k == 3, g);
+        }
+    }
 }
 
 // ------------------------------------------------------------------------------ flex

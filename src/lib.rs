@@ -33,6 +33,8 @@ pub mod cpu_ops;
 pub mod download;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod memory;
+#[cfg(not(target_arch = "wasm32"))]
+mod simd;
 
 #[cfg(not(target_arch = "wasm32"))]
 #[global_allocator]
