@@ -19,7 +19,7 @@
 //! per tile and converts to and from NHWC around it; im2col copies 9× the input, this 3×.
 //! On maps under 16×16 the separator rows would waste 1/8 and more, so there `Plan::Taps` (a
 //! plain im2col, one GEMM) is used instead. Layers with 64 channels and more take Winograd
-//! (`conv_winograd`) for the forward and the input gradient.
+//! (`conv_winograd`) in all three directions.
 
 use rayon::prelude::*;
 
@@ -343,13 +343,17 @@ fn flipped(wt: &[f32], o: usize, c: usize) -> Vec<f32> {
     out
 }
 
-/// The weight gradient `[o, c, 3, 3]`, computed transposed:
+/// The weight gradient `[o, c, 3, 3]`: Winograd where the forward takes it, else (`_with`)
+/// the GEMMs of a [`Plan`], computed transposed:
 /// `dW_gᵀ (taps·c × o) = Σ_blocks S[:, offset_g ..] (taps·c × cols) · dYᵀ (cols × o)`, with
 /// `dYᵀ` copied out pixel-major. Both operands are then row-major, which the `gemm` crate
 /// packs 1.3–5× faster than a transposed right operand (`dY · Sᵀ`, the first version: 20–50
 /// GFLOP/s on one thread at this network's shapes against 105–113). Each thread sums its own
 /// blocks, then the partial sums are added.
 pub fn weight_grad(x: &[f32], dy: &[f32], dims: Dims, o: usize) -> Vec<f32> {
+    if use_winograd(dims, o) {
+        return conv_winograd::weight_grad(x, dy, dims, o);
+    }
     weight_grad_with(Plan::for_map(dims[2], dims[3]), x, dy, dims, o)
 }
 
@@ -494,7 +498,7 @@ mod tests {
         let mut rand = |len: usize| (0..len).map(|_| rng.below(2001) as f32 / 1000.0 - 1.0).collect::<Vec<f32>>();
         // Rows ≠ columns, 1×1 and 1-wide maps, more images than one block holds, and more output
         // channels than one run of the transposed output gradient.
-        for (n, c, o, h, w) in [(3, 2, 4, 5, 7), (400, 3, 2, 5, 7), (2, 5, 3, 1, 1), (3, 2, 3, 4, 1), (5, 1, 2, 1, 6), (3, 3, 5, 6, 4), (70, 4, 3, 2, 8), (6, 3, 11, 5, 6)] {
+        for (n, c, o, h, w) in [(3, 2, 4, 5, 7), (400, 3, 2, 5, 7), (2, 5, 3, 1, 1), (3, 2, 3, 4, 1), (5, 1, 2, 1, 6), (3, 3, 5, 6, 4), (70, 4, 3, 2, 8), (6, 3, 11, 5, 6), (5, 3, 19, 4, 6)] {
             let dims = [n, c, h, w];
             let (x, wt, dy) = (rand(n * c * h * w), rand(o * c * 9), rand(n * o * h * w));
             let (fwd, dx, dw) = (naive_forward(&x, &wt, dims, o), naive_input_grad(&dy, &wt, dims, o), naive_weight_grad(&x, &dy, dims, o));
@@ -507,6 +511,7 @@ mod tests {
             if conv_winograd::fits(h, w) {
                 let what = format!("Winograd, {n}×{c}→{o} at {h}×{w}");
                 close(&format!("forward {what}"), &conv_winograd::forward(&x, &wt, dims, o), &fwd);
+                close(&format!("dw {what}"), &conv_winograd::weight_grad(&x, &dy, dims, o), &dw);
             }
         }
     }
