@@ -303,7 +303,15 @@ fn transform_gradient_body(dy: &[f32], [_, o, h, w]: Dims, b0: usize, k: usize, 
                         }
                     }
                     for (xi, run) in m.iter().enumerate() {
-                        dm[(xi * t + tile) * o + og..][..lanes].copy_from_slice(&run[..lanes]);
+                        let dst = &mut dm[(xi * t + tile) * o + og..];
+                        // A fixed-length copy where it can be: a `copy_from_slice` of a
+                        // run-time length is a `memmove` call per 32 bytes.
+                        if lanes == LANES {
+                            let dst: &mut [f32; LANES] = (&mut dst[..LANES]).try_into().expect("eight lanes");
+                            *dst = *run;
+                        } else {
+                            dst[..lanes].copy_from_slice(&run[..lanes]);
+                        }
                     }
                 }
             }
