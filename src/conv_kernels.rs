@@ -177,8 +177,50 @@ thread_local! {
 /// buffers are grown (and zero-filled) once per thread, not once per rayon job: per-job
 /// buffers were 3 % of a step at width 0.25, all of it `memset` (`perf`). `f` must not
 /// start parallel work (a job stolen meanwhile would find the buffers borrowed).
-pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut [Vec<f32>; 3]) -> R) -> R {
+fn with_scratch<R>(f: impl FnOnce(&mut [Vec<f32>; 3]) -> R) -> R {
     SCRATCH.with(|s| f(&mut s.borrow_mut()))
+}
+
+/// `n` images of `image` floats, written block by block in parallel: `f(b0, dst, scratch)`
+/// fills `dst` with images `b0..b0 + dst.len() / image`.
+pub(crate) fn par_images(
+    n: usize,
+    image: usize,
+    per_block: usize,
+    f: impl Fn(usize, &mut [f32], &mut [Vec<f32>; 3]) + Sync + Send,
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; n * image];
+    if out.is_empty() {
+        return out;
+    }
+    out.par_chunks_mut(per_block * image).enumerate().for_each(|(block, dst)| with_scratch(|s| f(block * per_block, dst, s)));
+    out
+}
+
+/// `len` floats summed over the blocks of `n` images: `f(b0, k, acc, scratch)` adds the
+/// contribution of images `b0..b0 + k` into `acc`. Each thread sums its own blocks, then the
+/// partial sums are added.
+pub(crate) fn sum_over_blocks(
+    n: usize,
+    per_block: usize,
+    len: usize,
+    f: impl Fn(usize, usize, &mut [f32], &mut [Vec<f32>; 3]) + Sync + Send,
+) -> Vec<f32> {
+    let blocks: Vec<usize> = (0..n).step_by(per_block.max(1)).collect();
+    blocks
+        .into_par_iter()
+        .fold(
+            || vec![0.0f32; len],
+            |mut acc, b0| {
+                with_scratch(|s| f(b0, per_block.min(n - b0), &mut acc, s));
+                acc
+            },
+        )
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            a
+        })
+        .unwrap_or_else(|| vec![0.0; len])
 }
 
 /// Row length of a block's shifted input.
@@ -293,30 +335,22 @@ pub fn forward_with(plan: Plan, x: &[f32], wt: &[f32], dims: Dims, o: usize) -> 
     assert_eq!(wt.len(), o * c * 9, "conv3x3: weight has the wrong size");
     let kc = plan.taps() * c;
     let weights = weights_for(plan, wt, o, c);
-    let per_block = images_per_block(plan, dims);
-    let mut out = vec![0.0f32; n * o * hw];
-    if out.is_empty() {
-        return out;
-    }
-    out.par_chunks_mut(per_block * o * hw).enumerate().for_each(|(block, dst)| {
-        with_scratch(|[s, acc, _]| {
-            let k = dst.len() / (o * hw);
-            shift_block(plan, x, dims, block * per_block, k, s);
-            let (stride, cols) = (stride(plan, k, h, w), columns(plan, k, h, w));
-            // The first GEMM overwrites it.
-            resize_for_overwrite(acc, o * cols);
-            for g in 0..plan.gemms() {
-                let a = &weights[g * o * kc..][..o * kc];
-                gemm([o, cols, kc], acc, [cols, 1], g > 0, a, [kc, 1], &s[offset(plan, g, w)..], [stride, 1]);
+    par_images(n, o * hw, images_per_block(plan, dims), |b0, dst, [s, acc, _]| {
+        let k = dst.len() / (o * hw);
+        shift_block(plan, x, dims, b0, k, s);
+        let (stride, cols) = (stride(plan, k, h, w), columns(plan, k, h, w));
+        // The first GEMM overwrites it.
+        resize_for_overwrite(acc, o * cols);
+        for g in 0..plan.gemms() {
+            let a = &weights[g * o * kc..][..o * kc];
+            gemm([o, cols, kc], acc, [cols, 1], g > 0, a, [kc, 1], &s[offset(plan, g, w)..], [stride, 1]);
+        }
+        for i in 0..k {
+            for oc in 0..o {
+                dst[(i * o + oc) * hw..][..hw].copy_from_slice(&acc[oc * cols + i * (h + plan.separator()) * w..][..hw]);
             }
-            for i in 0..k {
-                for oc in 0..o {
-                    dst[(i * o + oc) * hw..][..hw].copy_from_slice(&acc[oc * cols + i * (h + plan.separator()) * w..][..hw]);
-                }
-            }
-        })
-    });
-    out
+        }
+    })
 }
 
 /// The input gradient: the forward convolution of `dy [n, o, h, w]` by the weights flipped in
@@ -363,31 +397,15 @@ pub fn weight_grad_with(plan: Plan, x: &[f32], dy: &[f32], dims: Dims, o: usize)
     assert_eq!(x.len(), n * c * hw, "conv3x3 weight grad: input has the wrong size");
     assert_eq!(dy.len(), n * o * hw, "conv3x3 weight grad: output gradient has the wrong size");
     let kc = plan.taps() * c;
-    let per_block = images_per_block(plan, dims);
-    let blocks: Vec<usize> = (0..n).step_by(per_block.max(1)).collect();
-    let by_gemm = blocks
-        .into_par_iter()
-        .fold(
-            || vec![0.0f32; plan.gemms() * kc * o],
-            |mut dw, b0| {
-                with_scratch(|[s, gt, _]| {
-                    let k = per_block.min(n - b0);
-                    shift_block(plan, x, dims, b0, k, s);
-                    let (stride, cols) = (stride(plan, k, h, w), columns(plan, k, h, w));
-                    transposed_block(plan, dy, [n, o, h, w], b0, k, gt);
-                    for gi in 0..plan.gemms() {
-                        let d = &mut dw[gi * kc * o..][..kc * o];
-                        gemm([kc, o, cols], d, [o, 1], true, &s[offset(plan, gi, w)..], [stride, 1], gt, [o, 1]);
-                    }
-                });
-                dw
-            },
-        )
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        })
-        .unwrap_or_else(|| vec![0.0; plan.gemms() * kc * o]);
+    let by_gemm = sum_over_blocks(n, images_per_block(plan, dims), plan.gemms() * kc * o, |b0, k, dw, [s, gt, _]| {
+        shift_block(plan, x, dims, b0, k, s);
+        let (stride, cols) = (stride(plan, k, h, w), columns(plan, k, h, w));
+        transposed_block(plan, dy, [n, o, h, w], b0, k, gt);
+        for gi in 0..plan.gemms() {
+            let d = &mut dw[gi * kc * o..][..kc * o];
+            gemm([kc, o, cols], d, [o, 1], true, &s[offset(plan, gi, w)..], [stride, 1], gt, [o, 1]);
+        }
+    });
     let mut out = vec![0.0f32; o * c * 9];
     for gi in 0..plan.gemms() {
         for t in 0..plan.taps() {

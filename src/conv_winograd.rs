@@ -9,9 +9,7 @@
 //! a transposed right operand, which the `gemm` crate packs slowly; with `Σ_tiles V_ξ · dM_ξᵀ`
 //! and `dM` stored tile-major it is 1.2–1.7× faster than them.)
 
-use rayon::prelude::*;
-
-use crate::conv_kernels::{Dims, capped_for_threads, gemm, resize_for_overwrite, with_scratch};
+use crate::conv_kernels::{Dims, capped_for_threads, gemm, par_images, resize_for_overwrite, sum_over_blocks};
 use crate::simd::simd_fn;
 
 /// A block's transformed input is about this many floats...
@@ -191,29 +189,21 @@ pub fn forward(x: &[f32], wt: &[f32], [n, c, h, w]: Dims, o: usize) -> Vec<f32> 
     let (th, tw) = (h / 2, w / 2);
     let tiles_per_image = th * tw;
     let u = transform_weights(wt, o, c);
-    let per_block = images_per_block([n, c, h, w]);
-    let mut out = vec![0.0f32; n * o * hw];
-    if out.is_empty() {
-        return out;
-    }
-    out.par_chunks_mut(per_block * o * hw).enumerate().for_each(|(block, dst)| {
-        with_scratch(|[v, m, padded]| {
-            let k = dst.len() / (o * hw);
-            let t = k * tiles_per_image;
-            transform_input(x, [n, c, h, w], block * per_block, k, v, padded);
-            // The GEMMs overwrite it.
-            resize_for_overwrite(m, 16 * o * t);
-            // M and V are [channel][ξ][tile], so that a tile row's 16 runs sit together for
-            // the transforms (as [ξ][channel][tile] they were 16 far-apart cache lines per tile
-            // row: the output transform took 12% of a step).
-            for xi in 0..16 {
-                let ux = &u[xi * o * c..][..o * c];
-                gemm([o, t, c], &mut m[xi * t..], [16 * t, 1], false, ux, [c, 1], &v[xi * t..], [16 * t, 1]);
-            }
-            transform_output(m, [k, o, h, w], dst);
-        })
-    });
-    out
+    par_images(n, o * hw, images_per_block([n, c, h, w]), |b0, dst, [v, m, padded]| {
+        let k = dst.len() / (o * hw);
+        let t = k * tiles_per_image;
+        transform_input(x, [n, c, h, w], b0, k, v, padded);
+        // The GEMMs overwrite it.
+        resize_for_overwrite(m, 16 * o * t);
+        // M and V are [channel][ξ][tile], so that a tile row's 16 runs sit together for the
+        // transforms (as [ξ][channel][tile] they were 16 far-apart cache lines per tile row:
+        // the output transform took 12% of a step).
+        for xi in 0..16 {
+            let ux = &u[xi * o * c..][..o * c];
+            gemm([o, t, c], &mut m[xi * t..], [16 * t, 1], false, ux, [c, 1], &v[xi * t..], [16 * t, 1]);
+        }
+        transform_output(m, [k, o, h, w], dst);
+    })
 }
 
 /// The weight gradient `[o, c, 3, 3]` of [`forward`]: with `M = U ⊙ V` per tile, `dM = A dY Aᵀ`,
@@ -225,31 +215,15 @@ pub fn weight_grad(x: &[f32], dy: &[f32], [n, c, h, w]: Dims, o: usize) -> Vec<f
     assert_eq!(x.len(), n * c * hw, "conv3x3 weight grad: input has the wrong size");
     assert_eq!(dy.len(), n * o * hw, "conv3x3 weight grad: output gradient has the wrong size");
     let tiles_per_image = (h / 2) * (w / 2);
-    let per_block = images_per_block([n, c.max(o), h, w]);
-    let blocks: Vec<usize> = (0..n).step_by(per_block.max(1)).collect();
-    let du = blocks
-        .into_par_iter()
-        .fold(
-            || vec![0.0f32; 16 * c * o],
-            |mut du, b0| {
-                with_scratch(|[v, dm, padded]| {
-                    let k = per_block.min(n - b0);
-                    let t = k * tiles_per_image;
-                    transform_input(x, [n, c, h, w], b0, k, v, padded);
-                    transform_gradient(dy, [n, o, h, w], b0, k, dm);
-                    for xi in 0..16 {
-                        let d = &mut du[xi * c * o..][..c * o];
-                        gemm([c, o, t], d, [o, 1], true, &v[xi * t..], [16 * t, 1], &dm[xi * t * o..][..t * o], [o, 1]);
-                    }
-                });
-                du
-            },
-        )
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        })
-        .unwrap_or_else(|| vec![0.0; 16 * c * o]);
+    let du = sum_over_blocks(n, images_per_block([n, c.max(o), h, w]), 16 * c * o, |b0, k, du, [v, dm, padded]| {
+        let t = k * tiles_per_image;
+        transform_input(x, [n, c, h, w], b0, k, v, padded);
+        transform_gradient(dy, [n, o, h, w], b0, k, dm);
+        for xi in 0..16 {
+            let d = &mut du[xi * c * o..][..c * o];
+            gemm([c, o, t], d, [o, 1], true, &v[xi * t..], [16 * t, 1], &dm[xi * t * o..][..t * o], [o, 1]);
+        }
+    });
     // Gᵀ dU G, G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]: the same three combinations
     // of four values along each axis.
     let g_t = |u: [f32; 4]| [u[0] + 0.5 * (u[1] + u[2]), 0.5 * (u[1] - u[2]), 0.5 * (u[1] + u[2]) + u[3]];

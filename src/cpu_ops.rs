@@ -130,28 +130,26 @@ simd_fn!(
 
 #[inline(always)]
 fn plane_sum_body(v: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks = v.chunks_exact(8);
-    let rest = chunks.remainder();
-    for c in chunks {
-        for l in 0..8 {
-            acc[l] += c[l];
-        }
-    }
-    acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
+    lanes_sum(v, |x| x)
 }
 
 #[inline(always)]
 fn plane_squares_body(v: &[f32], m: f32) -> f32 {
+    lanes_sum(v, |x| (x - m) * (x - m))
+}
+
+/// `Σ f(v)` in eight independent f32 lanes, the remainder summed after them.
+#[inline(always)]
+fn lanes_sum(v: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks = v.chunks_exact(8);
     let rest = chunks.remainder();
     for c in chunks {
         for l in 0..8 {
-            acc[l] += (c[l] - m) * (c[l] - m);
+            acc[l] += f(c[l]);
         }
     }
-    acc.iter().sum::<f32>() + rest.iter().map(|&v| (v - m) * (v - m)).sum::<f32>()
+    acc.iter().sum::<f32>() + rest.iter().map(|&v| f(v)).sum::<f32>()
 }
 
 fn inv_std(stats: &[f32], c: usize, eps: f64) -> Vec<f32> {
