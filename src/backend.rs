@@ -1,9 +1,13 @@
-//! Choosing the device natively (`--backend`).
+//! Choosing the device natively (`--backend`), and saying which one it was.
 
 use burn::tensor::{Device, Tensor};
+use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Backend {
+    /// wgpu on a real GPU adapter; flex when the only adapters are CPU implementations
+    /// (lavapipe, llvmpipe, SwiftShader, WARP) or there is none.
+    Auto,
     /// wgpu: Vulkan, Metal or DX12 on the GPU (Mesa lavapipe on a CPU-only machine).
     Wgpu,
     /// Burn's pure-Rust multi-threaded CPU backend.
@@ -19,6 +23,7 @@ pub enum Backend {
 impl std::fmt::Display for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let name = match self {
+            Self::Auto => "auto",
             Self::Wgpu => "wgpu",
             Self::Flex => "flex",
             #[cfg(feature = "cuda")]
@@ -30,30 +35,135 @@ impl std::fmt::Display for Backend {
     }
 }
 
-/// The device for `backend`, checked with a tiny computation so that a missing GPU adapter
-/// is reported as an error here rather than as a panic in the middle of training.
-pub fn device(backend: Backend) -> Result<Device, String> {
-    let device = match backend {
-        // Initialised eagerly (once per process: the runtime cannot be initialised twice) so
-        // that a missing adapter is an error here, not a panic in the middle of training.
-        Backend::Wgpu => {
-            static WGPU: std::sync::OnceLock<Result<Device, String>> = std::sync::OnceLock::new();
-            WGPU.get_or_init(|| {
-                Device::wgpu_options().init().map_err(|e| {
-                    format!(
-                        "backend wgpu could not start ({e}). On a machine without a GPU use \
-                         --backend flex, or install Mesa's Vulkan drivers (lavapipe)"
-                    )
-                })
-            })
-            .clone()?
+/// The device a run used, as printed at its start and recorded in `config.json`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DeviceInfo {
+    /// The backend that runs (`wgpu`, `flex`, `cuda`): never `auto`.
+    pub backend: String,
+    /// The adapter's name (wgpu), the CPU's (flex), the GPU's ordinal (cuda).
+    pub adapter: String,
+    /// wgpu's adapter type: DiscreteGpu, IntegratedGpu, VirtualGpu, Cpu, Other; `Cpu` for flex.
+    pub device_type: String,
+    /// Driver and driver version as the adapter reports them (empty where unknown).
+    pub driver: String,
+    /// Graphics API (Vulkan, Metal, Dx12, Gl) for wgpu; empty otherwise.
+    pub api: String,
+    /// Why `--backend auto` chose this backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl std::fmt::Display for DeviceInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} on {} ({}", self.backend, self.adapter, self.device_type)?;
+        if !self.api.is_empty() {
+            write!(f, ", {}", self.api)?;
         }
-        Backend::Flex => Device::flex(),
+        if !self.driver.is_empty() {
+            write!(f, ", driver {}", self.driver)?;
+        }
+        f.write_str(")")?;
+        if let Some(r) = &self.reason {
+            write!(f, ": {r}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The processor's model name (Linux), else the architecture.
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|n| n.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+fn flex_info(reason: Option<String>) -> DeviceInfo {
+    DeviceInfo {
+        backend: "flex".into(),
+        adapter: cpu_name(),
+        device_type: "Cpu".into(),
+        driver: String::new(),
+        api: String::new(),
+        reason,
+    }
+}
+
+/// wgpu's device and adapter, initialised once per process (the runtime cannot be
+/// initialised twice), or why it could not start.
+fn wgpu_device() -> Result<(Device, DeviceInfo), String> {
+    static WGPU: std::sync::OnceLock<Result<(Device, DeviceInfo), String>> = std::sync::OnceLock::new();
+    WGPU.get_or_init(|| {
+        let (device, setup) = Device::wgpu_options().init_with_setup().map_err(|e| e.to_string())?;
+        let a = setup.adapter.get_info();
+        let driver = [a.driver.trim(), a.driver_info.trim()].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(" ");
+        let info = DeviceInfo {
+            backend: "wgpu".into(),
+            adapter: a.name.clone(),
+            device_type: format!("{:?}", a.device_type),
+            driver,
+            api: format!("{:?}", a.backend),
+            reason: None,
+        };
+        Ok((device, info))
+    })
+    .clone()
+}
+
+/// The device for `backend` and what it is. `auto` picks wgpu on a real GPU adapter, flex
+/// otherwise, and says why. Every device is checked with a tiny computation so that a broken
+/// one is reported here rather than as a panic in the middle of training.
+pub fn select(backend: Backend) -> Result<(Device, DeviceInfo), String> {
+    let (device, info) = match backend {
+        Backend::Auto => match wgpu_device() {
+            Ok((device, info)) if info.device_type != "Cpu" => {
+                let reason = format!("a {} GPU adapter", info.device_type);
+                (device, DeviceInfo { reason: Some(reason), ..info })
+            }
+            Ok((_, info)) => {
+                let reason = format!(
+                    "wgpu's only adapter, {} ({}), is a CPU implementation: flex trains faster on this CPU; \
+                     --backend wgpu forces it",
+                    info.adapter, info.api
+                );
+                (Device::flex(), flex_info(Some(reason)))
+            }
+            Err(e) => (Device::flex(), flex_info(Some(format!("no wgpu adapter ({e})")))),
+        },
+        Backend::Wgpu => wgpu_device().map_err(|e| {
+            format!(
+                "backend wgpu could not start ({e}). On a machine without a GPU use \
+                 --backend flex, or install Mesa's Vulkan drivers (lavapipe)"
+            )
+        })?,
+        Backend::Flex => (Device::flex(), flex_info(None)),
         #[cfg(feature = "cuda")]
-        Backend::Cuda => Device::cuda(0),
+        Backend::Cuda => (
+            Device::cuda(0),
+            DeviceInfo {
+                backend: "cuda".into(),
+                adapter: "CUDA device 0".into(),
+                device_type: "DiscreteGpu".into(),
+                driver: String::new(),
+                api: "CUDA".into(),
+                reason: None,
+            },
+        ),
         #[cfg(feature = "ndarray")]
-        Backend::Ndarray => Device::ndarray(),
+        Backend::Ndarray => (Device::ndarray(), DeviceInfo { backend: "ndarray".into(), ..flex_info(None) }),
     };
+    self_test(&device, &info.backend)?;
+    Ok((device, info))
+}
+
+/// The device for `backend` (see [`select`]).
+pub fn device(backend: Backend) -> Result<Device, String> {
+    select(backend).map(|(device, _)| device)
+}
+
+fn self_test(device: &Device, backend: &str) -> Result<(), String> {
     let probe = device.clone();
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
@@ -63,7 +173,7 @@ pub fn device(backend: Backend) -> Result<Device, String> {
     });
     std::panic::set_hook(hook);
     match result {
-        Ok(v) if v == 3.0 => Ok(device),
+        Ok(v) if v == 3.0 => Ok(()),
         Ok(v) => Err(format!("backend {backend}: a self-test computed {v} instead of 3")),
         Err(e) => {
             let msg = e
@@ -77,4 +187,75 @@ pub fn device(backend: Backend) -> Result<Device, String> {
             ))
         }
     }
+}
+
+/// One line of `check-device`: a computation on the device against the same one in f64 on
+/// the host.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub what: String,
+    /// Largest |device − host| over the largest |host| value.
+    pub rel_err: f64,
+    /// Whether training depends on it (our BatchNorm) or it is Burn's op, kept to show the
+    /// upstream defect that `src/batchnorm.rs` works around.
+    pub ours: bool,
+}
+
+/// Tolerance of [`check_device`]: f32 sums of up to 2²¹ values of about one.
+pub const CHECK_TOLERANCE: f64 = 1e-4;
+
+fn rel_err(want: &[f64], got: &[f32]) -> f64 {
+    let scale = want.iter().fold(1e-12f64, |m, v| m.max(v.abs()));
+    want.iter().zip(got).fold(0.0, |m, (w, g)| m.max((w - *g as f64).abs() / scale))
+}
+
+/// Reductions and BatchNorm statistics on `device` against the host: sums over rows of 2¹⁰
+/// to 2²¹ values (Burn's `sum_dim`), the batch statistics of Burn's `batch_norm_train` and of
+/// our [`crate::batchnorm::BatchNorm`] at the shape of the first layer (width 0.25, batch 128).
+pub fn check_device(device: &Device) -> Vec<Check> {
+    use burn::tensor::TensorData;
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let mut out = Vec::new();
+    for log2 in [10, 14, 15, 16, 17, 19, 21] {
+        let n = 1usize << log2;
+        let host: Vec<f32> = (0..n).map(|_| uniform()).collect();
+        let want = host.iter().map(|v| *v as f64).sum::<f64>();
+        let t = Tensor::<2>::from_data(TensorData::new(host, [1, n]), device);
+        let got: Vec<f32> = t.sum_dim(1).into_data().try_to_vec::<f32>().unwrap_or_default();
+        out.push(Check { what: format!("Burn sum_dim over a row of 2^{log2} values"), rel_err: rel_err(&[want], &got), ours: false });
+    }
+    let shape = [128, 16, 32, 32];
+    let [b, c, h, w] = shape;
+    let host: Vec<f32> = (0..b * c * h * w).map(|i| uniform() + (i / (h * w) % c) as f32 * 0.1).collect();
+    let n = (b * h * w) as f64;
+    let mut mean = vec![0f64; c];
+    for (i, v) in host.iter().enumerate() {
+        mean[i / (h * w) % c] += *v as f64 / n;
+    }
+    let mut var = vec![0f64; c];
+    for (i, v) in host.iter().enumerate() {
+        let ch = i / (h * w) % c;
+        var[ch] += (*v as f64 - mean[ch]).powi(2) / n;
+    }
+    let ad = device.clone().autodiff();
+    let x = Tensor::<4>::from_data(TensorData::new(host, shape), &ad);
+    let stats = burn::tensor::module::batch_norm_train(x.clone(), Tensor::ones([c], &ad), Tensor::zeros([c], &ad), 1e-5);
+    let read = |t: Tensor<1>| -> Vec<f32> { t.inner().into_data().try_to_vec::<f32>().unwrap_or_default() };
+    out.push(Check { what: format!("Burn batch_norm_train mean, {shape:?}"), rel_err: rel_err(&mean, &read(stats.mean)), ours: false });
+    out.push(Check { what: format!("Burn batch_norm_train variance, {shape:?}"), rel_err: rel_err(&var, &read(stats.variance)), ours: false });
+    // Ours: the running statistics after one step from (mean 0, variance 1), momentum 0.1,
+    // with PyTorch's unbiased variance.
+    let bn = crate::batchnorm::BatchNorm::new(c, &ad);
+    let _ = bn.forward(x);
+    let running_mean: Vec<f64> = mean.iter().map(|m| 0.1 * m).collect();
+    let running_var: Vec<f64> = var.iter().map(|v| 0.9 + 0.1 * v * n / (n - 1.0)).collect();
+    out.push(Check { what: format!("our BatchNorm running mean, {shape:?}"), rel_err: rel_err(&running_mean, &read(bn.running_mean.value_sync())), ours: true });
+    out.push(Check { what: format!("our BatchNorm running variance, {shape:?}"), rel_err: rel_err(&running_var, &read(bn.running_var.value_sync())), ours: true });
+    out
 }

@@ -3,9 +3,14 @@
 //! Burn's `nn::BatchNorm` feeds the *biased* batch variance into `running_var`; PyTorch feeds
 //! the unbiased one (`× n/(n-1)`, n = batch·height·width). The difference is small at batch 512
 //! on 32×32 maps but not at the 4×4 maps of `res3` (n = 16·batch), and it decides whether
-//! weights trained here evaluate the same in PyTorch. The normalisation itself is Burn's fused
-//! `batch_norm_train` op on GPUs; on flex it is one `cpu_ops` kernel with the ReLU and dropout
-//! that follow it in every block.
+//! weights trained here evaluate the same in PyTorch.
+//!
+//! On GPUs the batch statistics are sums over each image's plane, then over the batch: no
+//! reduction is longer than h·w or the batch size. Burn's `batch_norm_train` reduces each channel in one
+//! pass over batch·height·width values, and CubeCL's reduction over rows of 65,536 values or
+//! more comes out wrong on Mesa's lavapipe and in Chromium's WebGPU (SwiftShader): models
+//! trained there tested at chance (issue 14; the README has the reproduction). On flex the
+//! normalisation is one `cpu_ops` kernel with the ReLU and dropout that follow it in every block.
 
 use burn::module::{Module, Param, RunningState};
 use burn::nn::Initializer;
@@ -51,9 +56,18 @@ impl BatchNorm {
             );
         }
         let dims = x.dims();
-        let out = burn::tensor::module::batch_norm_train(x, self.gamma.val(), self.beta.val(), self.epsilon);
-        self.update_running(out.mean, out.variance, dims);
-        out.output
+        let [b, c, h, w] = dims;
+        let n = (b * h * w) as f64;
+        // Sums over each image's plane, then over the batch: no reduction longer than
+        // max(h·w, b). On an H100 this measured faster than `batch_norm_train` (README).
+        let per_channel = |t: Tensor<4>| t.reshape([b, c, h * w]).sum_dim(2).sum_dim(0).reshape([1, c, 1, 1]).div_scalar(n);
+        let mean = per_channel(x.clone());
+        let centered = x - mean.clone();
+        let variance = per_channel(centered.clone() * centered.clone());
+        let scale = (variance.clone().add_scalar(self.epsilon)).sqrt().recip() * self.gamma.val().reshape([1, c, 1, 1]);
+        let out = centered * scale + self.beta.val().reshape([1, c, 1, 1]);
+        self.update_running(mean.reshape([c]), variance.reshape([c]), dims);
+        out
     }
 
     /// running = (1 - momentum)·running + momentum·batch, with the batch variance made unbiased.

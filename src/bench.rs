@@ -27,8 +27,15 @@ pub struct BenchRow {
     pub train_images_per_sec: f64,
     pub infer_images_per_sec: f64,
     /// Peak memory of the row: flex, the most heap bytes live at once (above the row's start);
-    /// wgpu, the most device memory its pools held reserved; PyTorch, resident-set growth.
+    /// wgpu, the most device memory its pools held reserved; PyTorch, resident-set growth on
+    /// the CPU, `max_memory_allocated` on CUDA.
     pub peak_bytes: u64,
+    /// PyTorch rows: fp32, tf32, channels_last, amp or amp_channels_last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// PyTorch rows: the device it ran on (`cpu` or the CUDA device's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 /// Our row next to PyTorch's for the same shape.
@@ -42,12 +49,12 @@ pub struct Comparison {
 }
 
 impl Comparison {
-    /// Pairs each of our rows with PyTorch's row of the same width and batch size.
+    /// Pairs each of our rows with every PyTorch row (each mode) of the same width and batch
+    /// size.
     pub fn pair(ours: &[BenchRow], pytorch: &[BenchRow]) -> Vec<Comparison> {
         ours.iter()
-            .filter_map(|o| {
-                let p = pytorch.iter().find(|p| p.width == o.width && p.batch_size == o.batch_size)?;
-                Some(Comparison {
+            .flat_map(|o| {
+                pytorch.iter().filter(|p| p.width == o.width && p.batch_size == o.batch_size).map(|p| Comparison {
                     ours: o.clone(),
                     pytorch: p.clone(),
                     train_ratio: o.train_images_per_sec / p.train_images_per_sec,
@@ -149,6 +156,8 @@ pub fn measure(
         train_images_per_sec,
         infer_images_per_sec,
         peak_bytes: peak,
+        mode: None,
+        device: None,
     })
 }
 
@@ -179,15 +188,16 @@ pub fn table(rows: &[BenchRow]) -> String {
 
 pub fn comparison_table(rows: &[Comparison]) -> String {
     let mut out = format!(
-        "{:<8} {:>6} {:>6} {:>12} {:>12} {:>9} {:>12} {:>12} {:>9}\n",
-        "backend", "width", "batch", "train img/s", "PyTorch", "ours/PT", "infer img/s", "PyTorch", "ours/PT"
+        "{:<8} {:>6} {:>6} {:<18} {:>12} {:>12} {:>9} {:>12} {:>12} {:>9}\n",
+        "backend", "width", "batch", "PyTorch mode", "train img/s", "PyTorch", "ours/PT", "infer img/s", "PyTorch", "ours/PT"
     );
     for c in rows {
         out += &format!(
-            "{:<8} {:>6} {:>6} {:>12.1} {:>12.1} {:>8.2}× {:>12.1} {:>12.1} {:>8.2}×\n",
+            "{:<8} {:>6} {:>6} {:<18} {:>12.1} {:>12.1} {:>8.2}× {:>12.1} {:>12.1} {:>8.2}×\n",
             c.ours.backend,
             c.ours.width,
             c.ours.batch_size,
+            c.pytorch.mode.as_deref().unwrap_or("fp32"),
             c.ours.train_images_per_sec,
             c.pytorch.train_images_per_sec,
             c.train_ratio,
@@ -199,17 +209,27 @@ pub fn comparison_table(rows: &[Comparison]) -> String {
     out
 }
 
+/// How `bench --pytorch` runs the reference: which Python, script, device and modes.
+pub struct PytorchRun<'a> {
+    pub python: &'a str,
+    pub script: &'a std::path::Path,
+    /// `cpu` or `cuda`.
+    pub device: &'a str,
+    /// fp32, tf32 (CUDA), channels_last, amp, amp_channels_last.
+    pub modes: &'a [String],
+}
+
 /// Runs `tools/pytorch_reference.py bench` with the same shapes and thread count and parses
 /// its rows. Errors say what to install when PyTorch is missing.
 pub fn run_pytorch(
-    python: &str,
-    script: &std::path::Path,
+    run: &PytorchRun,
     widths: &[f64],
     batches: &[usize],
     warmup: usize,
     steps: usize,
     threads: usize,
 ) -> Result<Vec<BenchRow>, String> {
+    let PytorchRun { python, script, device, modes } = *run;
     if !script.is_file() {
         return Err(format!(
             "{}: PyTorch reference script not found (run from the repository root or pass --pytorch-script)",
@@ -223,12 +243,13 @@ pub fn run_pytorch(
         .args(["--width", &list(widths.iter().map(|w| w.to_string()).collect())])
         .args(["--batch-size", &list(batches.iter().map(|b| b.to_string()).collect())])
         .args(["--warmup", &warmup.to_string(), "--steps", &steps.to_string(), "--threads", &threads.to_string()])
+        .args(["--device", device, "--mode", &modes.join(",")])
         .stderr(std::process::Stdio::inherit())
         .output()
         .map_err(|e| format!("cannot run {python} ({e}); pass --python with a Python that has PyTorch"))?;
     if !output.status.success() {
         return Err(format!(
-            "{python} {} bench failed ({}); is PyTorch installed for it? See README, \"Comparing with PyTorch\"",
+            "{python} {} bench failed ({}); is PyTorch installed for it? See README, \"Parity with PyTorch\"",
             script.display(),
             output.status
         ));

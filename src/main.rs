@@ -42,6 +42,12 @@ enum Command {
     Eval(EvalArgs),
     /// Training and inference images/s per backend, width and batch size (synthetic data).
     Bench(BenchArgs),
+    /// Check the device's reductions and BatchNorm statistics against the host (exits 1 when
+    /// ours are wrong; Burn's own are shown for the upstream defect they work around).
+    CheckDevice {
+        #[arg(long, value_enum, default_value_t = Backend::Auto)]
+        backend: Backend,
+    },
     /// Print the model table (layer, output shape, parameters).
     Summary {
         #[arg(long, default_value_t = 1.0)]
@@ -52,7 +58,9 @@ enum Command {
 #[derive(Args, Debug, Clone)]
 struct Common {
     /// Compute backend.
-    #[arg(long, value_enum, default_value_t = Backend::Wgpu)]
+    /// Compute backend: `auto` is wgpu on a real GPU, else flex (printed, and recorded in
+    /// config.json).
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
     backend: Backend,
     /// Directory with the CIFAR-10 .bin files (default: $CIFAR10_DIR, else ./data/cifar-10-batches-bin).
     #[arg(long)]
@@ -197,16 +205,16 @@ struct BenchArgs {
     python: String,
     #[arg(long, default_value = "tools/pytorch_reference.py")]
     pytorch_script: PathBuf,
+    /// Where PyTorch runs: cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    pytorch_device: String,
+    /// PyTorch modes to measure, each printed as its own ratio: fp32, tf32 (CUDA's default
+    /// convolutions), channels_last, amp (bf16 on the CPU, fp16 on CUDA), amp_channels_last.
+    #[arg(long, value_delimiter = ',', default_value = "fp32,channels_last")]
+    pytorch_mode: Vec<String>,
     /// Also write the rows as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
-}
-
-fn cpu_name() -> String {
-    fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|n| n.trim().to_string()))
-        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
 fn bench(args: BenchArgs) -> Result<(), String> {
@@ -219,15 +227,19 @@ fn bench(args: BenchArgs) -> Result<(), String> {
         }
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    let machine = format!("{} ({threads} threads)", cpu_name());
+    let machine = format!("{} ({threads} threads)", backend::cpu_name());
     eprintln!("bench on {machine}");
     let mut rows = Vec::new();
+    let mut devices = Vec::new();
     for &b in &args.backend {
-        let device = backend::device(b)?;
+        let (device, info) = backend::select(b)?;
+        eprintln!("device: {info}");
+        devices.push(info.clone());
+        let b = info.backend.clone();
         for &width in &args.width {
             for &batch in &args.batch_size {
                 for &sync_every in &args.sync_every {
-                    let row = bench::measure(&b.to_string(), &device, width, batch, args.warmup, args.steps, sync_every)?;
+                    let row = bench::measure(&b, &device, width, batch, args.warmup, args.steps, sync_every)?;
                     eprintln!(
                         "{b} width {width} batch {batch} sync every {sync_every}: train {:.1} img/s, inference {:.1} img/s",
                         row.train_images_per_sec, row.infer_images_per_sec
@@ -241,7 +253,13 @@ fn bench(args: BenchArgs) -> Result<(), String> {
     let mut pytorch = Vec::new();
     let mut comparison = Vec::new();
     if args.pytorch {
-        match bench::run_pytorch(&args.python, &args.pytorch_script, &args.width, &args.batch_size, args.warmup, args.steps, threads) {
+        let run = bench::PytorchRun {
+            python: &args.python,
+            script: &args.pytorch_script,
+            device: &args.pytorch_device,
+            modes: &args.pytorch_mode,
+        };
+        match bench::run_pytorch(&run, &args.width, &args.batch_size, args.warmup, args.steps, threads) {
             Ok(p) => {
                 pytorch = p;
                 print!("{}", bench::table(&pytorch));
@@ -255,6 +273,7 @@ fn bench(args: BenchArgs) -> Result<(), String> {
     if let Some(path) = &args.json {
         let report = serde_json::json!({
             "machine": machine,
+            "devices": devices,
             "threads": threads,
             "warmup": args.warmup,
             "steps": args.steps,
@@ -265,6 +284,26 @@ fn bench(args: BenchArgs) -> Result<(), String> {
         save(path, serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?.as_bytes())?;
     }
     Ok(())
+}
+
+fn check_device(b: Backend) -> Result<(), String> {
+    let (device, info) = backend::select(b)?;
+    println!("device: {info}");
+    let checks = backend::check_device(&device);
+    let mut failed = Vec::new();
+    for c in &checks {
+        let ok = c.rel_err <= backend::CHECK_TOLERANCE;
+        let verdict = match (ok, c.ours) {
+            (true, _) => "ok",
+            (false, true) => "WRONG",
+            (false, false) => "wrong (Burn's op; not used for training)",
+        };
+        println!("{:<58} rel. error {:>9.2e}  {verdict}", c.what, c.rel_err);
+        if !ok && c.ours {
+            failed.push(c.what.clone());
+        }
+    }
+    if failed.is_empty() { Ok(()) } else { Err(format!("{} computes wrongly: {}", info.backend, failed.join("; "))) }
 }
 
 fn parse_optimizer(s: &str) -> Result<OptimizerKind, String> {
@@ -279,6 +318,7 @@ fn main() {
         Some(Command::LrFind(args)) => lr_find(args).map(|_| ()),
         Some(Command::Eval(args)) => eval(args),
         Some(Command::Bench(args)) => bench(args),
+        Some(Command::CheckDevice { backend }) => check_device(backend),
         Some(Command::Summary { width }) => {
             let config = ModelConfig::new().with_width(width);
             config.validate().map(|_| {
@@ -355,7 +395,8 @@ fn save(path: &Path, bytes: &[u8]) -> Result<(), String> {
 
 fn train(args: TrainArgs) -> Result<(), String> {
     let data = load_data(&args.common)?;
-    let device = backend::device(args.common.backend)?;
+    let (device, device_info) = backend::select(args.common.backend)?;
+    println!("device: {device_info}");
     let n_train = data.train.len();
 
     let (mut trainer, run_dir) = if let Some(dir) = &args.resume {
@@ -409,12 +450,15 @@ fn train(args: TrainArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
         (trainer, dir)
     };
-    save(&run_dir.join("config.json"), serde_json::to_string_pretty(&trainer.config).map_err(|e| e.to_string())?.as_bytes())?;
+    // The recipe, and the device this run (or this part of a resumed run) used.
+    let mut recorded = serde_json::to_value(&trainer.config).map_err(|e| e.to_string())?;
+    recorded["device"] = serde_json::to_value(&device_info).map_err(|e| e.to_string())?;
+    save(&run_dir.join("config.json"), serde_json::to_string_pretty(&recorded).map_err(|e| e.to_string())?.as_bytes())?;
     println!(
         "training {} params (width {}) on {} with {}, {} epochs × {} steps, batch {}, max LR {:.3e} → {}",
         trainer.model.trainable_params(),
         trainer.config.model.width,
-        args.common.backend,
+        device_info.backend,
         trainer.config.optimizer,
         trainer.config.epochs,
         trainer.steps_per_epoch,
@@ -542,7 +586,8 @@ fn write_final_outputs(trainer: &Trainer, eval: &Evaluation, data: &Cifar10, dir
 
 fn lr_find(args: LrFindArgs) -> Result<Option<f64>, String> {
     let data = load_data(&args.common)?;
-    let device = backend::device(args.common.backend)?;
+    let (device, info) = backend::select(args.common.backend)?;
+    eprintln!("device: {info}");
     lr_find_on(&args, &data, &device)
 }
 
@@ -575,7 +620,8 @@ fn lr_find_on(args: &LrFindArgs, data: &Cifar10, device: &burn::tensor::Device) 
 
 fn eval(args: EvalArgs) -> Result<(), String> {
     let data = load_data(&args.common)?;
-    let device = backend::device(args.common.backend)?;
+    let (device, info) = backend::select(args.common.backend)?;
+    eprintln!("device: {info}");
     let name = args.weights.display().to_string();
     let bytes = fs::read(&args.weights).map_err(|e| format!("{name}: cannot read ({e})"))?;
     let (model, config) = weights::model_from_bytes(&name, &bytes, &device).map_err(|e| e.to_string())?;

@@ -78,18 +78,19 @@ def trainable_params(model):
 
 def normalise(pixels):
     """uint8 [n, 3, 32, 32] → normalised float, as `augment::to_tensor`."""
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(STD).view(1, 3, 1, 1) * 255.0
+    mean = torch.tensor(MEAN, device=pixels.device).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(STD, device=pixels.device).view(1, 3, 1, 1) * 255.0
     return (pixels.float() - mean) / std
 
 
 def augment(x, gen, pad=4, cutout=8):
     """Reflect-pad + random crop, flip, CutOut as index maps (the ops `augment::augment` uses)."""
-    n = x.shape[0]
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    flip = torch.randint(0, 2, (n,), generator=gen).bool()
-    i = torch.arange(32)
+    n, dev = x.shape[0], x.device
+    # A few integers per image drawn on the host (as ours), the index maps built on x's device.
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(dev)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(dev)
+    flip = torch.randint(0, 2, (n,), generator=gen).bool().to(dev)
+    i = torch.arange(32, device=dev)
 
     def reflect(offset):
         p = offset[:, None] + i[None, :] - pad
@@ -100,8 +101,8 @@ def augment(x, gen, pad=4, cutout=8):
     cols = torch.where(flip[:, None], cols.flip(1), cols)
     x = x.gather(2, rows.view(n, 1, 32, 1).expand(n, 3, 32, 32))
     x = x.gather(3, cols.view(n, 1, 1, 32).expand(n, 3, 32, 32))
-    cy = torch.randint(0, 32 - cutout + 1, (n,), generator=gen).view(n, 1, 1)
-    cx = torch.randint(0, 32 - cutout + 1, (n,), generator=gen).view(n, 1, 1)
+    cy = torch.randint(0, 32 - cutout + 1, (n,), generator=gen).to(dev).view(n, 1, 1)
+    cx = torch.randint(0, 32 - cutout + 1, (n,), generator=gen).to(dev).view(n, 1, 1)
     inside = ((i.view(1, 32, 1) >= cy) & (i.view(1, 32, 1) < cy + cutout)
               & (i.view(1, 1, 32) >= cx) & (i.view(1, 1, 32) < cx + cutout))
     return x * (~inside).unsqueeze(1).float()
@@ -245,30 +246,59 @@ def peak_rss_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def bench_row(width, batch, warmup, steps):
+MODES = ("fp32", "tf32", "channels_last", "amp", "amp_channels_last")
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_row(width, batch, warmup, steps, device=torch.device("cpu"), mode="fp32"):
     """One row: same work per step as `Trainer::train_step` (batch gather, augmentation,
-    forward, cross-entropy, backward, Adam with L2 decay, OneCycle step)."""
+    forward, cross-entropy, backward, Adam with L2 decay, OneCycle step).
+
+    Modes: fp32 (exact fp32: no TF32 on CUDA), tf32 (PyTorch's CUDA default: convolutions in
+    TF32), channels_last (fp32 in NHWC), amp (autocast: bf16 on the CPU, fp16 + GradScaler on
+    CUDA), amp_channels_last (both)."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = mode == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+    channels_last = mode.endswith("channels_last")
+    amp = mode.startswith("amp")
+    amp_dtype = torch.float16 if cuda else torch.bfloat16
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     gen = torch.Generator().manual_seed(1)
     n = batch * max(1, warmup + steps)
-    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen)
-    labels = torch.arange(n) % 10
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen).to(device)
+    labels = (torch.arange(n) % 10).to(device)
     reset_peak_rss()
-    base = rss_bytes()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = rss_bytes()
     start = time.perf_counter()
-    model = CustomResNet(width).train()
+    model = CustomResNet(width).to(device).to(memory_format=fmt).train()
     opt = torch.optim.Adam(model.parameters(), lr=0.01, eps=1e-8, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=0.01, total_steps=warmup + steps + 1, pct_start=5 / 24,
         anneal_strategy="linear", three_phase=False)
-    order = torch.randperm(n, generator=gen)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and cuda)
+    order = torch.randperm(n, generator=gen).to(device)
 
     def step(i):
         idx = order[(i * batch) % n:][:batch]
-        x = augment(normalise(images[idx]), gen)
-        loss = F.cross_entropy(model(x), labels[idx])
+        x = augment(normalise(images[idx]), gen).contiguous(memory_format=fmt)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+            loss = F.cross_entropy(model(x), labels[idx])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         sched.step()
         return loss.detach()
 
@@ -276,6 +306,7 @@ def bench_row(width, batch, warmup, steps):
     first_step_s = time.perf_counter() - start
     for i in range(1, warmup):
         step(i)
+    sync(device)
     t = time.perf_counter()
     for i in range(steps):
         loss = step(warmup + i)
@@ -284,16 +315,21 @@ def bench_row(width, batch, warmup, steps):
 
     model.eval()
     x = images[:batch]
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
         for _ in range(max(1, warmup)):
-            F.softmax(model(normalise(x)), 1).numpy()
+            F.softmax(model(normalise(x).contiguous(memory_format=fmt)), 1).float().cpu().numpy()
         t = time.perf_counter()
         for _ in range(steps):
-            F.softmax(model(normalise(x)), 1).numpy()
+            F.softmax(model(normalise(x).contiguous(memory_format=fmt)), 1).float().cpu().numpy()
         infer = steps * batch / (time.perf_counter() - t)
-    peak = peak_rss_bytes() - base
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        peak = peak_rss_bytes() - base
     return {
-        "backend": "pytorch",
+        "backend": "pytorch" if mode == "fp32" else f"pytorch-{mode}",
+        "mode": mode,
+        "device": torch.cuda.get_device_name(device) if cuda else "cpu",
         "width": width,
         "batch_size": batch,
         "first_step_s": first_step_s,
@@ -306,15 +342,25 @@ def bench_row(width, batch, warmup, steps):
 def bench(args):
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench --device cuda: PyTorch sees no CUDA device")
+    for mode in args.mode:
+        if mode not in MODES:
+            sys.exit(f"bench --mode: unknown mode {mode!r} (one of {', '.join(MODES)})")
+        if mode == "tf32" and device.type != "cuda":
+            sys.exit("bench --mode tf32 is a CUDA mode")
     rows = []
     for width in args.width:
         for batch in args.batch_size:
-            row = bench_row(width, batch, args.warmup, args.steps)
-            row["threads"] = args.threads
-            row["torch_version"] = torch.__version__
-            print(f"pytorch width {width} batch {batch}: train {row['train_images_per_sec']:.1f} img/s, "
-                  f"inference {row['infer_images_per_sec']:.1f} img/s", file=sys.stderr)
-            rows.append(row)
+            for mode in args.mode:
+                row = bench_row(width, batch, args.warmup, args.steps, device, mode)
+                row["threads"] = args.threads
+                row["torch_version"] = torch.__version__
+                print(f"pytorch {mode} on {row['device']} width {width} batch {batch}: "
+                      f"train {row['train_images_per_sec']:.1f} img/s, "
+                      f"inference {row['infer_images_per_sec']:.1f} img/s", file=sys.stderr)
+                rows.append(row)
     print(json.dumps(rows))
 
 
@@ -373,6 +419,9 @@ def main():
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--steps", type=int, default=5)
     b.add_argument("--threads", type=int, default=os.cpu_count())
+    b.add_argument("--device", default="cpu", help="cpu or cuda")
+    b.add_argument("--mode", type=lambda s: s.split(","), default=["fp32"],
+                   help="comma list of " + ", ".join(MODES))
     e = sub.add_parser("eval", help="test accuracy of a model.safetensors")
     e.add_argument("--weights", required=True)
     e.add_argument("--data-dir", default=os.environ.get("CIFAR10_DIR", "data/cifar-10-batches-bin"))

@@ -36,6 +36,27 @@ fn tiny_train(runs: &Path, name: &str, extra: &[&str]) -> Output {
     bin().arg("train").args(&args).output().unwrap()
 }
 
+/// The default backend trains on a real GPU adapter, else on flex, and says which and why:
+/// on a machine whose only Vulkan adapter is lavapipe (CI) that is flex.
+#[test]
+fn auto_backend_names_its_device_and_reason() {
+    let Some(_) = real_data("auto_backend_names_its_device_and_reason") else { return };
+    let runs = scratch("auto");
+    let out = tiny_train(&runs, "a", &["--backend", "auto"]);
+    let s = text(&out);
+    assert!(out.status.success(), "{s}");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(runs.join("a").join("config.json")).unwrap()).unwrap();
+    let device = &config["device"];
+    let reason = device["reason"].as_str().unwrap_or_default();
+    assert!(s.contains(&format!("device: {}", device["backend"].as_str().unwrap())), "{s}");
+    match device["backend"].as_str() {
+        Some("flex") => assert!(reason.contains("CPU implementation") || reason.contains("no wgpu adapter"), "{device}"),
+        Some("wgpu") => assert_ne!(device["device_type"], "Cpu", "{device}"),
+        other => panic!("auto chose {other:?}: {device}"),
+    }
+    assert!(s.contains(reason), "the reason is printed: {s}");
+}
+
 /// `train --resume dir` with the data limits the run was started with.
 fn resume(dir: &Path, train_limit: usize) -> Output {
     bin()
@@ -71,6 +92,8 @@ fn train_writes_the_run_directory_and_eval_agrees() {
     }
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["model"]["width"], 0.125);
+    assert_eq!(config["device"]["backend"], "flex", "the device is recorded: {config}");
+    assert_eq!(config["device"]["device_type"], "Cpu");
     assert!(text(&out).contains("overall accuracy"), "confusion table printed");
 
     // eval on the same 128 test images reports the accuracy the run logged.

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The GPU proof in one command, for a Linux machine with a GPU, no network and ~10 minutes:
+#   1. `check-device`: the device's reductions and BatchNorm statistics against the host;
+#   2. a real-data check: the same short training on the GPU and on flex (same seed, same
+#      images), whose test accuracies must agree within noise;
+#   3. `bench` on every GPU backend the binary has (wgpu; cuda when built with it) beside
+#      PyTorch with the same shapes in the same invocation: ours/PyTorch per row, first-step
+#      time and peak device memory, all in OUT_DIR/bench.json.
+#
+# usage: tools/gpu_check.sh BINARY DATA_DIR OUT_DIR [FLEX_METRICS]
+#   DATA_DIR      the six CIFAR-10 .bin files (only the first 10,000 training and 2,000 test
+#                 images are read; the files are not MD5-checked, so parts of the set will do)
+#   FLEX_METRICS  metrics.jsonl of the same training on flex, run elsewhere beforehand; without
+#                 it the flex run happens here
+# Environment: GPU_CHECK_TINY=1 runs tiny shapes (for lavapipe: known to work before a GPU sees
+# it); PYTHON (default python3) with PyTorch; PYTORCH_DEVICE (default: cuda if PyTorch sees
+# one, else cpu); BACKENDS to override the backends benched; TOLERANCE in points (default 3).
+set -euo pipefail
+[ $# -ge 3 ] || { sed -n 2,19p "$0" >&2; exit 2; }
+bin=$1 data=$2 out=$3 flex_metrics=${4:-}
+here=$(cd "$(dirname "$0")" && pwd)
+python=${PYTHON:-python3}
+tolerance=${TOLERANCE:-3}
+mkdir -p "$out"
+[ -x "$bin" ] || { echo "gpu_check: $bin is not an executable" >&2; exit 2; }
+[ -f "$data/test_batch.bin" ] || { echo "gpu_check: $data has no test_batch.bin" >&2; exit 2; }
+
+{
+  date -u
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+  "$python" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>/dev/null || echo "no PyTorch for $python"
+} | tee "$out/machine.txt"
+
+if [ -n "${GPU_CHECK_TINY:-}" ]; then
+  widths=0.125 batches=32 warmup=1 steps=2 width=0.125 train=512 test=256 epochs=1
+else
+  widths=1.0,0.25 batches=512,128 warmup=3 steps=10 width=1.0 train=10000 test=2000 epochs=2
+fi
+backends=${BACKENDS:-wgpu}
+if [ -z "${BACKENDS:-}" ] && "$bin" bench --help | grep -q '\bcuda\b'; then backends=wgpu,cuda; fi
+pydev=${PYTORCH_DEVICE:-$("$python" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")' 2>/dev/null || echo none)}
+if [ "$pydev" = cuda ]; then modes=fp32,tf32,amp_channels_last; else modes=fp32,channels_last; fi
+
+echo "== check-device"
+"$bin" check-device --backend "${backends%%,*}" | tee "$out/check-device.txt"
+
+echo "== real data: width $width, $epochs epochs on $train training images, tested on $test"
+run() { # backend name
+  "$bin" train --backend "$1" --data-dir "$data" --no-download --no-verify --train-limit "$train" --test-limit "$test" \
+    --width "$width" --epochs "$epochs" --batch-size 512 --seed 7 --runs-dir "$out" --name "$2"
+}
+gpu_backend=${backends%%,*}
+SECONDS=0
+run "$gpu_backend" "check-$gpu_backend"
+echo "real-data run on $gpu_backend: ${SECONDS} s" | tee -a "$out/machine.txt"
+if [ -z "$flex_metrics" ]; then
+  run flex check-flex
+  flex_metrics=$out/check-flex/metrics.jsonl
+fi
+last_acc() { tail -n 1 "$1" | sed 's/.*"test_acc":\([0-9.eE+-]*\).*/\1/'; }
+gpu_acc=$(last_acc "$out/check-$gpu_backend/metrics.jsonl")
+flex_acc=$(last_acc "$flex_metrics")
+verdict=$(awk -v g="$gpu_acc" -v f="$flex_acc" -v t="$tolerance" 'BEGIN {
+  d = (g - f) * 100; if (d < 0) d = -d
+  printf "%s test accuracy %.2f%%, flex %.2f%%: %.2f points apart (tolerance %s): %s", "'"$gpu_backend"'", g * 100, f * 100, d, t, (d <= t ? "PASS" : "FAIL") }')
+echo "$verdict" | tee "$out/verdict.txt"
+
+echo "== bench: $backends, widths $widths, batches $batches; PyTorch on $pydev ($modes)"
+pytorch=()
+[ "$pydev" != none ] && pytorch=(--pytorch --python "$python" --pytorch-script "$here/pytorch_reference.py" --pytorch-device "$pydev" --pytorch-mode "$modes")
+"$bin" bench --backend "$backends" --width "$widths" --batch-size "$batches" --warmup "$warmup" --steps "$steps" \
+  "${pytorch[@]}" --json "$out/bench.json" | tee "$out/bench.txt"
+
+case $verdict in *PASS) ;; *) exit 1 ;; esac
