@@ -5,7 +5,7 @@
 //! `cargo run --release --example bn_variants -- [flex|wgpu]`
 use std::time::Instant;
 
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor};
 use cifar_webgpu::backend::{self, Backend};
 
 fn time(reps: usize, mut f: impl FnMut() -> Tensor<1>) -> f64 {

@@ -42,7 +42,11 @@ fn tiny_train(runs: &Path, name: &str, extra: &[&str]) -> Output {
 fn auto_backend_names_its_device_and_reason() {
     let Some(_) = real_data("auto_backend_names_its_device_and_reason") else { return };
     let runs = scratch("auto");
-    let out = tiny_train(&runs, "a", &["--backend", "auto"]);
+    let mut args: Vec<String> = TINY.iter().map(|s| s.to_string()).collect();
+    args[1] = "auto".into();
+    args[12] = runs.display().to_string();
+    args.extend(["1", "--name", "a"].map(String::from));
+    let out = bin().arg("train").args(&args).output().unwrap();
     let s = text(&out);
     assert!(out.status.success(), "{s}");
     let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(runs.join("a").join("config.json")).unwrap()).unwrap();
