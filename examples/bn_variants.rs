@@ -40,34 +40,21 @@ fn main() {
         let finish = |centered: Tensor<4>, var: Tensor<4>| {
             centered * (var.add_scalar(1e-5).sqrt().recip() * gamma.clone().reshape([1, c, 1, 1])) + beta.clone().reshape([1, c, 1, 1])
         };
-        let a = run(&|x| {
-            let per = |t: Tensor<4>| t.sum_dim(3).sum_dim(2).sum_dim(0).div_scalar(n);
-            let mean = per(x.clone());
-            let cen = x - mean;
+        // Mean, then the variance of the centred values, each with the given per-channel mean.
+        let two_pass = |x: Tensor<4>, per: &dyn Fn(Tensor<4>) -> Tensor<4>| {
+            let cen = x.clone() - per(x);
             let var = per(cen.clone() * cen.clone());
             finish(cen, var)
-        });
-        let bv = run(&|x| {
-            let per = |t: Tensor<4>| t.reshape([b, c, h * w]).sum_dim(2).sum_dim(0).reshape([1, c, 1, 1]).div_scalar(n);
-            let mean = per(x.clone());
-            let cen = x - mean;
-            let var = per(cen.clone() * cen.clone());
-            finish(cen, var)
-        });
+        };
+        let by_plane = |t: Tensor<4>| t.reshape([b, c, h * w]).sum_dim(2).sum_dim(0).reshape([1, c, 1, 1]).div_scalar(n);
+        let a = run(&|x| two_pass(x, &|t| t.sum_dim(3).sum_dim(2).sum_dim(0).div_scalar(n)));
+        let bv = run(&|x| two_pass(x, &by_plane));
         let cv = run(&|x| {
-            let per = |t: Tensor<4>| t.reshape([b, c, h * w]).sum_dim(2).sum_dim(0).reshape([1, c, 1, 1]).div_scalar(n);
-            let mean = per(x.clone());
-            let var = per(x.clone() * x.clone()) - mean.clone() * mean.clone();
+            let mean = by_plane(x.clone());
+            let var = by_plane(x.clone() * x.clone()) - mean.clone() * mean.clone();
             finish(x - mean, var)
         });
-        let dv = run(&|x| {
-            // swap to [c, b, hw] contiguous, then sum the inner axis, then the batch axis.
-            let per = |t: Tensor<4>| t.reshape([b, c, h * w]).mean_dim(2).mean_dim(0).reshape([1, c, 1, 1]);
-            let mean = per(x.clone());
-            let cen = x - mean;
-            let var = per(cen.clone() * cen.clone());
-            finish(cen, var)
-        });
+        let dv = run(&|x| two_pass(x, &|t| t.reshape([b, c, h * w]).mean_dim(2).mean_dim(0).reshape([1, c, 1, 1])));
         println!("{:?}: burn batch_norm_train {burn_op:.1} ms | W,H,B sums {a:.1} | [b,c,hw] sums {bv:.1} | one-pass E[x²]-m² {cv:.1} | [b,c,hw] means {dv:.1}", [b, c, h, w]);
     }
 }

@@ -209,6 +209,22 @@ fn rel_err(want: &[f64], got: &[f32]) -> f64 {
     want.iter().zip(got).fold(0.0, |m, (w, g)| m.max((w - *g as f64).abs() / scale))
 }
 
+/// Per-channel mean and biased variance of an NCHW tensor's values, in f64 on the host: the
+/// reference the device's BatchNorm statistics are checked against.
+pub fn channel_stats(values: &[f32], [b, c, h, w]: [usize; 4]) -> (Vec<f64>, Vec<f64>) {
+    let n = (b * h * w) as f64;
+    let channel = |i: usize| i / (h * w) % c;
+    let mut mean = vec![0f64; c];
+    for (i, v) in values.iter().enumerate() {
+        mean[channel(i)] += *v as f64 / n;
+    }
+    let mut var = vec![0f64; c];
+    for (i, v) in values.iter().enumerate() {
+        var[channel(i)] += (*v as f64 - mean[channel(i)]).powi(2) / n;
+    }
+    (mean, var)
+}
+
 /// Reductions and BatchNorm statistics on `device` against the host: sums over rows of 2¹⁰
 /// to 2²¹ values (Burn's `sum_dim`), the batch statistics of Burn's `batch_norm_train` and of
 /// our [`crate::batchnorm::BatchNorm`] at the shape of the first layer (width 0.25, batch 128).
@@ -234,15 +250,7 @@ pub fn check_device(device: &Device) -> Vec<Check> {
     let [b, c, h, w] = shape;
     let host: Vec<f32> = (0..b * c * h * w).map(|i| uniform() + (i / (h * w) % c) as f32 * 0.1).collect();
     let n = (b * h * w) as f64;
-    let mut mean = vec![0f64; c];
-    for (i, v) in host.iter().enumerate() {
-        mean[i / (h * w) % c] += *v as f64 / n;
-    }
-    let mut var = vec![0f64; c];
-    for (i, v) in host.iter().enumerate() {
-        let ch = i / (h * w) % c;
-        var[ch] += (*v as f64 - mean[ch]).powi(2) / n;
-    }
+    let (mean, var) = channel_stats(&host, shape);
     let ad = device.clone().autodiff();
     let x = Tensor::<4>::from_data(TensorData::new(host, shape), &ad);
     let stats = burn::tensor::module::batch_norm_train(x.clone(), Tensor::ones([c], &ad), Tensor::zeros([c], &ad), 1e-5);

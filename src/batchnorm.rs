@@ -6,9 +6,9 @@
 //! weights trained here evaluate the same in PyTorch.
 //!
 //! On GPUs the batch statistics are sums over each image's plane, then over the batch: no
-//! reduction is longer than h·w or the batch size. Burn's `batch_norm_train` reduces each channel in one
-//! pass over batch·height·width values, and CubeCL's reduction over rows of 65,536 values or
-//! more comes out wrong on Mesa's lavapipe and in Chromium's WebGPU (SwiftShader): models
+//! reduction is longer than h·w or the batch size. Burn's `batch_norm_train` reduces each
+//! channel in one pass over batch·height·width values, and CubeCL's reduction over rows of
+//! 65,536 values or more comes out wrong on Mesa's lavapipe and in Chromium's WebGPU (SwiftShader): models
 //! trained there tested at chance (issue 14; the README has the reproduction). On flex the
 //! normalisation is one `cpu_ops` kernel with the ReLU and dropout that follow it in every block.
 

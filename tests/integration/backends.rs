@@ -85,14 +85,8 @@ fn wgpu_batchnorm_statistics_at_every_layer_shape() {
                         (state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 + ((i / (h * w)) % c) as f32 * 0.05
                     })
                     .collect();
-                let (mut mean, mut var) = (vec![0f64; c], vec![0f64; c]);
-                for (i, v) in host.iter().enumerate() {
-                    mean[(i / (h * w)) % c] += *v as f64 / n as f64;
-                }
-                for (i, v) in host.iter().enumerate() {
-                    let ch = (i / (h * w)) % c;
-                    var[ch] += (*v as f64 - mean[ch]).powi(2) / n as f64;
-                }
+                let shape = [b, c, h, w];
+                let (mean, var) = backend::channel_stats(&host, shape);
                 let bn = BatchNorm::new(c, &wgpu);
                 let x = Tensor::<4>::from_data(TensorData::new(host, [b, c, h, w]), &wgpu);
                 let out = values(bn.forward(x).inner());
@@ -101,15 +95,11 @@ fn wgpu_batchnorm_statistics_at_every_layer_shape() {
                 let want_var: Vec<f32> = var.iter().map(|v| (0.9 + 0.1 * v * n as f64 / (n as f64 - 1.0)) as f32).collect();
                 let got_mean = values(bn.running_mean.value_sync());
                 let got_var = values(bn.running_var.value_sync());
-                let shape = [b, c, h, w];
                 assert!(rel_diff(&got_mean, &want_mean) < 1e-4, "{shape:?} running mean: {:.2e}", rel_diff(&got_mean, &want_mean));
                 assert!(rel_diff(&got_var, &want_var) < 1e-4, "{shape:?} running var: {:.2e}", rel_diff(&got_var, &want_var));
                 // The output is normalised: mean 0 and variance 1 per channel (gamma 1, beta 0).
-                let mut out_mean = vec![0f64; c];
-                for (i, v) in out.iter().enumerate() {
-                    out_mean[(i / (h * w)) % c] += *v as f64 / n as f64;
-                }
-                let out_sq: f64 = out.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / out.len() as f64;
+                let (out_mean, out_var) = backend::channel_stats(&out, shape);
+                let out_sq: f64 = out_var.iter().zip(&out_mean).map(|(v, m)| v + m * m).sum::<f64>() / c as f64;
                 assert!(out_mean.iter().all(|m| m.abs() < 1e-3), "{shape:?} output mean {out_mean:?}");
                 assert!((out_sq - 1.0).abs() < 1e-2, "{shape:?} output variance {out_sq}");
                 checked += 1;
