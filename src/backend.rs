@@ -91,6 +91,15 @@ fn flex_info(reason: Option<String>) -> DeviceInfo {
     }
 }
 
+/// The graphics API and the language CubeCL compiles kernels to on it: SPIR-V on Vulkan in
+/// builds with the `vulkan` feature (CubeCL falls back to WGSL only on a Vulkan driver
+/// without the features its SPIR-V compiler needs), WGSL otherwise.
+fn shader_api(api: impl std::fmt::Debug) -> String {
+    let api = format!("{api:?}");
+    let spirv = cfg!(feature = "vulkan") && api == "Vulkan";
+    format!("{api} ({})", if spirv { "SPIR-V" } else { "WGSL" })
+}
+
 /// wgpu's device and adapter, initialised once per process (the runtime cannot be
 /// initialised twice), or why it could not start.
 fn wgpu_device() -> Result<(Device, DeviceInfo), String> {
@@ -104,7 +113,7 @@ fn wgpu_device() -> Result<(Device, DeviceInfo), String> {
             adapter: a.name.clone(),
             device_type: format!("{:?}", a.device_type),
             driver,
-            api: format!("{:?}", a.backend),
+            api: shader_api(a.backend),
             reason: None,
         };
         Ok((device, info))
