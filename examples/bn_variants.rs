@@ -38,7 +38,8 @@ fn main() {
         };
         let burn_op = run(&|x| burn::tensor::module::batch_norm_train(x, gamma.clone(), beta.clone(), 1e-5).output);
         let finish = |centered: Tensor<4>, var: Tensor<4>| {
-            centered * (var.add_scalar(1e-5).sqrt().recip() * gamma.clone().reshape([1, c, 1, 1])) + beta.clone().reshape([1, c, 1, 1])
+            centered * (var.add_scalar(1e-5).sqrt().recip() * gamma.clone().reshape([1, c, 1, 1]))
+                + beta.clone().reshape([1, c, 1, 1])
         };
         // Mean, then the variance of the centred values, each with the given per-channel mean.
         let two_pass = |x: Tensor<4>, per: &dyn Fn(Tensor<4>) -> Tensor<4>| {
@@ -46,7 +47,8 @@ fn main() {
             let var = per(cen.clone() * cen.clone());
             finish(cen, var)
         };
-        let by_plane = |t: Tensor<4>| t.reshape([b, c, h * w]).sum_dim(2).sum_dim(0).reshape([1, c, 1, 1]).div_scalar(n);
+        let by_plane =
+            |t: Tensor<4>| t.reshape([b, c, h * w]).sum_dim(2).sum_dim(0).reshape([1, c, 1, 1]).div_scalar(n);
         let a = run(&|x| two_pass(x, &|t| t.sum_dim(3).sum_dim(2).sum_dim(0).div_scalar(n)));
         let bv = run(&|x| two_pass(x, &by_plane));
         let cv = run(&|x| {
@@ -55,6 +57,9 @@ fn main() {
             finish(x - mean, var)
         });
         let dv = run(&|x| two_pass(x, &|t| t.reshape([b, c, h * w]).mean_dim(2).mean_dim(0).reshape([1, c, 1, 1])));
-        println!("{:?}: burn batch_norm_train {burn_op:.1} ms | W,H,B sums {a:.1} | [b,c,hw] sums {bv:.1} | one-pass E[x²]-m² {cv:.1} | [b,c,hw] means {dv:.1}", [b, c, h, w]);
+        println!(
+            "{:?}: burn batch_norm_train {burn_op:.1} ms | W,H,B sums {a:.1} | [b,c,hw] sums {bv:.1} | one-pass E[x²]-m² {cv:.1} | [b,c,hw] means {dv:.1}",
+            [b, c, h, w]
+        );
     }
 }

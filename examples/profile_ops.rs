@@ -11,8 +11,8 @@ use burn::module::Module;
 use burn::tensor::module::{batch_norm_train, conv2d};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor};
+use cifar_core::model::ModelConfig;
 use cifar_webgpu::backend::{self, Backend};
-use cifar_webgpu::model::ModelConfig;
 
 fn time(reps: usize, device: &Device, mut f: impl FnMut() -> Tensor<1>) -> f64 {
     // Three untimed calls: kernel compilation and autotuning of this shape happen there.
@@ -88,17 +88,17 @@ fn main() {
             x.grad(&g).unwrap().sum()
         });
         add("  conv fwd+dx only", 0.0, dx);
-        if cifar_webgpu::cpu_ops::applies(&plain) {
-            let fwd_ours = time(reps, &plain, || cifar_webgpu::cpu_ops::conv3x3(x.clone().inner(), w.clone().inner()).sum());
+        if flex_kernels::applies(&plain) {
+            let fwd_ours = time(reps, &plain, || flex_kernels::conv3x3(x.clone().inner(), w.clone().inner()).sum());
             let both = time(reps, &plain, || {
-                let y = cifar_webgpu::cpu_ops::conv3x3(x.clone(), w.clone());
+                let y = flex_kernels::conv3x3(x.clone(), w.clone());
                 let g = y.sum().backward();
                 w.grad(&g).unwrap().sum() + x.grad(&g).unwrap().sum()
             });
             add("  ours (cpu_ops)  ", fwd_ours, both);
             if std::env::var_os("PROFILE_CONV").is_some() {
                 // Each of our three kernels alone on host data, against Burn's (by difference).
-                use cifar_webgpu::conv_kernels;
+                use flex_kernels::conv;
                 let host = |t: Tensor<4>| t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
                 let dyt = Tensor::<4>::random([n, co, side, side], Distribution::Normal(0.0, 1.0), &plain);
                 let (xh, wh, dyh) = (host(x.clone().inner()), host(w.clone().inner()), host(dyt));
@@ -112,13 +112,17 @@ fn main() {
                 };
                 let gf = |ms: f64| 2.0 * (co * ci * 9 * n * side * side) as f64 / ms / 1e6;
                 let (f, dx_, dw_) = (
-                    ms(&|| conv_kernels::forward(&xh, &wh, dims, co)),
-                    ms(&|| conv_kernels::input_grad(&dyh, &wh, dims, co)),
-                    ms(&|| conv_kernels::weight_grad(&xh, &dyh, dims, co)),
+                    ms(&|| conv::forward(&xh, &wh, dims, co)),
+                    ms(&|| conv::input_grad(&dyh, &wh, dims, co)),
+                    ms(&|| conv::weight_grad(&xh, &dyh, dims, co)),
                 );
                 eprintln!(
                     "{ci:>4}->{co:<4} at {side:>2}: ours fwd {f:6.1} ({:3.0} GF/s) dx {dx_:6.1} ({:3.0}) dw {dw_:6.1} ({:3.0}) | Burn fwd {fwd:6.1} dx {:6.1} dw {:6.1}",
-                    gf(f), gf(dx_), gf(dw_), dx - fwd, dw - fwd
+                    gf(f),
+                    gf(dx_),
+                    gf(dw_),
+                    dx - fwd,
+                    dw - fwd
                 );
             }
         }
@@ -133,15 +137,14 @@ fn main() {
                 y.grad(&g).unwrap().sum()
             });
             add("max pool 2", fwd, both);
-            if cifar_webgpu::cpu_ops::applies(&plain) {
-                let fwd = time(reps, &plain, || cifar_webgpu::cpu_ops::max_pool2(y.clone().inner()).sum());
+            if flex_kernels::applies(&plain) {
+                let fwd = time(reps, &plain, || flex_kernels::max_pool2(y.clone().inner()).sum());
                 let both = time(reps, &plain, || {
-                    let g = cifar_webgpu::cpu_ops::max_pool2(y.clone()).sum().backward();
+                    let g = flex_kernels::max_pool2(y.clone()).sum().backward();
                     y.grad(&g).unwrap().sum()
                 });
                 add("  ours (cpu_ops)", fwd, both);
             }
-
         }
         let z = Tensor::<4>::random([n, co, out_side, out_side], Distribution::Normal(0.0, 1.0), &ad).require_grad();
         let gamma = Tensor::<1>::ones([co], &ad).require_grad();
@@ -152,17 +155,24 @@ fn main() {
             z.grad(&g).unwrap().sum()
         });
         add("batch norm (train)", 0.0, both);
-        let bn = cifar_webgpu::batchnorm::BatchNorm::new(co, &ad);
+        let bn = cifar_core::model::batchnorm::BatchNorm::new(co, &ad);
         let both = time(reps, &plain, || {
             let g = bn.forward(z.clone()).sum().backward();
             z.grad(&g).unwrap().sum()
         });
         add("  ours: BatchNorm", 0.0, both);
-        if cifar_webgpu::cpu_ops::applies(&plain) {
-            use cifar_webgpu::cpu_ops::{batch_norm_relu_dropout, batch_stats};
+        if flex_kernels::applies(&plain) {
+            use flex_kernels::{batch_norm_relu_dropout, batch_stats};
             let both = time(reps, &plain, || {
                 let stats = batch_stats(z.clone().detach());
-                let out = batch_norm_relu_dropout(z.clone(), gamma.clone(), beta.clone(), stats, 1e-5, std::env::var("PROFILE_DROP").ok().and_then(|v| v.parse().ok()).unwrap_or(0.05));
+                let out = batch_norm_relu_dropout(
+                    z.clone(),
+                    gamma.clone(),
+                    beta.clone(),
+                    stats,
+                    1e-5,
+                    std::env::var("PROFILE_DROP").ok().and_then(|v| v.parse().ok()).unwrap_or(0.05),
+                );
                 let g = out.sum().backward();
                 z.grad(&g).unwrap().sum()
             });
@@ -174,7 +184,7 @@ fn main() {
             z.grad(&g).unwrap().sum()
         });
         add("relu", 0.0, both);
-        let drop = cifar_webgpu::dropout::Dropout::new(0.05);
+        let drop = cifar_core::model::dropout::Dropout::new(0.05);
         let both = time(reps, &plain, || {
             let r = drop.forward(z.clone());
             let g = r.sum().backward();
@@ -183,10 +193,10 @@ fn main() {
         add("dropout 0.05", 0.0, both);
     }
     {
-        use cifar_webgpu::augment::{AugmentConfig, augment, batch, draw, normalised_by_ops};
+        use cifar_core::data::augment::{AugmentConfig, augment, batch, draw, normalised_by_ops};
         let pixels: Vec<u8> = (0..n * 3072).map(|i| (i * 7 % 251) as u8).collect();
         let config = AugmentConfig::new();
-        let params = draw(&config, &mut cifar_webgpu::rng::Rng::new(1), n);
+        let params = draw(&config, &mut cifar_core::rng::Rng::new(1), n);
         let ops = time(reps, &plain, || augment(normalised_by_ops(&pixels, &ad), &params, &config).sum().reshape([1]));
         add("batch + augment (ops)", ops, ops);
         let ours = time(reps, &plain, || batch(&pixels, &params, &config, &ad).sum().reshape([1]));
@@ -201,7 +211,7 @@ fn main() {
     });
     // The whole training step (augmentation, forward, backward, Adam), as `bench` runs it.
     let step = {
-        use cifar_webgpu::training::{Trainer, TrainingConfig};
+        use cifar_core::train::{Trainer, TrainingConfig};
         let config = TrainingConfig::new(ModelConfig::new().with_width(width)).with_batch_size(n).with_epochs(1);
         let pixels: Vec<u8> = (0..n * 3072).map(|i| (i * 7 % 251) as u8).collect();
         let labels: Vec<i64> = (0..n as i64).map(|i| i % 10).collect();

@@ -75,7 +75,10 @@ pub fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|n| n.trim().to_string())
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|n| n.trim().to_string())
         })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
@@ -107,7 +110,12 @@ fn wgpu_device() -> Result<(Device, DeviceInfo), String> {
     WGPU.get_or_init(|| {
         let (device, setup) = Device::wgpu_options().init_with_setup().map_err(|e| e.to_string())?;
         let a = setup.adapter.get_info();
-        let driver = [a.driver.trim(), a.driver_info.trim()].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(" ");
+        let driver = [a.driver.trim(), a.driver_info.trim()]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
         let info = DeviceInfo {
             backend: "wgpu".into(),
             adapter: a.name.clone(),
@@ -236,7 +244,7 @@ pub fn channel_stats(values: &[f32], [b, c, h, w]: [usize; 4]) -> (Vec<f64>, Vec
 
 /// Reductions and BatchNorm statistics on `device` against the host: sums over rows of 2¹⁰
 /// to 2²¹ values (Burn's `sum_dim`), the batch statistics of Burn's `batch_norm_train` and of
-/// our [`crate::batchnorm::BatchNorm`] at the shape of the first layer (width 0.25, batch 128).
+/// our [`cifar_core::model::batchnorm::BatchNorm`] at the shape of the first layer (width 0.25, batch 128).
 pub fn check_device(device: &Device) -> Vec<Check> {
     use burn::tensor::TensorData;
     let mut state = 0x2545_f491_4f6c_dd1du64;
@@ -253,7 +261,11 @@ pub fn check_device(device: &Device) -> Vec<Check> {
         let want = host.iter().map(|v| *v as f64).sum::<f64>();
         let t = Tensor::<2>::from_data(TensorData::new(host, [1, n]), device);
         let got: Vec<f32> = t.sum_dim(1).into_data().try_to_vec::<f32>().unwrap_or_default();
-        out.push(Check { what: format!("Burn sum_dim over a row of 2^{log2} values"), rel_err: rel_err(&[want], &got), ours: false });
+        out.push(Check {
+            what: format!("Burn sum_dim over a row of 2^{log2} values"),
+            rel_err: rel_err(&[want], &got),
+            ours: false,
+        });
     }
     let shape = [128, 16, 32, 32];
     let [b, c, h, w] = shape;
@@ -262,17 +274,34 @@ pub fn check_device(device: &Device) -> Vec<Check> {
     let (mean, var) = channel_stats(&host, shape);
     let ad = device.clone().autodiff();
     let x = Tensor::<4>::from_data(TensorData::new(host, shape), &ad);
-    let stats = burn::tensor::module::batch_norm_train(x.clone(), Tensor::ones([c], &ad), Tensor::zeros([c], &ad), 1e-5);
+    let stats =
+        burn::tensor::module::batch_norm_train(x.clone(), Tensor::ones([c], &ad), Tensor::zeros([c], &ad), 1e-5);
     let read = |t: Tensor<1>| -> Vec<f32> { t.inner().into_data().try_to_vec::<f32>().unwrap_or_default() };
-    out.push(Check { what: format!("Burn batch_norm_train mean, {shape:?}"), rel_err: rel_err(&mean, &read(stats.mean)), ours: false });
-    out.push(Check { what: format!("Burn batch_norm_train variance, {shape:?}"), rel_err: rel_err(&var, &read(stats.variance)), ours: false });
+    out.push(Check {
+        what: format!("Burn batch_norm_train mean, {shape:?}"),
+        rel_err: rel_err(&mean, &read(stats.mean)),
+        ours: false,
+    });
+    out.push(Check {
+        what: format!("Burn batch_norm_train variance, {shape:?}"),
+        rel_err: rel_err(&var, &read(stats.variance)),
+        ours: false,
+    });
     // Ours: the running statistics after one step from (mean 0, variance 1), momentum 0.1,
     // with PyTorch's unbiased variance.
-    let bn = crate::batchnorm::BatchNorm::new(c, &ad);
+    let bn = cifar_core::model::batchnorm::BatchNorm::new(c, &ad);
     let _ = bn.forward(x);
     let running_mean: Vec<f64> = mean.iter().map(|m| 0.1 * m).collect();
     let running_var: Vec<f64> = var.iter().map(|v| 0.9 + 0.1 * v * n / (n - 1.0)).collect();
-    out.push(Check { what: format!("our BatchNorm running mean, {shape:?}"), rel_err: rel_err(&running_mean, &read(bn.running_mean.value_sync())), ours: true });
-    out.push(Check { what: format!("our BatchNorm running variance, {shape:?}"), rel_err: rel_err(&running_var, &read(bn.running_var.value_sync())), ours: true });
+    out.push(Check {
+        what: format!("our BatchNorm running mean, {shape:?}"),
+        rel_err: rel_err(&running_mean, &read(bn.running_mean.value_sync())),
+        ours: true,
+    });
+    out.push(Check {
+        what: format!("our BatchNorm running variance, {shape:?}"),
+        rel_err: rel_err(&running_var, &read(bn.running_var.value_sync())),
+        ours: true,
+    });
     out
 }

@@ -8,10 +8,10 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{IMAGE_BYTES, Split};
-use crate::model::ModelConfig;
-use crate::rng::Rng;
-use crate::training::{Trainer, TrainingConfig, predict};
+use cifar_core::data::{IMAGE_BYTES, Split};
+use cifar_core::model::ModelConfig;
+use cifar_core::rng::Rng;
+use cifar_core::train::{Trainer, TrainingConfig, predict};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchRow {
@@ -89,9 +89,7 @@ pub fn measure(
     sync_every: usize,
 ) -> Result<BenchRow, String> {
     let data = synthetic(batch_size * (warmup + steps).max(1), 1);
-    let config = TrainingConfig::new(ModelConfig::new().with_width(width))
-        .with_batch_size(batch_size)
-        .with_epochs(1);
+    let config = TrainingConfig::new(ModelConfig::new().with_width(width)).with_batch_size(batch_size).with_epochs(1);
     // GPU pools: release what earlier rows left reserved, then report the most reserved.
     // Heap: the most bytes live at once above what was live before the row.
     device.memory_cleanup();
@@ -189,7 +187,16 @@ pub fn table(rows: &[BenchRow]) -> String {
 pub fn comparison_table(rows: &[Comparison]) -> String {
     let mut out = format!(
         "{:<8} {:>6} {:>6} {:<18} {:>12} {:>12} {:>9} {:>12} {:>12} {:>9}\n",
-        "backend", "width", "batch", "PyTorch mode", "train img/s", "PyTorch", "ours/PT", "infer img/s", "PyTorch", "ours/PT"
+        "backend",
+        "width",
+        "batch",
+        "PyTorch mode",
+        "train img/s",
+        "PyTorch",
+        "ours/PT",
+        "infer img/s",
+        "PyTorch",
+        "ours/PT"
     );
     for c in rows {
         out += &format!(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::data::*;
+use cifar_core::data::*;
 
 pub const ARCHIVE_URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz";
 const DATA_DIR_ENV: &str = "CIFAR10_DIR";
@@ -17,12 +17,8 @@ const DEFAULT_DATA_DIR: &str = "./data/cifar-10-batches-bin";
 /// The data directory: the CLI value, else `$CIFAR10_DIR`, else
 /// `./data/cifar-10-batches-bin`.
 pub fn resolve_data_dir(cli: Option<PathBuf>) -> PathBuf {
-    cli.or_else(|| {
-        std::env::var_os(DATA_DIR_ENV)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    })
-    .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+    cli.or_else(|| std::env::var_os(DATA_DIR_ENV).filter(|v| !v.is_empty()).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
 }
 
 /// Loads CIFAR-10 from `dir`, which should hold the six `.bin` files.
@@ -34,18 +30,12 @@ pub fn resolve_data_dir(cli: Option<PathBuf>) -> PathBuf {
 pub fn load(dir: &Path, allow_download: bool, verify: bool) -> Result<Cifar10, DataError> {
     let paths: Vec<PathBuf> = ALL_FILES.iter().map(|name| dir.join(name)).collect();
     let Some(first_missing) = paths.iter().find(|path| !path.is_file()) else {
-        let files = paths.iter().map(|path| {
-            fs::read(path)
-                .map(|bytes| (shown(path), bytes))
-                .map_err(io_err(path))
-        });
+        let files = paths.iter().map(|path| fs::read(path).map(|bytes| (shown(path), bytes)).map_err(io_err(path)));
         return assemble(files, verify);
     };
 
     let parent = parent_dir(dir);
-    let local_archive = [dir.join(ARCHIVE_NAME), parent.join(ARCHIVE_NAME)]
-        .into_iter()
-        .find(|path| path.is_file());
+    let local_archive = [dir.join(ARCHIVE_NAME), parent.join(ARCHIVE_NAME)].into_iter().find(|path| path.is_file());
     if let Some(archive) = local_archive {
         let bytes = fs::read(&archive).map_err(io_err(&archive))?;
         if verify {
@@ -63,9 +53,7 @@ pub fn load(dir: &Path, allow_download: bool, verify: bool) -> Result<Cifar10, D
             write_atomic(&path, data).map_err(io_err(&path))?;
         }
         eprintln!("Extracted the CIFAR-10 batch files into {}", dir.display());
-        let files = entries
-            .into_iter()
-            .map(|(name, bytes)| Ok((shown(&dir.join(name)), bytes)));
+        let files = entries.into_iter().map(|(name, bytes)| Ok((shown(&dir.join(name)), bytes)));
         // The archive's MD5 was checked during the download.
         return assemble(files, false);
     }
@@ -85,12 +73,9 @@ pub fn load(dir: &Path, allow_download: bool, verify: bool) -> Result<Cifar10, D
 /// Writes `bytes` to `path` via a temporary file in the same directory, so a
 /// crash or a full disk never leaves a half-written file under the final name.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let file_name = path.file_name().ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{}: not a file path", path.display()),
-        )
-    })?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{}: not a file path", path.display())))?;
     let mut tmp_name = file_name.to_os_string();
     tmp_name.push(format!(".tmp-{}", std::process::id()));
     let tmp = path.with_file_name(tmp_name);
@@ -110,9 +95,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// The caller has already checked the archive's MD5 when asked to.
 fn load_archive(archive: &Path, bytes: &[u8]) -> Result<Cifar10, DataError> {
     let entries = extract_archive(&shown(archive), bytes)?;
-    let files = entries
-        .into_iter()
-        .map(|(name, bytes)| Ok((format!("{} ({name})", archive.display()), bytes)));
+    let files = entries.into_iter().map(|(name, bytes)| Ok((format!("{} ({name})", archive.display()), bytes)));
     assemble(files, false)
 }
 
@@ -143,10 +126,8 @@ fn download_archive(dest_dir: &Path) -> Result<(PathBuf, Vec<u8>), DataError> {
 /// Streams the archive into `part` and memory at once, so it is neither
 /// re-read from disk nor held twice.
 fn fetch(url: &str, part: &Path) -> Result<Vec<u8>, DataError> {
-    let network = |e: &dyn std::fmt::Display| DataError::Io {
-        file: url.to_owned(),
-        source: format!("download failed: {e}"),
-    };
+    let network =
+        |e: &dyn std::fmt::Display| DataError::Io { file: url.to_owned(), source: format!("download failed: {e}") };
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_per_read(Some(Duration::from_secs(60)))
@@ -167,11 +148,9 @@ fn fetch(url: &str, part: &Path) -> Result<Vec<u8>, DataError> {
         None => ProgressBar::no_length(),
     };
     bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:40.cyan/blue} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-        )
-        .expect("valid progress template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{bar:40.cyan/blue} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
+            .expect("valid progress template")
+            .progress_chars("=> "),
     );
 
     let mut reader = body.into_reader();
@@ -211,16 +190,13 @@ fn shown(path: &Path) -> String {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DataError + '_ {
-    move |e| DataError::Io {
-        file: shown(path),
-        source: e.to_string(),
-    }
+    move |e| DataError::Io { file: shown(path), source: e.to_string() }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::synthetic::{all_files, label, tar_gz};
+    use cifar_core::data::synthetic::{all_files, label, tar_gz};
 
     /// A fresh directory under the system temp dir, removed on drop. The data
     /// dir is nested one level down so the archive lookup in its parent only
@@ -231,8 +207,7 @@ mod tests {
 
     impl Scratch {
         fn new(tag: &str) -> Self {
-            let root =
-                std::env::temp_dir().join(format!("cifar_webgpu_{tag}_{}", std::process::id()));
+            let root = std::env::temp_dir().join(format!("cifar_webgpu_{tag}_{}", std::process::id()));
             let _ = fs::remove_dir_all(&root);
             fs::create_dir_all(root.join("cifar-10-batches-bin")).unwrap();
             Scratch { root }
@@ -281,10 +256,7 @@ mod tests {
         // reject them, naming the full path.
         let err = load(&dir, false, true).unwrap_err();
         let expected = shown(&dir.join("data_batch_1.bin"));
-        assert!(
-            matches!(&err, DataError::Checksum { file, .. } if *file == expected),
-            "{err}"
-        );
+        assert!(matches!(&err, DataError::Checksum { file, .. } if *file == expected), "{err}");
     }
 
     #[test]
@@ -294,10 +266,7 @@ mod tests {
         let dir = scratch.data_dir();
         let err = load(&dir, false, false).unwrap_err();
         let expected = shown(&dir.join("data_batch_2.bin"));
-        assert!(
-            matches!(&err, DataError::Missing { file, .. } if *file == expected),
-            "{err}"
-        );
+        assert!(matches!(&err, DataError::Missing { file, .. } if *file == expected), "{err}");
         let message = err.to_string();
         for needle in ["--data-dir", "CIFAR10_DIR", "without --no-download"] {
             assert!(message.contains(needle), "{message}");
@@ -312,10 +281,7 @@ mod tests {
         let bytes = fs::read(&path).unwrap();
         fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
         let err = load(&scratch.data_dir(), false, false).unwrap_err();
-        assert!(
-            matches!(&err, DataError::BadSize { file, .. } if *file == shown(&path)),
-            "{err}"
-        );
+        assert!(matches!(&err, DataError::BadSize { file, .. } if *file == shown(&path)), "{err}");
         assert!(err.to_string().starts_with(&shown(&path)));
     }
 
@@ -336,15 +302,9 @@ mod tests {
         write_atomic(&path, b"first").unwrap();
         write_atomic(&path, b"second").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"second");
-        let names: Vec<_> = fs::read_dir(&scratch.root)
-            .unwrap()
-            .map(|entry| entry.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = fs::read_dir(&scratch.root).unwrap().map(|entry| entry.unwrap().file_name()).collect();
         assert_eq!(names.len(), 2, "{names:?}"); // out.json and the data dir
-        assert!(
-            names.iter().all(|n| !n.to_string_lossy().contains(".tmp-")),
-            "{names:?}"
-        );
+        assert!(names.iter().all(|n| !n.to_string_lossy().contains(".tmp-")), "{names:?}");
     }
 
     #[test]
@@ -353,10 +313,7 @@ mod tests {
 
         let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!(
-            "http://{}/cifar-10-binary.tar.gz",
-            listener.local_addr().unwrap()
-        );
+        let url = format!("http://{}/cifar-10-binary.tar.gz", listener.local_addr().unwrap());
         let served = body.clone();
         let server = std::thread::spawn(move || {
             let (mut stream, _) = listener.accept().unwrap();
@@ -366,10 +323,7 @@ mod tests {
                 stream.read_exact(&mut byte).unwrap();
                 request.push(byte[0]);
             }
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                served.len()
-            );
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", served.len());
             stream.write_all(head.as_bytes()).unwrap();
             stream.write_all(&served).unwrap();
             String::from_utf8_lossy(&request).to_ascii_lowercase()

@@ -48,10 +48,8 @@ impl CachingAllocator {
     fn take(layout: Layout) -> Option<*mut u8> {
         let mut cache = CACHE.lock().ok()?;
         let cache = &mut *cache;
-        let bin = cache
-            .bins
-            .iter_mut()
-            .find(|b| b.size == layout.size() && b.align == layout.align() && b.count > 0)?;
+        let bin =
+            cache.bins.iter_mut().find(|b| b.size == layout.size() && b.align == layout.align() && b.count > 0)?;
         bin.count -= 1;
         let ptr = bin.blocks[bin.count];
         cache.bytes -= layout.size();
@@ -77,7 +75,9 @@ impl CachingAllocator {
                     let victim = cache.bins[i];
                     for &p in &victim.blocks[..victim.count] {
                         // SAFETY: cached blocks came from System with this size and align.
-                        unsafe { System.dealloc(p as *mut u8, Layout::from_size_align_unchecked(victim.size, victim.align)) };
+                        unsafe {
+                            System.dealloc(p as *mut u8, Layout::from_size_align_unchecked(victim.size, victim.align))
+                        };
                     }
                     cache.bytes -= victim.size * victim.count;
                     cache.bins[i].count = 0;
@@ -167,6 +167,11 @@ pub fn peak_bytes() -> usize {
 pub fn reset_peak() {
     PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
 }
+
+/// The lib's own unit tests measure through the allocator the binary installs.
+#[cfg(test)]
+#[global_allocator]
+static TEST_ALLOCATOR: CachingAllocator = CachingAllocator;
 
 #[cfg(test)]
 mod tests {

@@ -19,7 +19,7 @@ use plotters::prelude::*;
 use plotters::style::FontTransform;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use crate::metrics::{ConfusionMatrix, EpochMetrics};
+use cifar_core::train::metrics::{ConfusionMatrix, EpochMetrics};
 
 /// The font family every chart uses; registered from the embedded TTF on first use.
 const FONT: &str = "sans-serif";
@@ -152,11 +152,7 @@ fn draw_no_data(area: &DrawingArea<BitMapBackend<'_>, Shift>, msg: &str) -> DynR
 /// learning rate of every optimizer step (x axis in epochs: step / `steps_per_epoch`).
 /// Accuracies in `EpochMetrics` are fractions (0..1) and are drawn as percentages. Non-finite
 /// values are skipped; empty inputs give panels that say "no data".
-pub fn curves_png(
-    epochs: &[EpochMetrics],
-    lr_per_step: &[f64],
-    steps_per_epoch: usize,
-) -> Result<Vec<u8>, String> {
+pub fn curves_png(epochs: &[EpochMetrics], lr_per_step: &[f64], steps_per_epoch: usize) -> Result<Vec<u8>, String> {
     render(
         "training curves",
         1500,
@@ -165,8 +161,7 @@ pub fn curves_png(
         |root| {
             root.fill(&WHITE)?;
             let panels = root.split_evenly((1, 3));
-            let x_range = finite_range(epochs.iter().map(|m| m.epoch as f64))
-                .map(|(lo, hi)| pad(lo, hi, 0.03));
+            let x_range = finite_range(epochs.iter().map(|m| m.epoch as f64)).map(|(lo, hi)| pad(lo, hi, 0.03));
 
             // (a) loss
             let loss_range = finite_range(epochs.iter().flat_map(|m| [m.train_loss, m.test_loss]));
@@ -177,16 +172,9 @@ pub fn curves_png(
                         (
                             "train loss",
                             TRAIN_COLOR,
-                            epochs
-                                .iter()
-                                .map(|m| (m.epoch as f64, m.train_loss))
-                                .collect::<Vec<_>>(),
+                            epochs.iter().map(|m| (m.epoch as f64, m.train_loss)).collect::<Vec<_>>(),
                         ),
-                        (
-                            "test loss",
-                            TEST_COLOR,
-                            epochs.iter().map(|m| (m.epoch as f64, m.test_loss)).collect(),
-                        ),
+                        ("test loss", TEST_COLOR, epochs.iter().map(|m| (m.epoch as f64, m.test_loss)).collect()),
                     ];
                     epoch_panel(
                         &panels[0],
@@ -203,8 +191,7 @@ pub fn curves_png(
             }
 
             // (b) accuracy in percent
-            let acc_range =
-                finite_range(epochs.iter().flat_map(|m| [m.train_acc * 100.0, m.test_acc * 100.0]));
+            let acc_range = finite_range(epochs.iter().flat_map(|m| [m.train_acc * 100.0, m.test_acc * 100.0]));
             match (x_range, acc_range) {
                 (Some((x0, x1)), Some((lo, hi))) => {
                     let lo = (((lo - 5.0) / 10.0).floor() * 10.0).clamp(0.0, 90.0);
@@ -213,10 +200,7 @@ pub fn curves_png(
                         (
                             "train accuracy",
                             TRAIN_COLOR,
-                            epochs
-                                .iter()
-                                .map(|m| (m.epoch as f64, m.train_acc * 100.0))
-                                .collect::<Vec<_>>(),
+                            epochs.iter().map(|m| (m.epoch as f64, m.train_acc * 100.0)).collect::<Vec<_>>(),
                         ),
                         (
                             "test accuracy",
@@ -323,13 +307,9 @@ fn epoch_panel(
         let pts: Vec<(f64, f64)> = pts.iter().copied().filter(|p| p.1.is_finite()).collect();
         let color = *color;
         chart
-            .draw_series(
-                LineSeries::new(pts.iter().copied(), color.stroke_width(2)).point_size(marker),
-            )?
+            .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)).point_size(marker))?
             .label(*name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(3))
-            });
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(3)));
     }
     chart
         .configure_series_labels()
@@ -350,17 +330,9 @@ fn epoch_panel(
 /// line marks it, labelled "suggested max LR 3.2e-3". Points with a non-positive LR or a
 /// non-finite loss are skipped; a loss that explodes at the end is clipped at 2.5× the first loss
 /// so the interesting part stays readable.
-pub fn lr_find_png(
-    lrs: &[f64],
-    losses: &[f64],
-    suggestion: Option<f64>,
-) -> Result<Vec<u8>, String> {
+pub fn lr_find_png(lrs: &[f64], losses: &[f64], suggestion: Option<f64>) -> Result<Vec<u8>, String> {
     if lrs.len() != losses.len() {
-        return Err(format!(
-            "LR finder plot: {} learning rates but {} losses",
-            lrs.len(),
-            losses.len()
-        ));
+        return Err(format!("LR finder plot: {} learning rates but {} losses", lrs.len(), losses.len()));
     }
     let points: Vec<(f64, f64)> = lrs
         .iter()
@@ -377,16 +349,13 @@ pub fn lr_find_png(
         |root| {
             root.fill(&WHITE)?;
             let title = "Learning-rate finder";
-            let Some((x_lo, x_hi)) = finite_range(points.iter().map(|p| p.0).chain(suggestion))
-            else {
+            let Some((x_lo, x_hi)) = finite_range(points.iter().map(|p| p.0).chain(suggestion)) else {
                 return titled_empty(root, title);
             };
-            let (x_lo, x_hi) =
-                if x_hi > x_lo { (x_lo / 1.15, x_hi * 1.15) } else { (x_lo / 2.0, x_hi * 2.0) };
+            let (x_lo, x_hi) = if x_hi > x_lo { (x_lo / 1.15, x_hi * 1.15) } else { (x_lo / 2.0, x_hi * 2.0) };
             let (y_lo, y_hi) = match finite_range(points.iter().map(|p| p.1)) {
                 Some((lo, hi)) => {
-                    let cap =
-                        points.first().map(|p| p.1.abs() * 2.5).filter(|c| *c > lo).unwrap_or(hi);
+                    let cap = points.first().map(|p| p.1.abs() * 2.5).filter(|c| *c > lo).unwrap_or(hi);
                     pad(lo, hi.min(cap), 0.05)
                 }
                 None => (0.0, 1.0),
@@ -414,28 +383,20 @@ pub fn lr_find_png(
                 // Plotters clamps out-of-range points onto the border (a flat line along the top),
                 // so the curve is cut where it leaves the chart instead.
                 for (k, segment) in clip_above(&points, y_hi).into_iter().enumerate() {
-                    let series =
-                        chart.draw_series(LineSeries::new(segment, TRAIN_COLOR.stroke_width(2)))?;
+                    let series = chart.draw_series(LineSeries::new(segment, TRAIN_COLOR.stroke_width(2)))?;
                     if k == 0 {
-                        series.label("loss").legend(|(x, y)| {
-                            PathElement::new(vec![(x, y), (x + 22, y)], TRAIN_COLOR.stroke_width(3))
-                        });
+                        series
+                            .label("loss")
+                            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], TRAIN_COLOR.stroke_width(3)));
                     }
                 }
             }
             if let Some(s) = suggestion {
                 let label = format!("suggested max LR {s:.1e}");
                 chart
-                    .draw_series(DashedLineSeries::new(
-                        [(s, y_lo), (s, y_hi)],
-                        8,
-                        6,
-                        TEST_COLOR.stroke_width(2),
-                    ))?
+                    .draw_series(DashedLineSeries::new([(s, y_lo), (s, y_hi)], 8, 6, TEST_COLOR.stroke_width(2)))?
                     .label(label.clone())
-                    .legend(|(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 22, y)], TEST_COLOR.stroke_width(3))
-                    });
+                    .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], TEST_COLOR.stroke_width(3)));
                 // The label sits beside the line near the top, on whichever side has more room.
                 let area = chart.plotting_area();
                 let (px, _) = area.map_coordinate(&(s, y_hi));
@@ -444,13 +405,8 @@ pub fn lr_find_png(
                     ((r.0.start, r.1.start), (r.0.end, r.1.end))
                 };
                 let right_side = px - left < (right - left) * 6 / 10;
-                let (x, anchor) =
-                    if right_side { (px + 8, HPos::Left) } else { (px - 8, HPos::Right) };
-                root.draw(&Text::new(
-                    label,
-                    (x, top + 12),
-                    text_style(16, &TEST_COLOR, anchor, VPos::Top),
-                ))?;
+                let (x, anchor) = if right_side { (px + 8, HPos::Left) } else { (px - 8, HPos::Right) };
+                root.draw(&Text::new(label, (x, top + 12), text_style(16, &TEST_COLOR, anchor, VPos::Top)))?;
             }
             chart
                 .configure_series_labels()
@@ -530,13 +486,7 @@ fn blit_chw(canvas: &mut [u8], canvas_w: usize, chw: &[u8], x0: usize, y0: usize
     }
 }
 
-fn fill_rect(
-    canvas: &mut [u8],
-    canvas_w: usize,
-    (x0, y0): (usize, usize),
-    (w, h): (usize, usize),
-    rgb: [u8; 3],
-) {
+fn fill_rect(canvas: &mut [u8], canvas_w: usize, (x0, y0): (usize, usize), (w, h): (usize, usize), rgb: [u8; 3]) {
     for y in y0..y0 + h {
         for x in x0..x0 + w {
             canvas[(y * canvas_w + x) * 3..][..3].copy_from_slice(&rgb);
@@ -565,11 +515,7 @@ fn mis_columns(n: usize, columns: usize) -> usize {
 /// A grid of wrongly classified images, each upscaled 4× (nearest) to 128×128 with
 /// "true: cat" and "pred: dog 87%" under it, and a title line. `columns` is clamped to
 /// 1..=samples.len(). A label index outside `class_names` is shown as "#<index>".
-pub fn misclassified_png(
-    samples: &[LabelledImage],
-    class_names: &[&str],
-    columns: usize,
-) -> Result<Vec<u8>, String> {
+pub fn misclassified_png(samples: &[LabelledImage], class_names: &[&str], columns: usize) -> Result<Vec<u8>, String> {
     let chart = "misclassified images";
     if let Some((i, s)) = samples.iter().enumerate().find(|(_, s)| s.pixels.len() != IMAGE_BYTES) {
         return Err(format!(
@@ -589,8 +535,7 @@ pub fn misclassified_png(
     let title_w = font(20).box_size(&title).map(|(w, _)| w as usize).unwrap_or(400);
     let width = (2 * MIS_MARGIN + columns * MIS_CELL_W).max(title_w + 6 * MIS_MARGIN);
     let height = MIS_TITLE_H + rows * MIS_CELL_H + MIS_MARGIN;
-    let name =
-        |i: usize| class_names.get(i).map(|s| s.to_string()).unwrap_or_else(|| format!("#{i}"));
+    let name = |i: usize| class_names.get(i).map(|s| s.to_string()).unwrap_or_else(|| format!("#{i}"));
     render(
         chart,
         width as u32,
@@ -598,13 +543,7 @@ pub fn misclassified_png(
         |canvas| {
             for (i, s) in samples.iter().enumerate() {
                 let (x, y) = mis_image_origin(i, columns);
-                fill_rect(
-                    canvas,
-                    width,
-                    (x - 1, y - 1),
-                    (MIS_IMG + 2, MIS_IMG + 2),
-                    [160, 160, 160],
-                );
+                fill_rect(canvas, width, (x - 1, y - 1), (MIS_IMG + 2, MIS_IMG + 2), [160, 160, 160]);
                 blit_chw(canvas, width, &s.pixels, x, y, MIS_SCALE);
             }
         },
@@ -677,15 +616,11 @@ pub fn confusion_png(matrix: &ConfusionMatrix, class_names: &[&str]) -> Result<V
     let chart = "confusion matrix";
     let n = matrix.counts.len();
     if let Some((i, row)) = matrix.counts.iter().enumerate().find(|(_, r)| r.len() != n) {
-        return Err(format!(
-            "{chart}: row {i} has {} columns, expected {n} (matrix must be square)",
-            row.len()
-        ));
+        return Err(format!("{chart}: row {i} has {} columns, expected {n} (matrix must be square)", row.len()));
     }
     let width = (CM_LEFT + n * CM_CELL + CM_RIGHT).max(560);
     let height = CM_TOP + n * CM_CELL + CM_BOTTOM;
-    let name =
-        |i: usize| class_names.get(i).map(|s| s.to_string()).unwrap_or_else(|| format!("#{i}"));
+    let name = |i: usize| class_names.get(i).map(|s| s.to_string()).unwrap_or_else(|| format!("#{i}"));
     let total = matrix.total();
     let per_class = matrix.per_class_accuracy();
     render(
@@ -698,16 +633,9 @@ pub fn confusion_png(matrix: &ConfusionMatrix, class_names: &[&str]) -> Result<V
             let title = if total == 0 {
                 "Confusion matrix (no test images)".to_string()
             } else {
-                format!(
-                    "Confusion matrix \u{2014} test accuracy {:.2}% of {total} images",
-                    100.0 * matrix.accuracy()
-                )
+                format!("Confusion matrix \u{2014} test accuracy {:.2}% of {total} images", 100.0 * matrix.accuracy())
             };
-            root.draw(&Text::new(
-                title,
-                (width as i32 / 2, 24),
-                text_style(21, &BLACK, HPos::Center, VPos::Center),
-            ))?;
+            root.draw(&Text::new(title, (width as i32 / 2, 24), text_style(21, &BLACK, HPos::Center, VPos::Center)))?;
             if n == 0 {
                 return Ok(());
             }
@@ -724,10 +652,7 @@ pub fn confusion_png(matrix: &ConfusionMatrix, class_names: &[&str]) -> Result<V
             root.draw(&Text::new(
                 "true class",
                 (16, grid_top + grid_w / 2),
-                font(17)
-                    .transform(FontTransform::Rotate270)
-                    .color(&BLACK)
-                    .pos(Pos::new(HPos::Center, VPos::Center)),
+                font(17).transform(FontTransform::Rotate270).color(&BLACK).pos(Pos::new(HPos::Center, VPos::Center)),
             ))?;
             root.draw(&Text::new(
                 "accuracy",
@@ -753,10 +678,7 @@ pub fn confusion_png(matrix: &ConfusionMatrix, class_names: &[&str]) -> Result<V
                     let x = grid_left + j as i32 * cell;
                     let fill = heat(frac, i == j);
                     root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], fill.filled()))?;
-                    root.draw(&Rectangle::new(
-                        [(x, y), (x + cell, y + cell)],
-                        RGBColor(200, 200, 200),
-                    ))?;
+                    root.draw(&Rectangle::new([(x, y), (x + cell, y + cell)], RGBColor(200, 200, 200)))?;
                     let lum = 0.299 * fill.0 as f64 + 0.587 * fill.1 as f64 + 0.114 * fill.2 as f64;
                     let text_color = if lum < 140.0 { WHITE } else { BLACK };
                     root.draw(&Text::new(
@@ -826,9 +748,7 @@ mod tests {
     /// A recognisable image: every pixel of channel c at (y, x) has a distinct value.
     fn pattern(seed: u8) -> Vec<u8> {
         // The channel term keeps the R, G and B planes different from each other.
-        (0..IMAGE_BYTES)
-            .map(|k| (k as u32 * 7 + (k / 1024) as u32 * 85 + seed as u32 * 31) as u8)
-            .collect()
+        (0..IMAGE_BYTES).map(|k| (k as u32 * 7 + (k / 1024) as u32 * 85 + seed as u32 * 31) as u8).collect()
     }
 
     /// Counts pixels that are neither white nor near-white: something was drawn.
@@ -872,20 +792,15 @@ mod tests {
     #[test]
     fn lr_find_png_suggestion_changes_the_picture() {
         let lrs: Vec<f64> = (0..100).map(|i| 1e-6 * 10f64.powf(i as f64 * 6.0 / 99.0)).collect();
-        let losses: Vec<f64> = lrs
-            .iter()
-            .map(|lr| 2.3 - 0.8 * (lr.log10() + 6.0) / 4.0 + (lr * 50.0).powi(2))
-            .collect();
+        let losses: Vec<f64> =
+            lrs.iter().map(|lr| 2.3 - 0.8 * (lr.log10() + 6.0) / 4.0 + (lr * 50.0).powi(2)).collect();
         let without = lr_find_png(&lrs, &losses, None).unwrap();
         let with = lr_find_png(&lrs, &losses, Some(3.2e-3)).unwrap();
         let (a, b) = (decode(&without), decode(&with));
         assert_eq!(a.dimensions(), (900, 560));
         assert_eq!(b.dimensions(), (900, 560));
         let differing = a.pixels().zip(b.pixels()).filter(|(p, q)| p != q).count();
-        assert!(
-            differing > 200,
-            "the suggestion line and label should change the image ({differing} px)"
-        );
+        assert!(differing > 200, "the suggestion line and label should change the image ({differing} px)");
     }
 
     #[test]
@@ -913,10 +828,7 @@ mod tests {
         let rows = 3;
         assert_eq!(
             img.dimensions(),
-            (
-                (2 * MIS_MARGIN + columns * MIS_CELL_W) as u32,
-                (MIS_TITLE_H + rows * MIS_CELL_H + MIS_MARGIN) as u32
-            )
+            ((2 * MIS_MARGIN + columns * MIS_CELL_W) as u32, (MIS_TITLE_H + rows * MIS_CELL_H + MIS_MARGIN) as u32)
         );
         // Layout pinned independently of `mis_image_origin`: the first image starts at
         // (margin 14 + (172 − 128) / 2, title 46 + 6) and has a 1-pixel grey frame.
@@ -947,12 +859,7 @@ mod tests {
         let empty = decode(&misclassified_png(&[], &NAMES, 10).unwrap());
         assert!(empty.width() > 0 && empty.height() > 0);
         let many: Vec<LabelledImage> = (0..100)
-            .map(|i| LabelledImage {
-                pixels: pattern(i as u8),
-                truth: 12,
-                predicted: i % 10,
-                confidence: 1.5,
-            })
+            .map(|i| LabelledImage { pixels: pattern(i as u8), truth: 12, predicted: i % 10, confidence: 1.5 })
             .collect();
         let img = decode(&misclassified_png(&many, &NAMES, 10).unwrap());
         assert_eq!(img.width() as usize, 2 * MIS_MARGIN + 10 * MIS_CELL_W);
@@ -979,10 +886,7 @@ mod tests {
         let img = decode(&confusion_png(&m, &NAMES).unwrap());
         assert_eq!(
             img.dimensions(),
-            (
-                (CM_LEFT + 10 * CM_CELL + CM_RIGHT) as u32,
-                (CM_TOP + 10 * CM_CELL + CM_BOTTOM) as u32
-            )
+            ((CM_LEFT + 10 * CM_CELL + CM_RIGHT) as u32, (CM_TOP + 10 * CM_CELL + CM_BOTTOM) as u32)
         );
         // A diagonal cell is dark blue near its corner (away from the count text).
         let (x, y) = (CM_LEFT + 3 * CM_CELL + 6, CM_TOP + 3 * CM_CELL + 6);
@@ -1009,10 +913,7 @@ mod tests {
         let (x0, y0) = (2 + 98, 2 + 98);
         let k = 10 * SIDE + 20;
         let src = &images[3];
-        assert_eq!(
-            img.get_pixel(x0 + 20 * 3 + 1, y0 + 10 * 3 + 1).0,
-            [src[k], src[1024 + k], src[2048 + k]]
-        );
+        assert_eq!(img.get_pixel(x0 + 20 * 3 + 1, y0 + 10 * 3 + 1).0, [src[k], src[1024 + k], src[2048 + k]]);
         let two = decode(&image_grid_png(&images[..2], 8, 1));
         assert_eq!(two.dimensions(), (2 + 2 * 34, 2 + 34), "columns clamp to the image count");
         let empty = decode(&image_grid_png(&[], 0, 0));

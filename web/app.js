@@ -3,8 +3,10 @@
 import { lineChart } from './charts.js';
 
 const $ = (id) => document.getElementById(id);
-const CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck'];
-const FILES = ['data_batch_1.bin', 'data_batch_2.bin', 'data_batch_3.bin', 'data_batch_4.bin', 'data_batch_5.bin', 'test_batch.bin'];
+// From the core once the wasm module is up (main): nothing of the recipe is retyped here.
+let CLASSES = [];
+let FILES = [];
+let RECIPE = null; // the TrainingConfig the form edits (`recipe(optimizer)`)
 
 // Everything the page shows, also read by the end-to-end test.
 const state = (window.appState = {
@@ -70,7 +72,7 @@ async function fetchWithProgress(url, onBytes) {
 }
 
 async function loadFromServer() {
-  const total = 5 * 30730000 + 30730000;
+  const total = FILES.length * 30730000;
   let seen = 0;
   const bar = $('data-progress');
   const arrays = [];
@@ -117,6 +119,7 @@ async function download() {
 }
 
 // ---------- training ----------
+// The recipe from the core with the form's values over it.
 function config() {
   const num = (id) => {
     const v = Number($(id).value);
@@ -124,14 +127,28 @@ function config() {
     return v;
   };
   return {
-    model: { width: num('width'), dropout: num('dropout'), num_classes: 10 },
-    augment: { pad: 4, flip: true, cutout: 8 },
+    ...RECIPE,
+    model: { ...RECIPE.model, width: num('width'), dropout: num('dropout') },
     optimizer: $('optimizer').value,
     epochs: num('epochs'), batch_size: num('batch-size'), max_lr: num('max-lr'),
-    pct_start: 5 / 24, div_factor: 25, final_div_factor: 1e4,
-    weight_decay: num('weight-decay'), label_smoothing: num('label-smoothing'),
-    base_momentum: 0.85, max_momentum: 0.95, beta2: 0.999, eps: 1e-8, seed: num('seed'),
+    weight_decay: num('weight-decay'), label_smoothing: num('label-smoothing'), seed: num('seed'),
   };
+}
+
+// The form shows the recipe for the chosen optimizer; choosing another switches max LR and
+// weight decay to its defaults (the other fields keep what the user typed).
+function useRecipe(b, optimizer, all) {
+  RECIPE = JSON.parse(b.recipe(optimizer));
+  $('max-lr').value = RECIPE.max_lr;
+  $('weight-decay').value = RECIPE.weight_decay;
+  if (!all) return;
+  $('optimizer').value = RECIPE.optimizer;
+  $('epochs').value = RECIPE.epochs;
+  $('batch-size').value = RECIPE.batch_size;
+  $('width').value = RECIPE.model.width;
+  $('dropout').value = RECIPE.model.dropout;
+  $('label-smoothing').value = RECIPE.label_smoothing;
+  $('seed').value = RECIPE.seed;
 }
 
 function drawCharts() {
@@ -314,6 +331,10 @@ async function main() {
     return;
   }
   const b = await bindings();
+  CLASSES = JSON.parse(b.classes());
+  FILES = JSON.parse(b.data_files());
+  useRecipe(b, 'adam', true);
+  $('optimizer').onchange = (e) => useRecipe(b, e.target.value, false);
   try {
     state.session = await b.Session.create();
   } catch (e) {

@@ -1,8 +1,8 @@
 //! Augmentation properties against a plain host implementation of pad/crop/flip/CutOut.
 
 use burn::tensor::Tensor;
-use cifar_webgpu::augment::{AugmentConfig, SampleAug, augment, batch, draw, normalised_by_ops, to_tensor};
-use cifar_webgpu::rng::Rng;
+use cifar_core::data::augment::{AugmentConfig, SampleAug, augment, batch, draw, normalised_by_ops, to_tensor};
+use cifar_core::rng::Rng;
 
 use crate::common::{flex, synthetic};
 
@@ -18,7 +18,13 @@ fn px(v: &[f32], n: usize, c: usize, y: usize, x: usize) -> f32 {
 /// Reference: reflect-pad by 4 (PyTorch `reflect`), so padded coordinate p maps to source r(p).
 fn r(p: i64) -> usize {
     let p = p - 4;
-    (if p < 0 { -p } else if p > 31 { 62 - p } else { p }) as usize
+    (if p < 0 {
+        -p
+    } else if p > 31 {
+        62 - p
+    } else {
+        p
+    }) as usize
 }
 
 const NONE: SampleAug = SampleAug { dy: 4, dx: 4, flip: false, cut: None };
@@ -29,11 +35,8 @@ fn crop_is_a_shift_of_the_reflect_padded_image() {
     let cfg = AugmentConfig::new().with_cutout(0);
     let x = to_tensor(&data.images, &flex());
     let (src, _) = host(x.clone());
-    let params = [
-        SampleAug { dy: 0, dx: 8, ..NONE },
-        SampleAug { dy: 8, dx: 0, ..NONE },
-        SampleAug { dy: 3, dx: 5, ..NONE },
-    ];
+    let params =
+        [SampleAug { dy: 0, dx: 8, ..NONE }, SampleAug { dy: 8, dx: 0, ..NONE }, SampleAug { dy: 3, dx: 5, ..NONE }];
     let (out, dims) = host(augment(x, &params, &cfg));
     assert_eq!(dims, [3, 3, 32, 32]);
     for (n, p) in params.iter().enumerate() {

@@ -2,11 +2,11 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use cifar_webgpu::augment::to_tensor;
+use cifar_core::data::augment::to_tensor;
+use cifar_core::io::weights::{model_file, model_from_bytes};
+use cifar_core::model::ModelConfig;
+use cifar_core::train::cross_entropy;
 use cifar_webgpu::backend::{self, Backend};
-use cifar_webgpu::model::ModelConfig;
-use cifar_webgpu::training::cross_entropy;
-use cifar_webgpu::weights::{model_file, model_from_bytes};
 
 use crate::common::{rel_diff, rng_lock, synthetic, values};
 
@@ -68,7 +68,7 @@ fn wgpu_and_cpu_agree_on_forward_and_gradients() {
 /// (issue 14; `src/batchnorm.rs`).
 #[test]
 fn wgpu_batchnorm_statistics_at_every_layer_shape() {
-    use cifar_webgpu::batchnorm::BatchNorm;
+    use cifar_core::model::batchnorm::BatchNorm;
     let wgpu = backend::device(Backend::Wgpu).expect("a wgpu adapter (lavapipe in CI: mesa-vulkan-drivers)").autodiff();
     let mut checked = 0;
     for width in [0.25, 1.0] {
@@ -92,11 +92,20 @@ fn wgpu_batchnorm_statistics_at_every_layer_shape() {
                 let out = values(bn.forward(x).inner());
                 // PyTorch's update from (0, 1) with momentum 0.1 and the unbiased variance.
                 let want_mean: Vec<f32> = mean.iter().map(|m| (0.1 * m) as f32).collect();
-                let want_var: Vec<f32> = var.iter().map(|v| (0.9 + 0.1 * v * n as f64 / (n as f64 - 1.0)) as f32).collect();
+                let want_var: Vec<f32> =
+                    var.iter().map(|v| (0.9 + 0.1 * v * n as f64 / (n as f64 - 1.0)) as f32).collect();
                 let got_mean = values(bn.running_mean.value_sync());
                 let got_var = values(bn.running_var.value_sync());
-                assert!(rel_diff(&got_mean, &want_mean) < 1e-4, "{shape:?} running mean: {:.2e}", rel_diff(&got_mean, &want_mean));
-                assert!(rel_diff(&got_var, &want_var) < 1e-4, "{shape:?} running var: {:.2e}", rel_diff(&got_var, &want_var));
+                assert!(
+                    rel_diff(&got_mean, &want_mean) < 1e-4,
+                    "{shape:?} running mean: {:.2e}",
+                    rel_diff(&got_mean, &want_mean)
+                );
+                assert!(
+                    rel_diff(&got_var, &want_var) < 1e-4,
+                    "{shape:?} running var: {:.2e}",
+                    rel_diff(&got_var, &want_var)
+                );
                 // The output is normalised: mean 0 and variance 1 per channel (gamma 1, beta 0).
                 let (out_mean, out_var) = backend::channel_stats(&out, shape);
                 let out_sq: f64 = out_var.iter().zip(&out_mean).map(|(v, m)| v + m * m).sum::<f64>() / c as f64;
@@ -118,8 +127,8 @@ fn wgpu_batchnorm_statistics_at_every_layer_shape() {
 ///   first steps on near-zero gradients), so the models are compared by test accuracy.
 #[test]
 fn wgpu_training_matches_flex_on_real_data() {
-    use cifar_webgpu::augment::AugmentConfig;
-    use cifar_webgpu::training::{self, Trainer, TrainingConfig};
+    use cifar_core::data::augment::AugmentConfig;
+    use cifar_core::train::{self, Trainer, TrainingConfig};
     let Some(data) = crate::common::real_data("wgpu_training_matches_flex_on_real_data") else { return };
     let wgpu = backend::device(Backend::Wgpu).expect("a wgpu adapter (lavapipe in CI: mesa-vulkan-drivers)");
     // Batch 128 at 32x32: prep's statistics are sums over 131,072 values per channel.
@@ -167,8 +176,8 @@ fn wgpu_training_matches_flex_on_real_data() {
     }
 
     let steps = 16;
-    let accuracy = |device: &Device, model: cifar_webgpu::model::Model| {
-        pollster::block_on(training::evaluate(&model.valid(), &test, 500, device, false)).unwrap().accuracy
+    let accuracy = |device: &Device, model: cifar_core::model::Model| {
+        pollster::block_on(train::evaluate(&model.valid(), &test, 500, device, false)).unwrap().accuracy
     };
     let cpu_acc = accuracy(&Device::flex(), run(&Device::flex(), 0.01, steps).1);
     let gpu_acc = accuracy(&wgpu, run(&wgpu, 0.01, steps).1);
@@ -176,5 +185,10 @@ fn wgpu_training_matches_flex_on_real_data() {
     // 2,000 test images: chance is 10 ± 0.7 %. Measured here: flex 19.15 %, wgpu 23.40 %
     // (and 19.6 / 16.9 after 12 steps): runs this short differ by a few points either way.
     assert!(cpu_acc > 0.16, "flex learned too little to compare ({:.2}%)", 100.0 * cpu_acc);
-    assert!(gpu_acc > 0.14 && gpu_acc > cpu_acc - 0.08, "test accuracy: wgpu {:.2}%, flex {:.2}%", 100.0 * gpu_acc, 100.0 * cpu_acc);
+    assert!(
+        gpu_acc > 0.14 && gpu_acc > cpu_acc - 0.08,
+        "test accuracy: wgpu {:.2}%, flex {:.2}%",
+        100.0 * gpu_acc,
+        100.0 * cpu_acc
+    );
 }

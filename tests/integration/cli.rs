@@ -23,8 +23,20 @@ fn text(o: &Output) -> String {
 }
 
 const TINY: [&str; 14] = [
-    "--backend", "flex", "--width", "0.125", "--batch-size", "32", "--train-limit", "256", "--test-limit", "128",
-    "--no-download", "--runs-dir", "", "--epochs",
+    "--backend",
+    "flex",
+    "--width",
+    "0.125",
+    "--batch-size",
+    "32",
+    "--train-limit",
+    "256",
+    "--test-limit",
+    "128",
+    "--no-download",
+    "--runs-dir",
+    "",
+    "--epochs",
 ];
 
 fn tiny_train(runs: &Path, name: &str, extra: &[&str]) -> Output {
@@ -49,12 +61,15 @@ fn auto_backend_names_its_device_and_reason() {
     let out = bin().arg("train").args(&args).output().unwrap();
     let s = text(&out);
     assert!(out.status.success(), "{s}");
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(runs.join("a").join("config.json")).unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(runs.join("a").join("config.json")).unwrap()).unwrap();
     let device = &config["device"];
     let reason = device["reason"].as_str().unwrap_or_default();
     assert!(s.contains(&format!("device: {}", device["backend"].as_str().unwrap())), "{s}");
     match device["backend"].as_str() {
-        Some("flex") => assert!(reason.contains("CPU implementation") || reason.contains("no wgpu adapter"), "{device}"),
+        Some("flex") => {
+            assert!(reason.contains("CPU implementation") || reason.contains("no wgpu adapter"), "{device}")
+        }
         Some("wgpu") => assert_ne!(device["device_type"], "Cpu", "{device}"),
         other => panic!("auto chose {other:?}: {device}"),
     }
@@ -64,7 +79,17 @@ fn auto_backend_names_its_device_and_reason() {
 /// `train --resume dir` with the data limits the run was started with.
 fn resume(dir: &Path, train_limit: usize) -> Output {
     bin()
-        .args(["train", "--backend", "flex", "--no-download", "--train-limit", &train_limit.to_string(), "--test-limit", "128", "--resume"])
+        .args([
+            "train",
+            "--backend",
+            "flex",
+            "--no-download",
+            "--train-limit",
+            &train_limit.to_string(),
+            "--test-limit",
+            "128",
+            "--resume",
+        ])
         .arg(dir)
         .output()
         .unwrap()
@@ -86,7 +111,15 @@ fn train_writes_the_run_directory_and_eval_agrees() {
     let out = tiny_train(&runs, "t", &[]);
     assert!(out.status.success(), "{}", text(&out));
     let dir = runs.join("t");
-    for f in ["config.json", "metrics.jsonl", "curves.png", "misclassified.png", "confusion.png", "model.safetensors", "checkpoint.safetensors"] {
+    for f in [
+        "config.json",
+        "metrics.jsonl",
+        "curves.png",
+        "misclassified.png",
+        "confusion.png",
+        "model.safetensors",
+        "checkpoint.safetensors",
+    ] {
         assert!(dir.join(f).is_file(), "{f} missing; output:\n{}", text(&out));
     }
     let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
@@ -94,7 +127,8 @@ fn train_writes_the_run_directory_and_eval_agrees() {
     for key in ["epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "images_per_sec"] {
         assert!(line.get(key).is_some_and(|v| v.is_number()), "{key} missing in {line}");
     }
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["model"]["width"], 0.125);
     assert_eq!(config["device"]["backend"], "flex", "the device is recorded: {config}");
     assert_eq!(config["device"]["device_type"], "Cpu");
@@ -160,17 +194,32 @@ fn stop_and_resume_through_the_cli() {
 fn bad_inputs_exit_non_zero_with_a_clear_message() {
     // A truncated data file.
     let data = scratch("baddata");
-    for f in ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin", "test_batch.bin"] {
+    for f in [
+        "data_batch_1.bin",
+        "data_batch_2.bin",
+        "data_batch_3.bin",
+        "data_batch_4.bin",
+        "data_batch_5.bin",
+        "test_batch.bin",
+    ] {
         std::fs::write(data.join(f), vec![0u8; 3073 * 10]).unwrap();
     }
     std::fs::write(data.join("data_batch_1.bin"), vec![0u8; 3073 * 10 - 5]).unwrap();
-    let out = bin().args(["eval", "--backend", "flex", "--no-download", "--no-verify", "--weights", "x.safetensors", "--data-dir"]).arg(&data).output().unwrap();
+    let out = bin()
+        .args(["eval", "--backend", "flex", "--no-download", "--no-verify", "--weights", "x.safetensors", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(text(&out).contains("data_batch_1.bin") && text(&out).contains("3073-byte records"), "{}", text(&out));
 
     // A missing file, no download allowed.
     std::fs::remove_file(data.join("test_batch.bin")).unwrap();
-    let out = bin().args(["eval", "--backend", "flex", "--no-download", "--weights", "x.safetensors", "--data-dir"]).arg(&data).output().unwrap();
+    let out = bin()
+        .args(["eval", "--backend", "flex", "--no-download", "--weights", "x.safetensors", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(text(&out).contains("test_batch.bin"), "{}", text(&out));
 
@@ -178,7 +227,11 @@ fn bad_inputs_exit_non_zero_with_a_clear_message() {
     if real_data("bad_inputs_exit_non_zero_with_a_clear_message").is_some() {
         let w = data.join("model.safetensors");
         std::fs::write(&w, b"definitely not safetensors").unwrap();
-        let out = bin().args(["eval", "--backend", "flex", "--no-download", "--test-limit", "10", "--weights"]).arg(&w).output().unwrap();
+        let out = bin()
+            .args(["eval", "--backend", "flex", "--no-download", "--test-limit", "10", "--weights"])
+            .arg(&w)
+            .output()
+            .unwrap();
         assert!(!out.status.success());
         assert!(text(&out).contains("model.safetensors: not a valid safetensors file"), "{}", text(&out));
     }
@@ -203,7 +256,8 @@ fn lr_find_and_train_with_max_lr_auto() {
     let out = tiny_train(&runs, "auto", &["--max-lr", "auto"]);
     assert!(out.status.success(), "{}", text(&out));
     let s = text(&out);
-    let suggested: f64 = s.split("suggested max LR: ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
+    let suggested: f64 =
+        s.split("suggested max LR: ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(runs.join("auto").join("config.json")).unwrap()).unwrap();
     let used = config["max_lr"].as_f64().unwrap();

@@ -1,7 +1,7 @@
 use burn::tensor::{Device, Tensor};
-use cifar_webgpu::data::{Cifar10, Split};
-use cifar_webgpu::rng::Rng;
-use cifar_webgpu::training::{self, Trainer};
+use cifar_core::data::{Cifar10, Split};
+use cifar_core::rng::Rng;
+use cifar_core::train::{self, Trainer};
 
 /// The real CIFAR-10 from `CIFAR10_DIR`, or `None` (the test is skipped) when it is unset.
 /// With `REQUIRE_REAL_DATA` set, as `.ci/run` does, a missing `CIFAR10_DIR` fails the test.
@@ -12,7 +12,10 @@ pub fn real_data(test: &str) -> Option<Cifar10> {
                 .unwrap_or_else(|e| panic!("CIFAR10_DIR is set but does not load: {e}")),
         ),
         None => {
-            assert!(std::env::var_os("REQUIRE_REAL_DATA").is_none(), "{test}: REQUIRE_REAL_DATA is set but CIFAR10_DIR is not");
+            assert!(
+                std::env::var_os("REQUIRE_REAL_DATA").is_none(),
+                "{test}: REQUIRE_REAL_DATA is set but CIFAR10_DIR is not"
+            );
             eprintln!("real-data test skipped: {test} (set CIFAR10_DIR)");
             None
         }
@@ -51,7 +54,7 @@ pub fn run(trainer: &mut Trainer, train: &Split, test: &Split, stop_at: Option<u
         }
         pollster::block_on(trainer.sync()).unwrap();
         let eval_device = trainer.device.clone().inner();
-        let eval = pollster::block_on(training::evaluate(
+        let eval = pollster::block_on(train::evaluate(
             &burn::module::Module::valid(&trainer.model),
             test,
             64,

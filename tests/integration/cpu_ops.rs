@@ -3,11 +3,12 @@
 //! BatchNorm → ReLU → dropout, pooling, and both layouts of the conv kernels (`Plan::Rows` on
 //! maps of 256 pixels and more, `Plan::Taps` below) and Winograd.
 
+use burn::tensor::activation::relu;
 use burn::tensor::module::{batch_norm_train, conv2d};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use cifar_webgpu::{cpu_ops, dropout};
+use flex_kernels as cpu_ops;
+use flex_kernels::mask as dropout;
 
 use crate::common::{rel_diff, rng_lock, values};
 
@@ -72,7 +73,11 @@ fn max_pool_matches_burn_forward_and_backward() {
     let pool = burn::nn::pool::MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init();
     for shape in [[2, 3, 6, 8], [1, 4, 5, 7], [3, 2, 2, 2]] {
         let x = input(shape, &device);
-        let r = Tensor::<4>::random([shape[0], shape[1], shape[2] / 2, shape[3] / 2], Distribution::Normal(0.0, 1.0), &device);
+        let r = Tensor::<4>::random(
+            [shape[0], shape[1], shape[2] / 2, shape[3] / 2],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
         let ours = cpu_ops::max_pool2(x.clone());
         let theirs = pool.forward(x.clone());
         close("pooled", values(ours.clone().inner()), values(theirs.clone().inner()));
@@ -90,7 +95,8 @@ fn conv3x3_matches_burn_on_every_path() {
     let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
     // 20×18 (360 pixels) and 16×16 take `Plan::Rows`, 6×5 `Plan::Taps`; 256 channels on 8×6
     // and 4×4 maps Winograd (forward and input gradient).
-    let shapes = [([3, 3, 20, 18], 5), ([4, 6, 6, 5], 7), ([70, 2, 16, 16], 3), ([2, 256, 8, 6], 256), ([3, 256, 4, 4], 320)];
+    let shapes =
+        [([3, 3, 20, 18], 5), ([4, 6, 6, 5], 7), ([70, 2, 16, 16], 3), ([2, 256, 8, 6], 256), ([3, 256, 4, 4], 320)];
     for (shape, out) in shapes {
         let x = input(shape, &device);
         let w = Tensor::<4>::random([out, shape[1], 3, 3], Distribution::Normal(0.0, 0.3), &device).require_grad();

@@ -2,8 +2,8 @@
 
 use std::time::Instant;
 
-use cifar_webgpu::model::ModelConfig;
-use cifar_webgpu::training::{Trainer, TrainingConfig};
+use cifar_core::model::ModelConfig;
+use cifar_core::train::{Trainer, TrainingConfig};
 
 use crate::common::{flex, real_data, rng_lock, run};
 

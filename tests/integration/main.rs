@@ -10,3 +10,7 @@ mod model;
 mod parity;
 mod persistence;
 mod schedule;
+
+/// The binary's allocator, so that flex trains here as fast as in the CLI.
+#[global_allocator]
+static ALLOCATOR: cifar_webgpu::memory::CachingAllocator = cifar_webgpu::memory::CachingAllocator;

@@ -1,7 +1,7 @@
 use burn::module::Module;
 use burn::tensor::{Distribution, Tensor};
-use cifar_webgpu::model::ModelConfig;
-use cifar_webgpu::summary::{summary_rows, summary_table};
+use cifar_core::model::ModelConfig;
+use cifar_core::model::summary::{summary_rows, summary_table};
 
 use crate::common::{flex, rng_lock};
 

@@ -9,12 +9,12 @@ use std::sync::OnceLock;
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use cifar_core::io::weights::{ArrayData, TensorFile, load_model, model_tensors};
+use cifar_core::model::{Model, ModelConfig};
+use cifar_core::train::cross_entropy;
+use cifar_core::train::optim::{Optimizer, OptimizerKind, OptimizerSettings};
+use cifar_core::train::schedule::{OneCycle, OneCycleConfig};
 use cifar_webgpu::backend::{self, Backend};
-use cifar_webgpu::model::{Model, ModelConfig};
-use cifar_webgpu::optim::{Optimizer, OptimizerKind, OptimizerSettings};
-use cifar_webgpu::schedule::{OneCycle, OneCycleConfig};
-use cifar_webgpu::training::cross_entropy;
-use cifar_webgpu::weights::{ArrayData, TensorFile, load_model, model_tensors};
 use serde::Deserialize;
 
 use crate::common::{rel_diff, values};
@@ -148,8 +148,18 @@ fn forward_backward(device: &Device) {
     for (_, bn, block) in model.blocks() {
         let mean = values(block.bn.running_mean.value_sync());
         let var = values(block.bn.running_var.value_sync());
-        check(&format!("{bn}.running_mean after one step"), &mean, &f.f32(&format!("after_forward/{bn}.running_mean")), 2e-5);
-        check(&format!("{bn}.running_var after one step"), &var, &f.f32(&format!("after_forward/{bn}.running_var")), 2e-5);
+        check(
+            &format!("{bn}.running_mean after one step"),
+            &mean,
+            &f.f32(&format!("after_forward/{bn}.running_mean")),
+            2e-5,
+        );
+        check(
+            &format!("{bn}.running_var after one step"),
+            &var,
+            &f.f32(&format!("after_forward/{bn}.running_var")),
+            2e-5,
+        );
     }
 
     // Inference mode: the running statistics the training forward just updated.
@@ -165,7 +175,8 @@ fn optimizer_steps(device: &Device, kind: OptimizerKind, prefix: &str) {
     let (x, y) = f.batch(&ad);
     let initial: Vec<(String, Vec<f32>)> =
         model_tensors(&model).into_iter().map(|(name, _, t)| (name, values(t.inner()))).collect();
-    let mut optim = Optimizer::new(OptimizerSettings { kind, weight_decay: f.meta.weight_decay, beta2: 0.999, eps: 1e-8 });
+    let mut optim =
+        Optimizer::new(OptimizerSettings { kind, weight_decay: f.meta.weight_decay, beta2: 0.999, eps: 1e-8 });
     for &(lr, momentum) in &f.meta.steps {
         let loss = cross_entropy(model.forward(x.clone()), y.clone(), 0.0);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -196,8 +207,7 @@ fn optimizer_steps(device: &Device, kind: OptimizerKind, prefix: &str) {
         // that on at most 0.5% of the elements (measured: 0.17%, 64 of res3.4's 36,864).
         let tol = 2e-3;
         let scale = want_d.iter().map(|v| v.abs()).fold(1e-12f32, f32::max);
-        let off: Vec<usize> =
-            (0..got_d.len()).filter(|&i| (got_d[i] - want_d[i]).abs() > tol * scale).collect();
+        let off: Vec<usize> = (0..got_d.len()).filter(|&i| (got_d[i] - want_d[i]).abs() > tol * scale).collect();
         let allowed = if kind == OptimizerKind::Adam { got_d.len() / 200 } else { 0 };
         assert!(
             off.len() <= allowed,

@@ -2,10 +2,10 @@
 
 use burn::module::Module;
 use burn::tensor::{Distribution, Tensor};
-use cifar_webgpu::checkpoint;
-use cifar_webgpu::model::ModelConfig;
-use cifar_webgpu::training::{TrainError, Trainer, TrainingConfig};
-use cifar_webgpu::weights::{ArrayData, NamedArray, TensorFile, model_file, model_from_bytes};
+use cifar_core::io::checkpoint;
+use cifar_core::io::weights::{ArrayData, NamedArray, TensorFile, model_file, model_from_bytes};
+use cifar_core::model::ModelConfig;
+use cifar_core::train::{TrainError, Trainer, TrainingConfig};
 
 use crate::common::{flex, rng_lock, run, synthetic};
 
@@ -16,7 +16,7 @@ fn tiny_config() -> TrainingConfig {
         .with_seed(7)
 }
 
-fn logits(model: &cifar_webgpu::model::Model, x: Tensor<4>) -> Vec<f32> {
+fn logits(model: &cifar_core::model::Model, x: Tensor<4>) -> Vec<f32> {
     model.valid().forward(x).into_data().try_into_vec::<f32>().unwrap()
 }
 
@@ -29,10 +29,27 @@ fn weights_use_pytorch_names_and_round_trip() {
     let file = pollster::block_on(model_file(&trainer.model, &trainer.config.model, trainer.step as u64)).unwrap();
     let names: Vec<&str> = file.arrays.keys().map(|s| s.as_str()).collect();
     for expected in [
-        "prep.0.weight", "prep.1.weight", "prep.1.bias", "prep.1.running_mean", "prep.1.running_var",
-        "prep.1.num_batches_tracked", "layer1.0.weight", "layer1.2.weight", "res1.0.weight", "res1.1.bias",
-        "res1.4.weight", "res1.5.running_var", "layer2.0.weight", "layer2.2.weight", "layer3.0.weight",
-        "layer3.2.bias", "res3.0.weight", "res3.1.weight", "res3.4.weight", "res3.5.weight", "fc.weight",
+        "prep.0.weight",
+        "prep.1.weight",
+        "prep.1.bias",
+        "prep.1.running_mean",
+        "prep.1.running_var",
+        "prep.1.num_batches_tracked",
+        "layer1.0.weight",
+        "layer1.2.weight",
+        "res1.0.weight",
+        "res1.1.bias",
+        "res1.4.weight",
+        "res1.5.running_var",
+        "layer2.0.weight",
+        "layer2.2.weight",
+        "layer3.0.weight",
+        "layer3.2.bias",
+        "res3.0.weight",
+        "res3.1.weight",
+        "res3.4.weight",
+        "res3.5.weight",
+        "fc.weight",
     ] {
         assert!(names.contains(&expected), "missing {expected} in {names:?}");
     }
@@ -85,7 +102,10 @@ fn bad_weight_files_give_clear_errors() {
     assert!(err.contains("'fc.weight' holds a non-finite value"), "{err}");
 
     let mut extra = good.clone();
-    extra.arrays.insert("head.weight".into(), NamedArray { name: "head.weight".into(), shape: vec![1], data: ArrayData::F32(vec![0.0]) });
+    extra.arrays.insert(
+        "head.weight".into(),
+        NamedArray { name: "head.weight".into(), shape: vec![1], data: ArrayData::F32(vec![0.0]) },
+    );
     let err = model_from_bytes("w.safetensors", &extra.encode().unwrap(), &flex()).unwrap_err().to_string();
     assert!(err.contains("unexpected tensor 'head.weight'"), "{err}");
 

@@ -1,7 +1,7 @@
 //! OneCycle against values computed with the code of PyTorch's `OneCycleLR.get_lr`
 //! (three_phase=False, anneal_strategy='linear'), transcribed to Python.
 
-use cifar_webgpu::schedule::{OneCycle, OneCycleConfig};
+use cifar_core::train::schedule::{OneCycle, OneCycleConfig};
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-12 + 1e-9 * b.abs()

@@ -1,30 +1,21 @@
-//! Inverted dropout with masks that are cheap on the CPU backend.
+//! The dropout masks of the fused BatchNorm kernel.
 //!
 //! Burn's `nn::Dropout` draws every mask element from the backend RNG. On flex that is a
 //! ChaCha draw and a float conversion per element on one thread: profiled at 80 ms of a 450 ms
-//! training step (width 0.25, batch 128). On the CPU backend the mask is therefore built here
-//! from a fast counter-based generator (16 random bits per element, 4 per 64-bit draw) and
-//! already scaled by 1/keep, so applying it is one multiply. GPU backends keep drawing on the
-//! device: uploading a mask per layer would cost more than it saves.
+//! training step (width 0.25, batch 128). Here the mask comes from a fast counter-based
+//! generator (16 random bits per element, 4 per 64-bit draw), already scaled by 1/keep, and
+//! is never stored: the kernel applies it plane by plane.
 //!
-//! The generator is seeded by [`seed`] at every training step from the run's own RNG, like
-//! the backend RNG, so a resumed run draws the same masks as an unbroken one.
+//! The generator is process-wide, like the backend RNG; a trainer reseeds it at every step
+//! ([`seed`]) so that a resumed run draws the same masks as an unbroken one.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use burn::module::Module;
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
-
 static STATE: AtomicU64 = AtomicU64::new(0x853c_49e6_748f_ea9b);
 
-/// Reseeds the host-side mask generator (process-wide, as the backend RNG is).
+/// Reseeds the mask generator (process-wide, as the backend RNG is).
 pub fn seed(seed: u64) {
     STATE.store(seed, Ordering::SeqCst);
-}
-
-#[derive(Module, Debug)]
-pub struct Dropout {
-    pub prob: f64,
 }
 
 #[inline(always)]
@@ -97,35 +88,6 @@ pub fn host_mask(n: usize, prob: f64) -> Vec<f32> {
     let mut out = vec![1.0f32; n];
     Mask::draw(prob).apply(0, &mut out);
     out
-}
-
-impl Dropout {
-    pub fn new(prob: f64) -> Self {
-        Self { prob }
-    }
-
-    /// The drop probability in effect on `device`: 0 outside training (a device without
-    /// autodiff).
-    pub fn prob_on(&self, device: &Device) -> f64 {
-        if device.is_autodiff() { self.prob } else { 0.0 }
-    }
-
-    /// Identity outside training (a device without autodiff) or when `prob` is 0.
-    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let device = x.device();
-        if self.prob == 0.0 || !device.is_autodiff() {
-            return x;
-        }
-        if device == Device::flex() {
-            let shape = x.shape();
-            let mask = host_mask(shape.num_elements(), self.prob);
-            let mask = Tensor::<D>::from_data(TensorData::new(mask, shape), &device);
-            return x * mask;
-        }
-        let keep = 1.0 - self.prob;
-        let mask = x.random_like(Distribution::Bernoulli(keep));
-        x * mask.mul_scalar(1.0 / keep)
-    }
 }
 
 #[cfg(test)]

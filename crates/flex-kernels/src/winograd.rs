@@ -3,13 +3,13 @@
 //! `d`, so a tile takes 16 multiplies per (input, output) channel pair instead of 36. Across a
 //! block of tiles the products are 16 GEMMs, `M_ξ (o × tiles) = U_ξ (o × c) · V_ξ (c × tiles)`,
 //! one per position ξ of the 4×4 transformed tile: 2.25× fewer flops than the direct GEMMs of
-//! `conv_kernels`, for the cost of transforming inputs and outputs (cheap when channels are
+//! `conv.rs`, for the cost of transforming inputs and outputs (cheap when channels are
 //! many). Used on flex for all three directions of the layers with 64 channels and more.
 //! (The first weight gradient here measured 1.7× slower than the direct GEMMs: its GEMMs had
 //! a transposed right operand, which the `gemm` crate packs slowly; with `Σ_tiles V_ξ · dM_ξᵀ`
 //! and `dM` stored tile-major it is 1.2–1.7× faster than them.)
 
-use crate::conv_kernels::{Dims, capped_for_threads, gemm, par_images, resize_for_overwrite, sum_over_blocks};
+use crate::blocks::{Dims, capped_for_threads, gemm, par_images, resize_for_overwrite, sum_over_blocks};
 use crate::simd::simd_fn;
 
 /// A block's transformed input is about this many floats...

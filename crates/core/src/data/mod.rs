@@ -3,24 +3,17 @@
 //! Everything here works on byte slices so the same code serves the native loader
 //! (`download.rs`) and the browser, where the user picks or drops the files.
 
+pub mod augment;
+pub mod synthetic;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
 
 use md5::{Digest, Md5};
 
-pub const CLASSES: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
+pub const CLASSES: [&str; 10] =
+    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
 
 /// One 32×32 RGB image, channel-planar (1024 R, then G, then B bytes).
 pub const IMAGE_BYTES: usize = 3072;
@@ -28,23 +21,12 @@ pub const IMAGE_BYTES: usize = 3072;
 pub const RECORD_BYTES: usize = 3073;
 pub const RECORDS_PER_FILE: usize = 10_000;
 
-pub const TRAIN_FILES: [&str; 5] = [
-    "data_batch_1.bin",
-    "data_batch_2.bin",
-    "data_batch_3.bin",
-    "data_batch_4.bin",
-    "data_batch_5.bin",
-];
+pub const TRAIN_FILES: [&str; 5] =
+    ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"];
 pub const TEST_FILE: &str = "test_batch.bin";
 /// The six batch files in the order they are loaded.
-pub const ALL_FILES: [&str; 6] = [
-    TRAIN_FILES[0],
-    TRAIN_FILES[1],
-    TRAIN_FILES[2],
-    TRAIN_FILES[3],
-    TRAIN_FILES[4],
-    TEST_FILE,
-];
+pub const ALL_FILES: [&str; 6] =
+    [TRAIN_FILES[0], TRAIN_FILES[1], TRAIN_FILES[2], TRAIN_FILES[3], TRAIN_FILES[4], TEST_FILE];
 pub const ARCHIVE_NAME: &str = "cifar-10-binary.tar.gz";
 
 /// Per-channel mean and standard deviation of the training set, for pixel / 255.
@@ -65,18 +47,12 @@ const OFFICIAL_MD5: [(&str, &str); 7] = [
 /// (so a full path works too).
 pub fn official_md5(file_name: &str) -> Option<&'static str> {
     let base = base_name(file_name);
-    OFFICIAL_MD5
-        .iter()
-        .find(|(name, _)| *name == base)
-        .map(|&(_, md5)| md5)
+    OFFICIAL_MD5.iter().find(|(name, _)| *name == base).map(|&(_, md5)| md5)
 }
 
 /// Lower-case hex MD5 of `bytes`.
 pub fn md5_hex(bytes: &[u8]) -> String {
-    Md5::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    Md5::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Last path component; handles both separators because browser and Windows
@@ -137,32 +113,16 @@ pub enum DataError {
 impl fmt::Display for DataError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DataError::BadSize { file, len } => write!(
-                f,
-                "{file}: {len} bytes is not a whole number of {RECORD_BYTES}-byte records"
-            ),
-            DataError::WrongCount {
-                file,
-                expected,
-                found,
-            } => write!(
-                f,
-                "{file}: expected {expected} records ({} bytes), found {found}",
-                expected * RECORD_BYTES
-            ),
-            DataError::BadLabel {
-                file,
-                record,
-                label,
-            } => write!(
-                f,
-                "{file}: record {record} has label byte {label} (must be 0..=9)"
-            ),
-            DataError::Checksum {
-                file,
-                expected,
-                actual,
-            } => write!(
+            DataError::BadSize { file, len } => {
+                write!(f, "{file}: {len} bytes is not a whole number of {RECORD_BYTES}-byte records")
+            }
+            DataError::WrongCount { file, expected, found } => {
+                write!(f, "{file}: expected {expected} records ({} bytes), found {found}", expected * RECORD_BYTES)
+            }
+            DataError::BadLabel { file, record, label } => {
+                write!(f, "{file}: record {record} has label byte {label} (must be 0..=9)")
+            }
+            DataError::Checksum { file, expected, actual } => write!(
                 f,
                 "{file}: MD5 checksum mismatch (expected {expected}, got {actual}): \
                  the file is corrupt or not the official CIFAR-10 binary"
@@ -196,9 +156,7 @@ pub struct Split {
 // Deriving Debug would dump up to 150 MB of pixels into a log line.
 impl fmt::Debug for Split {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Split")
-            .field("len", &self.len())
-            .finish_non_exhaustive()
+        f.debug_struct("Split").field("len", &self.len()).finish_non_exhaustive()
     }
 }
 
@@ -236,10 +194,7 @@ impl Split {
     /// The first `n` images, or all of them if there are fewer.
     pub fn take(&self, n: usize) -> Split {
         let n = n.min(self.len());
-        Split {
-            images: self.images[..n * IMAGE_BYTES].to_vec(),
-            labels: self.labels[..n].to_vec(),
-        }
+        Split { images: self.images[..n * IMAGE_BYTES].to_vec(), labels: self.labels[..n].to_vec() }
     }
 
     pub fn append(&mut self, mut other: Split) {
@@ -272,31 +227,17 @@ pub struct Cifar10 {
 /// With `strict_count` the file must hold exactly [`RECORDS_PER_FILE`] records.
 pub fn parse_batch(file_name: &str, bytes: &[u8], strict_count: bool) -> Result<Split, DataError> {
     if !bytes.len().is_multiple_of(RECORD_BYTES) {
-        return Err(DataError::BadSize {
-            file: file_name.to_owned(),
-            len: bytes.len(),
-        });
+        return Err(DataError::BadSize { file: file_name.to_owned(), len: bytes.len() });
     }
     let count = bytes.len() / RECORD_BYTES;
     if strict_count && count != RECORDS_PER_FILE {
-        return Err(DataError::WrongCount {
-            file: file_name.to_owned(),
-            expected: RECORDS_PER_FILE,
-            found: count,
-        });
+        return Err(DataError::WrongCount { file: file_name.to_owned(), expected: RECORDS_PER_FILE, found: count });
     }
-    let mut split = Split {
-        images: Vec::with_capacity(count * IMAGE_BYTES),
-        labels: Vec::with_capacity(count),
-    };
+    let mut split = Split { images: Vec::with_capacity(count * IMAGE_BYTES), labels: Vec::with_capacity(count) };
     for (record, chunk) in bytes.chunks_exact(RECORD_BYTES).enumerate() {
         let label = chunk[0];
         if usize::from(label) >= CLASSES.len() {
-            return Err(DataError::BadLabel {
-                file: file_name.to_owned(),
-                record,
-                label,
-            });
+            return Err(DataError::BadLabel { file: file_name.to_owned(), record, label });
         }
         split.labels.push(label);
         split.images.extend_from_slice(&chunk[1..]);
@@ -314,30 +255,18 @@ pub fn verify_md5(file_name: &str, bytes: &[u8]) -> Result<(), DataError> {
     if actual == expected {
         Ok(())
     } else {
-        Err(DataError::Checksum {
-            file: file_name.to_owned(),
-            expected: expected.to_owned(),
-            actual,
-        })
+        Err(DataError::Checksum { file: file_name.to_owned(), expected: expected.to_owned(), actual })
     }
 }
 
 /// Extracts the six batch files (base name, bytes) from a gzip tar archive, in
 /// [`ALL_FILES`] order. Entries are matched on base name so the archive's
 /// top-level folder does not matter; other entries are skipped.
-pub fn extract_archive(
-    archive_name: &str,
-    bytes: &[u8],
-) -> Result<Vec<(String, Vec<u8>)>, DataError> {
-    let not_archive = |e: std::io::Error| DataError::NotArchive {
-        file: archive_name.to_owned(),
-        reason: e.to_string(),
-    };
+pub fn extract_archive(archive_name: &str, bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, DataError> {
+    let not_archive =
+        |e: std::io::Error| DataError::NotArchive { file: archive_name.to_owned(), reason: e.to_string() };
     if !is_gzip(bytes) {
-        return Err(DataError::NotArchive {
-            file: archive_name.to_owned(),
-            reason: "no gzip header".to_owned(),
-        });
+        return Err(DataError::NotArchive { file: archive_name.to_owned(), reason: "no gzip header".to_owned() });
     }
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
     let mut found: HashMap<&'static str, Vec<u8>> = HashMap::new();
@@ -347,10 +276,7 @@ pub fn extract_archive(
             continue;
         }
         let path = entry.path().map_err(not_archive)?;
-        let Some(name) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| ALL_FILES.iter().find(|&&f| f == n))
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| ALL_FILES.iter().find(|&&f| f == n))
         else {
             continue;
         };
@@ -362,10 +288,7 @@ pub fn extract_archive(
         .iter()
         .map(|&name| match found.remove(name) {
             Some(data) => Ok((name.to_owned(), data)),
-            None => Err(DataError::MissingInArchive {
-                archive: archive_name.to_owned(),
-                file: name.to_owned(),
-            }),
+            None => Err(DataError::MissingInArchive { archive: archive_name.to_owned(), file: name.to_owned() }),
         })
         .collect()
 }
@@ -393,11 +316,7 @@ pub fn assemble(
         }
         count += 1;
     }
-    assert_eq!(
-        count,
-        ALL_FILES.len(),
-        "assemble needs exactly the six batch files"
-    );
+    assert_eq!(count, ALL_FILES.len(), "assemble needs exactly the six batch files");
     Ok(data)
 }
 
@@ -423,9 +342,7 @@ pub fn from_files(files: Vec<(String, Vec<u8>)>, verify: bool) -> Result<Cifar10
                 let Some(&key) = ALL_FILES.iter().find(|&&f| f == entry) else {
                     continue;
                 };
-                batches
-                    .entry(key)
-                    .or_insert((entry, data, archive_verified));
+                batches.entry(key).or_insert((entry, data, archive_verified));
             }
             last_archive = Some(name);
         } else if let Some(&key) = ALL_FILES.iter().find(|&&f| f == base_name(&name)) {
@@ -437,10 +354,7 @@ pub fn from_files(files: Vec<(String, Vec<u8>)>, verify: bool) -> Result<Cifar10
     for name in ALL_FILES {
         let Some((shown, bytes, covered)) = batches.remove(name) else {
             return Err(match last_archive {
-                Some(archive) => DataError::MissingInArchive {
-                    archive,
-                    file: name.to_owned(),
-                },
+                Some(archive) => DataError::MissingInArchive { archive, file: name.to_owned() },
                 None => DataError::Missing {
                     file: name.to_owned(),
                     hint: format!(
@@ -457,60 +371,6 @@ pub fn from_files(files: Vec<(String, Vec<u8>)>, verify: bool) -> Result<Cifar10
     }
     // Checksums were handled above, per file or per archive.
     assemble(ordered.into_iter().map(Ok), false)
-}
-
-/// Synthetic batch files for tests: valid structure, but not the official bytes.
-#[cfg(test)]
-pub(crate) mod synthetic {
-    use super::*;
-
-    /// Label of record `i` in a file generated with `seed`.
-    pub fn label(i: usize, seed: usize) -> u8 {
-        ((i * 3 + seed) % CLASSES.len()) as u8
-    }
-
-    /// A batch of `records` records; pixels are a function of label and
-    /// channel, which keeps archives built from it small.
-    pub fn batch(records: usize, seed: usize) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(records * RECORD_BYTES);
-        for i in 0..records {
-            let label = label(i, seed);
-            bytes.push(label);
-            for channel in 0..3u8 {
-                bytes.extend(std::iter::repeat_n(label * 20 + channel, IMAGE_BYTES / 3));
-            }
-        }
-        bytes
-    }
-
-    /// All six full-size files, each with a different seed.
-    pub fn all_files() -> Vec<(String, Vec<u8>)> {
-        ALL_FILES
-            .iter()
-            .enumerate()
-            .map(|(seed, name)| (name.to_string(), batch(RECORDS_PER_FILE, seed)))
-            .collect()
-    }
-
-    /// A gzip tar archive laid out like the official one.
-    pub fn tar_gz(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
-        let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        let mut builder = tar::Builder::new(encoder);
-        for (name, data) in entries {
-            let mut header = tar::Header::new_gnu();
-            header.set_size(data.len() as u64);
-            header.set_mode(0o644);
-            header.set_cksum();
-            builder
-                .append_data(
-                    &mut header,
-                    format!("cifar-10-batches-bin/{name}"),
-                    data.as_slice(),
-                )
-                .unwrap();
-        }
-        builder.into_inner().unwrap().finish().unwrap()
-    }
 }
 
 #[cfg(test)]
@@ -560,10 +420,7 @@ mod tests {
         let bytes = vec![0u8; 10 * RECORD_BYTES - 5];
         let err = parse_batch("data_batch_3.bin", &bytes, false).unwrap_err();
         assert!(matches!(err, DataError::BadSize { len, .. } if len == bytes.len()));
-        assert_eq!(
-            err.to_string(),
-            "data_batch_3.bin: 30725 bytes is not a whole number of 3073-byte records"
-        );
+        assert_eq!(err.to_string(), "data_batch_3.bin: 30725 bytes is not a whole number of 3073-byte records");
     }
 
     #[test]
@@ -571,10 +428,7 @@ mod tests {
         let bytes = batch(RECORDS_PER_FILE - 1, 0);
         assert!(parse_batch("data_batch_3.bin", &bytes, false).is_ok());
         let err = parse_batch("data_batch_3.bin", &bytes, true).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "data_batch_3.bin: expected 10000 records (30730000 bytes), found 9999"
-        );
+        assert_eq!(err.to_string(), "data_batch_3.bin: expected 10000 records (30730000 bytes), found 9999");
     }
 
     #[test]
@@ -582,18 +436,8 @@ mod tests {
         let mut bytes = batch(20, 0);
         bytes[17 * RECORD_BYTES] = 12;
         let err = parse_batch("test_batch.bin", &bytes, false).unwrap_err();
-        assert!(matches!(
-            err,
-            DataError::BadLabel {
-                record: 17,
-                label: 12,
-                ..
-            }
-        ));
-        assert_eq!(
-            err.to_string(),
-            "test_batch.bin: record 17 has label byte 12 (must be 0..=9)"
-        );
+        assert!(matches!(err, DataError::BadLabel { record: 17, label: 12, .. }));
+        assert_eq!(err.to_string(), "test_batch.bin: record 17 has label byte 12 (must be 0..=9)");
         bytes[17 * RECORD_BYTES] = 9;
         assert!(parse_batch("test_batch.bin", &bytes, false).is_ok());
     }
@@ -606,18 +450,9 @@ mod tests {
 
     #[test]
     fn official_md5_table() {
-        assert_eq!(
-            official_md5("data_batch_4.bin"),
-            Some("ae636b3ba5c66a11e91e8cb52e771fcb")
-        );
-        assert_eq!(
-            official_md5("some/dir/test_batch.bin"),
-            Some("803d5f7f4d78ea53de84dbe85f74fb6d")
-        );
-        assert_eq!(
-            official_md5(ARCHIVE_NAME),
-            Some("c32a1d4ab5d03f1284b67883e8d87530")
-        );
+        assert_eq!(official_md5("data_batch_4.bin"), Some("ae636b3ba5c66a11e91e8cb52e771fcb"));
+        assert_eq!(official_md5("some/dir/test_batch.bin"), Some("803d5f7f4d78ea53de84dbe85f74fb6d"));
+        assert_eq!(official_md5(ARCHIVE_NAME), Some("c32a1d4ab5d03f1284b67883e8d87530"));
         assert_eq!(official_md5("batches.meta.txt"), None);
     }
 
@@ -677,14 +512,8 @@ mod tests {
         let mut archive = tar_gz(&all_files());
         archive.truncate(archive.len() / 2);
         let err = from_files(vec![(ARCHIVE_NAME.into(), archive)], false).unwrap_err();
-        assert!(
-            matches!(err, DataError::NotArchive { ref file, .. } if file == ARCHIVE_NAME),
-            "{err}"
-        );
-        assert!(
-            err.to_string()
-                .starts_with("cifar-10-binary.tar.gz: not a gzip tar archive (")
-        );
+        assert!(matches!(err, DataError::NotArchive { ref file, .. } if file == ARCHIVE_NAME), "{err}");
+        assert!(err.to_string().starts_with("cifar-10-binary.tar.gz: not a gzip tar archive ("));
 
         let garbage = vec![0x1f, 0x8b, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9];
         let err = extract_archive(ARCHIVE_NAME, &garbage).unwrap_err();
@@ -697,10 +526,7 @@ mod tests {
         entries.remove(3);
         let archive = tar_gz(&entries);
         let err = from_files(vec![(ARCHIVE_NAME.into(), archive)], false).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "cifar-10-binary.tar.gz: missing data_batch_4.bin"
-        );
+        assert_eq!(err.to_string(), "cifar-10-binary.tar.gz: missing data_batch_4.bin");
     }
 
     #[test]
@@ -708,14 +534,8 @@ mod tests {
         let mut files = all_files();
         files.remove(4);
         let err = from_files(files, false).unwrap_err();
-        assert!(
-            matches!(&err, DataError::Missing { file, .. } if file == "data_batch_5.bin"),
-            "{err}"
-        );
-        assert!(
-            err.to_string()
-                .starts_with("data_batch_5.bin: file not found.")
-        );
+        assert!(matches!(&err, DataError::Missing { file, .. } if file == "data_batch_5.bin"), "{err}");
+        assert!(err.to_string().starts_with("data_batch_5.bin: file not found."));
     }
 
     #[test]
@@ -728,10 +548,7 @@ mod tests {
         assert_eq!(sub.len(), 3);
         assert_eq!(sub.image(0), split.image(5));
         assert_eq!(sub.image(1), split.image(2));
-        assert_eq!(
-            sub.labels,
-            vec![split.labels[5], split.labels[2], split.labels[5]]
-        );
+        assert_eq!(sub.labels, vec![split.labels[5], split.labels[2], split.labels[5]]);
 
         let first = split.take(4);
         assert_eq!(first.labels, split.labels[..4]);
@@ -747,13 +564,8 @@ mod tests {
     fn balanced_subset_keeps_first_per_class_in_file_order() {
         // Class 3 has only one image, fewer than asked for.
         let labels: Vec<u8> = vec![0, 1, 0, 2, 0, 1, 2, 0, 3];
-        let split = Split {
-            images: labels
-                .iter()
-                .flat_map(|&l| vec![l + 100; IMAGE_BYTES])
-                .collect(),
-            labels: labels.clone(),
-        };
+        let split =
+            Split { images: labels.iter().flat_map(|&l| vec![l + 100; IMAGE_BYTES]).collect(), labels: labels.clone() };
         let picked = split.balanced_subset(2);
         assert_eq!(picked.labels, vec![0, 1, 0, 2, 1, 2, 3]);
         assert_eq!(picked.image(6)[0], 103);

@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 use burn::tensor::{Device, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::{EpochMetrics, RunningMean};
+use crate::io::weights::{ArrayData, FileError, NamedArray, TensorFile, load_model, model_file, read_f32};
 use crate::rng::Rng;
-use crate::training::{EpochCursor, Trainer, TrainingConfig};
-use crate::weights::{ArrayData, FileError, NamedArray, TensorFile, load_model, model_file, read_f32};
+use crate::train::metrics::{EpochMetrics, RunningMean};
+use crate::train::{EpochCursor, Trainer, TrainingConfig};
 
 const META_KEY: &str = "checkpoint";
 
@@ -55,10 +55,11 @@ pub async fn to_bytes(trainer: &Trainer, train_len: usize) -> Result<Vec<u8>, St
         rng: trainer.rng,
         history: trainer.history.clone(),
         optimizer_steps,
-        cursor: trainer
-            .cursor
-            .as_ref()
-            .map(|c| CursorMeta { next_batch: c.next_batch, running: c.running, seconds: c.seconds }),
+        cursor: trainer.cursor.as_ref().map(|c| CursorMeta {
+            next_batch: c.next_batch,
+            running: c.running,
+            seconds: c.seconds,
+        }),
         train_len,
     };
     file.metadata.insert(META_KEY.into(), serde_json::to_string(&meta).map_err(|e| e.to_string())?);
@@ -80,8 +81,8 @@ pub fn from_bytes(file_name: &str, bytes: &[u8], device: &Device, train_len: usi
             format!("checkpoint was trained on {} images, the data now has {train_len}", meta.train_len),
         ));
     }
-    let mut trainer = Trainer::new(meta.config.clone(), device, train_len)
-        .map_err(|e| FileError::new(file_name, e.to_string()))?;
+    let mut trainer =
+        Trainer::new(meta.config.clone(), device, train_len).map_err(|e| FileError::new(file_name, e.to_string()))?;
     let ad = trainer.device.clone();
     trainer.model = load_model(trainer.model, &mut file, file_name, &ad)?;
     let mut take = |name: &str| -> Option<TensorData> {

@@ -20,6 +20,25 @@ pub enum OptimizerKind {
     Sgd,
 }
 
+impl OptimizerKind {
+    /// The recipe's peak LR for this optimizer: Adam's is the original notebook's; SGD's is
+    /// David Page's recipe (0.4 on a summed loss over batch 512) for a mean loss and L2 decay.
+    pub fn default_max_lr(self) -> f64 {
+        match self {
+            Self::Adam => 0.01,
+            Self::Sgd => 0.2,
+        }
+    }
+
+    /// The recipe's L2 weight decay for this optimizer (PyTorch `weight_decay`).
+    pub fn default_weight_decay(self) -> f64 {
+        match self {
+            Self::Adam => 1e-4,
+            Self::Sgd => 5e-4,
+        }
+    }
+}
+
 impl std::str::FromStr for OptimizerKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -101,8 +120,8 @@ impl Optimizer {
         for (path, &step) in steps {
             // Saved flat, as the state is kept.
             let load = |data: TensorData| Tensor::<1>::from_data(data, device);
-            let first = take(&format!("{path}.first"))
-                .ok_or_else(|| format!("optimizer state for '{path}' is missing"))?;
+            let first =
+                take(&format!("{path}.first")).ok_or_else(|| format!("optimizer state for '{path}' is missing"))?;
             let second = match self.settings.kind {
                 OptimizerKind::Adam => Some(load(
                     take(&format!("{path}.second"))

@@ -90,21 +90,22 @@ impl TensorFile {
 
     pub fn decode(file: &str, bytes: &[u8]) -> Result<Self, FileError> {
         let bad = |p: String| FileError::new(file, p);
-        let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
-        let (_, meta) = SafeTensors::read_metadata(bytes)
-            .map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+        let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
+        let (_, meta) =
+            SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
         let mut arrays = BTreeMap::new();
         for (name, view) in st.tensors() {
             let raw = view.data();
             let data = match view.dtype() {
-                Dtype::F32 => ArrayData::F32(
-                    raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-                ),
-                Dtype::I64 => ArrayData::I64(
-                    raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
-                ),
-                other => return Err(bad(format!("tensor '{name}' has dtype {other:?}; only F32 and I64 are supported"))),
+                Dtype::F32 => {
+                    ArrayData::F32(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
+                }
+                Dtype::I64 => {
+                    ArrayData::I64(raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect())
+                }
+                other => {
+                    return Err(bad(format!("tensor '{name}' has dtype {other:?}; only F32 and I64 are supported")));
+                }
             };
             arrays.insert(name.clone(), NamedArray { name, shape: view.shape().to_vec(), data });
         }
@@ -113,10 +114,7 @@ impl TensorFile {
 
     /// Removes an f32 tensor, checking its shape.
     pub fn take_f32(&mut self, file: &str, name: &str, shape: &[usize]) -> Result<TensorData, FileError> {
-        let a = self
-            .arrays
-            .remove(name)
-            .ok_or_else(|| FileError::new(file, format!("tensor '{name}' is missing")))?;
+        let a = self.arrays.remove(name).ok_or_else(|| FileError::new(file, format!("tensor '{name}' is missing")))?;
         if a.shape != shape {
             return Err(FileError::new(
                 file,
@@ -195,14 +193,10 @@ pub fn model_config_of(file_name: &str, file: &TensorFile) -> Result<ModelConfig
         config.validate().map_err(|e| FileError::new(file_name, format!("metadata model_config: {e}")))?;
         return Ok(config);
     }
-    let prep = file
-        .arrays
-        .get("prep.0.weight")
-        .ok_or_else(|| FileError::new(file_name, "tensor 'prep.0.weight' is missing: not a weights file of this model"))?;
-    let fc = file
-        .arrays
-        .get("fc.weight")
-        .ok_or_else(|| FileError::new(file_name, "tensor 'fc.weight' is missing"))?;
+    let prep = file.arrays.get("prep.0.weight").ok_or_else(|| {
+        FileError::new(file_name, "tensor 'prep.0.weight' is missing: not a weights file of this model")
+    })?;
+    let fc = file.arrays.get("fc.weight").ok_or_else(|| FileError::new(file_name, "tensor 'fc.weight' is missing"))?;
     let (Some(&c0), Some(&classes)) = (prep.shape.first(), fc.shape.first()) else {
         return Err(FileError::new(file_name, "tensors 'prep.0.weight' and 'fc.weight' have no dimensions"));
     };
@@ -245,7 +239,10 @@ pub fn model_from_bytes(file_name: &str, bytes: &[u8], device: &Device) -> Resul
     if let Some(extra) = file.arrays.keys().next() {
         return Err(FileError::new(
             file_name,
-            format!("unexpected tensor '{extra}' ({} unexpected in all): not a weights file of this model", file.arrays.len()),
+            format!(
+                "unexpected tensor '{extra}' ({} unexpected in all): not a weights file of this model",
+                file.arrays.len()
+            ),
         ));
     }
     Ok((model, config))

@@ -56,12 +56,10 @@ fn thousands(n: usize) -> String {
 pub fn summary_table(model: &Model) -> String {
     let rows = summary_rows(model);
     let line = "-".repeat(64);
-    let mut out = format!("{line}\n{:>20} {:>25} {:>15}\n{}\n", "Layer (type)", "Output Shape", "Param #", "=".repeat(64));
+    let mut out =
+        format!("{line}\n{:>20} {:>25} {:>15}\n{}\n", "Layer (type)", "Output Shape", "Param #", "=".repeat(64));
     for r in &rows {
-        let shape = format!(
-            "[{}]",
-            r.output_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
-        );
+        let shape = format!("[{}]", r.output_shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "));
         out += &format!("{:>20} {:>25} {:>15}\n", r.layer, shape, thousands(r.params));
     }
     let total: usize = rows.iter().map(|r| r.params).sum();

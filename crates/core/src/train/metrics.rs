@@ -65,11 +65,7 @@ impl ConfusionMatrix {
     }
     /// Recall of each class: correct / images of that class.
     pub fn per_class_accuracy(&self) -> Vec<f64> {
-        self.counts
-            .iter()
-            .enumerate()
-            .map(|(i, row)| row[i] as f64 / row.iter().sum::<u64>().max(1) as f64)
-            .collect()
+        self.counts.iter().enumerate().map(|(i, row)| row[i] as f64 / row.iter().sum::<u64>().max(1) as f64).collect()
     }
 
     /// A fixed-width table: rows are true classes, columns predictions, last column recall.

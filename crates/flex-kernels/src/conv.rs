@@ -19,11 +19,10 @@
 //! per tile and converts to and from NHWC around it; im2col copies 9× the input, this 3×.
 //! On maps under 16×16 the separator rows would waste 1/8 and more, so there `Plan::Taps` (a
 //! plain im2col, one GEMM) is used instead. Layers with 64 channels and more take Winograd
-//! (`conv_winograd`) in all three directions.
+//! (`winograd.rs`) in all three directions.
 
-use rayon::prelude::*;
-
-use crate::conv_winograd;
+use crate::blocks::{Dims, capped_for_threads, gemm, par_images, resize_for_overwrite, sum_over_blocks, tuning};
+use crate::winograd;
 
 /// A block's shifted input is about this many floats (1 MiB: half of this CPU's L2), so the
 /// GEMMs find it in cache...
@@ -32,9 +31,6 @@ const BLOCK_FLOATS: usize = 1 << 18;
 /// overhead shows (deep layers on small maps). Both measured with
 /// `PROFILE_CONV=1 cargo run --release --example profile_ops`.
 const MIN_BLOCK_COLUMNS: usize = 1024;
-
-/// `[n, c, h, w]`.
-pub type Dims = [usize; 4];
 
 /// How a block's input is laid out for the GEMMs.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -81,9 +77,9 @@ impl Plan {
 
     /// The plan for `h × w` maps.
     pub fn for_map(h: usize, w: usize) -> Plan {
-        match std::env::var("CONV_PLAN").as_deref() {
-            Ok("rows") => return Plan::Rows,
-            Ok("taps") => return Plan::Taps,
+        match tuning().plan.as_deref() {
+            Some("rows") => return Plan::Rows,
+            Some("taps") => return Plan::Taps,
             _ => {}
         }
         if h * w >= TAPS_BELOW_PIXELS { Plan::Rows } else { Plan::Taps }
@@ -96,16 +92,9 @@ const TAPS_BELOW_PIXELS: usize = 256;
 /// Images per block, so that blocks are about `BLOCK_FLOATS` large and there are enough of
 /// them for every thread.
 fn images_per_block(plan: Plan, [n, c, h, w]: Dims) -> usize {
-    let floats = std::env::var("CONV_BLOCK").ok().and_then(|v| v.parse().ok()).unwrap_or(BLOCK_FLOATS);
+    let floats = tuning().block_floats.unwrap_or(BLOCK_FLOATS);
     let columns = (floats / (plan.taps() * c)).max(MIN_BLOCK_COLUMNS);
     capped_for_threads(columns / ((h + plan.separator()) * w), n)
-}
-
-/// `by_size` images per block (at least one), but few enough that each thread gets two
-/// blocks of the `n` images.
-pub(crate) fn capped_for_threads(by_size: usize, n: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
-    by_size.max(1).min(n.div_ceil(threads * 2).max(1))
 }
 
 /// The shifted copy of images `b0..b0 + k` of `x` into `s`: `plan.taps()·c` rows of
@@ -159,70 +148,6 @@ fn shifted_plane(src: &[f32], image: &mut [f32], w: usize, ky: usize, kx: usize)
     }
 }
 
-/// `v.len() == len`, keeping what it holds (stale values from an earlier block, which the
-/// caller overwrites; new elements are zero).
-pub(crate) fn resize_for_overwrite(v: &mut Vec<f32>, len: usize) {
-    if v.len() > len {
-        v.truncate(len);
-    } else {
-        v.resize(len, 0.0);
-    }
-}
-
-thread_local! {
-    static SCRATCH: std::cell::RefCell<[Vec<f32>; 3]> = const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
-}
-
-/// Runs `f` with this thread's three scratch buffers. They outlive the call, so a block's
-/// buffers are grown (and zero-filled) once per thread, not once per rayon job: per-job
-/// buffers were 3 % of a step at width 0.25, all of it `memset` (`perf`). `f` must not
-/// start parallel work (a job stolen meanwhile would find the buffers borrowed).
-fn with_scratch<R>(f: impl FnOnce(&mut [Vec<f32>; 3]) -> R) -> R {
-    SCRATCH.with(|s| f(&mut s.borrow_mut()))
-}
-
-/// `n` images of `image` floats, written block by block in parallel: `f(b0, dst, scratch)`
-/// fills `dst` with images `b0..b0 + dst.len() / image`.
-pub(crate) fn par_images(
-    n: usize,
-    image: usize,
-    per_block: usize,
-    f: impl Fn(usize, &mut [f32], &mut [Vec<f32>; 3]) + Sync + Send,
-) -> Vec<f32> {
-    let mut out = vec![0.0f32; n * image];
-    if out.is_empty() {
-        return out;
-    }
-    out.par_chunks_mut(per_block * image).enumerate().for_each(|(block, dst)| with_scratch(|s| f(block * per_block, dst, s)));
-    out
-}
-
-/// `len` floats summed over the blocks of `n` images: `f(b0, k, acc, scratch)` adds the
-/// contribution of images `b0..b0 + k` into `acc`. Each thread sums its own blocks, then the
-/// partial sums are added.
-pub(crate) fn sum_over_blocks(
-    n: usize,
-    per_block: usize,
-    len: usize,
-    f: impl Fn(usize, usize, &mut [f32], &mut [Vec<f32>; 3]) + Sync + Send,
-) -> Vec<f32> {
-    let blocks: Vec<usize> = (0..n).step_by(per_block.max(1)).collect();
-    blocks
-        .into_par_iter()
-        .fold(
-            || vec![0.0f32; len],
-            |mut acc, b0| {
-                with_scratch(|s| f(b0, per_block.min(n - b0), &mut acc, s));
-                acc
-            },
-        )
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        })
-        .unwrap_or_else(|| vec![0.0; len])
-}
-
 /// Row length of a block's shifted input.
 fn stride(plan: Plan, k: usize, h: usize, w: usize) -> usize {
     let sep = plan.separator();
@@ -240,50 +165,6 @@ fn offset(plan: Plan, g: usize, w: usize) -> usize {
     match plan {
         Plan::Rows => g * w,
         Plan::Taps => 0,
-    }
-}
-
-/// `dst (m × n) = [dst +] a (m × k) · b (k × n)`, all given by (row stride, column stride).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm(
-    [m, n, k]: [usize; 3],
-    dst: &mut [f32],
-    dst_strides: [usize; 2],
-    accumulate: bool,
-    a: &[f32],
-    a_strides: [usize; 2],
-    b: &[f32],
-    b_strides: [usize; 2],
-) {
-    let last = |rows: usize, cols: usize, [rs, cs]: [usize; 2]| {
-        if rows == 0 || cols == 0 { 0 } else { (rows - 1) * rs + (cols - 1) * cs + 1 }
-    };
-    assert!(dst.len() >= last(m, n, dst_strides), "gemm: destination too small");
-    assert!(a.len() >= last(m, k, a_strides), "gemm: left operand too small");
-    assert!(b.len() >= last(k, n, b_strides), "gemm: right operand too small");
-    // SAFETY: the asserts above keep every index the strides reach inside the slices.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            dst_strides[1] as isize,
-            dst_strides[0] as isize,
-            accumulate,
-            a.as_ptr(),
-            a_strides[1] as isize,
-            a_strides[0] as isize,
-            b.as_ptr(),
-            b_strides[1] as isize,
-            b_strides[0] as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
     }
 }
 
@@ -308,7 +189,7 @@ fn weights_for(plan: Plan, wt: &[f32], o: usize, c: usize) -> Vec<f32> {
 /// where there are enough channels for its transforms to pay, else the GEMMs of a [`Plan`].
 pub fn forward(x: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec<f32> {
     if use_winograd(dims, o) {
-        return conv_winograd::forward(x, wt, dims, o);
+        return winograd::forward(x, wt, dims, o);
     }
     forward_with(Plan::for_map(dims[2], dims[3]), x, wt, dims, o)
 }
@@ -320,12 +201,12 @@ pub fn forward(x: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec<f32> {
 const WINOGRAD_MIN_CHANNELS: usize = 64;
 
 fn use_winograd([_, c, h, w]: Dims, o: usize) -> bool {
-    match std::env::var("CONV_WINOGRAD").as_deref() {
-        Ok("0") => return false,
-        Ok("1") => return conv_winograd::fits(h, w),
-        _ => {}
+    match tuning().winograd {
+        Some(false) => return false,
+        Some(true) => return winograd::fits(h, w),
+        None => {}
     }
-    conv_winograd::fits(h, w) && c.min(o) >= WINOGRAD_MIN_CHANNELS
+    winograd::fits(h, w) && c.min(o) >= WINOGRAD_MIN_CHANNELS
 }
 
 pub fn forward_with(plan: Plan, x: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec<f32> {
@@ -347,7 +228,8 @@ pub fn forward_with(plan: Plan, x: &[f32], wt: &[f32], dims: Dims, o: usize) -> 
         }
         for i in 0..k {
             for oc in 0..o {
-                dst[(i * o + oc) * hw..][..hw].copy_from_slice(&acc[oc * cols + i * (h + plan.separator()) * w..][..hw]);
+                dst[(i * o + oc) * hw..][..hw]
+                    .copy_from_slice(&acc[oc * cols + i * (h + plan.separator()) * w..][..hw]);
             }
         }
     })
@@ -386,7 +268,7 @@ fn flipped(wt: &[f32], o: usize, c: usize) -> Vec<f32> {
 /// blocks, then the partial sums are added.
 pub fn weight_grad(x: &[f32], dy: &[f32], dims: Dims, o: usize) -> Vec<f32> {
     if use_winograd(dims, o) {
-        return conv_winograd::weight_grad(x, dy, dims, o);
+        return winograd::weight_grad(x, dy, dims, o);
     }
     weight_grad_with(Plan::for_map(dims[2], dims[3]), x, dy, dims, o)
 }
@@ -453,6 +335,16 @@ fn transposed_block(plan: Plan, dy: &[f32], [_, o, h, w]: Dims, b0: usize, k: us
 mod tests {
     use super::*;
 
+    /// A small LCG: the crate has no RNG of its own but the masks'.
+    struct TestRng(u64);
+
+    impl TestRng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((self.0 >> 33) as usize) % n
+        }
+    }
+
     /// Every (output element, input element, weight) triple of the convolution's definition,
     /// as indices into `[n, o, h, w]`, `[n, c, h, w]` and `[o, c, 3, 3]`; taps that fall in
     /// the padding are skipped.
@@ -512,24 +404,38 @@ mod tests {
 
     #[test]
     fn forward_and_both_gradients_match_the_definition() {
-        let mut rng = crate::rng::Rng::new(3);
+        let mut rng = TestRng(3);
         let mut rand = |len: usize| (0..len).map(|_| rng.below(2001) as f32 / 1000.0 - 1.0).collect::<Vec<f32>>();
         // Rows ≠ columns, 1×1 and 1-wide maps, more images than one block holds, and more output
         // channels than one run of the transposed output gradient.
-        for (n, c, o, h, w) in [(3, 2, 4, 5, 7), (400, 3, 2, 5, 7), (2, 5, 3, 1, 1), (3, 2, 3, 4, 1), (5, 1, 2, 1, 6), (3, 3, 5, 6, 4), (70, 4, 3, 2, 8), (6, 3, 11, 5, 6), (5, 3, 19, 4, 6)] {
+        for (n, c, o, h, w) in [
+            (3, 2, 4, 5, 7),
+            (400, 3, 2, 5, 7),
+            (2, 5, 3, 1, 1),
+            (3, 2, 3, 4, 1),
+            (5, 1, 2, 1, 6),
+            (3, 3, 5, 6, 4),
+            (70, 4, 3, 2, 8),
+            (6, 3, 11, 5, 6),
+            (5, 3, 19, 4, 6),
+        ] {
             let dims = [n, c, h, w];
             let (x, wt, dy) = (rand(n * c * h * w), rand(o * c * 9), rand(n * o * h * w));
-            let (fwd, dx, dw) = (naive_forward(&x, &wt, dims, o), naive_input_grad(&dy, &wt, dims, o), naive_weight_grad(&x, &dy, dims, o));
+            let (fwd, dx, dw) = (
+                naive_forward(&x, &wt, dims, o),
+                naive_input_grad(&dy, &wt, dims, o),
+                naive_weight_grad(&x, &dy, dims, o),
+            );
             for plan in [Plan::Rows, Plan::Taps] {
                 let what = format!("{plan:?}, {n}×{c}→{o} at {h}×{w}");
                 close(&format!("forward {what}"), &forward_with(plan, &x, &wt, dims, o), &fwd);
                 close(&format!("dx {what}"), &input_grad_with(plan, &dy, &wt, dims, o), &dx);
                 close(&format!("dw {what}"), &weight_grad_with(plan, &x, &dy, dims, o), &dw);
             }
-            if conv_winograd::fits(h, w) {
+            if winograd::fits(h, w) {
                 let what = format!("Winograd, {n}×{c}→{o} at {h}×{w}");
-                close(&format!("forward {what}"), &conv_winograd::forward(&x, &wt, dims, o), &fwd);
-                close(&format!("dw {what}"), &conv_winograd::weight_grad(&x, &dy, dims, o), &dw);
+                close(&format!("forward {what}"), &winograd::forward(&x, &wt, dims, o), &fwd);
+                close(&format!("dw {what}"), &winograd::weight_grad(&x, &dy, dims, o), &dw);
             }
         }
     }

@@ -19,8 +19,13 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::tensor::{Device, Tensor};
 
-use crate::batchnorm::BatchNorm;
-use crate::dropout::Dropout;
+pub mod batchnorm;
+pub mod dropout;
+pub mod ops;
+pub mod summary;
+
+use batchnorm::BatchNorm;
+use dropout::Dropout;
 
 #[derive(Config, Debug, PartialEq)]
 pub struct ModelConfig {
@@ -89,30 +94,14 @@ impl ConvBn {
         }
     }
 
-    /// On flex, our GEMM convolution (`cpu_ops`, `conv_kernels`); elsewhere Burn's.
-    fn conv3x3(&self, x: Tensor<4>) -> Tensor<4> {
-        #[cfg(not(target_arch = "wasm32"))]
-        if crate::cpu_ops::applies(&x.device()) {
-            return crate::cpu_ops::conv3x3(x, self.conv.weight.val());
-        }
-        self.conv.forward(x)
-    }
-
     fn forward(&self, x: Tensor<4>, pool: Option<&MaxPool2d>) -> Tensor<4> {
-        let x = self.conv3x3(x);
+        let x = ops::conv3x3(&self.conv, x);
         // Pooling before BN (as the original) makes BN and ReLU 4× cheaper.
         let x = match pool {
-            #[cfg(not(target_arch = "wasm32"))]
-            Some(_) if crate::cpu_ops::applies(&x.device()) => crate::cpu_ops::max_pool2(x),
-            Some(pool) => pool.forward(x),
+            Some(pool) => ops::max_pool2(pool, x),
             None => x,
         };
-        #[cfg(not(target_arch = "wasm32"))]
-        if crate::cpu_ops::applies(&x.device()) {
-            let drop = self.dropout.prob_on(&x.device());
-            return self.bn.forward_relu_dropout_cpu(x, drop);
-        }
-        self.dropout.forward(self.relu.forward(self.bn.forward(x)))
+        ops::bn_relu_dropout(&self.bn, &self.relu, &self.dropout, x)
     }
 }
 

@@ -5,19 +5,24 @@
 //! Read-backs are the expensive part on a GPU: losses and correct counts stay on the device
 //! and are fetched in one transfer by `sync`, as often as the shell asks for it.
 
+pub mod lr_finder;
+pub mod metrics;
+pub mod optim;
+pub mod schedule;
+
 use burn::config::Config;
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use crate::augment::{self, AugmentConfig};
+use crate::data::augment::{self, AugmentConfig};
 use crate::data::{IMAGE_BYTES, Split};
-use crate::metrics::{ConfusionMatrix, EpochMetrics, RunningMean};
 use crate::model::{Model, ModelConfig};
-use crate::optim::{Optimizer, OptimizerKind, OptimizerSettings};
 use crate::rng::Rng;
-use crate::schedule::{OneCycle, OneCycleConfig};
+use metrics::{ConfusionMatrix, EpochMetrics, RunningMean};
+use optim::{Optimizer, OptimizerKind, OptimizerSettings};
+use schedule::{OneCycle, OneCycleConfig};
 
 /// The whole recipe. Saved as `config.json` next to the results.
 #[derive(Config, Debug, PartialEq)]
@@ -32,8 +37,8 @@ pub struct TrainingConfig {
     pub epochs: usize,
     #[config(default = 512)]
     pub batch_size: usize,
-    /// Peak of the one-cycle schedule (found by `lr-find`).
-    #[config(default = 0.01)]
+    /// Peak of the one-cycle schedule (found by `lr-find`); the optimizer's default.
+    #[config(default = "OptimizerKind::Adam.default_max_lr()")]
     pub max_lr: f64,
     /// Peak at epoch 5 of 24, as in the original.
     #[config(default = "5.0 / 24.0")]
@@ -44,8 +49,8 @@ pub struct TrainingConfig {
     /// End LR = start LR / final_div_factor: the last epochs fine-tune at a tiny LR.
     #[config(default = 1e4)]
     pub final_div_factor: f64,
-    /// L2 penalty added to the gradient (PyTorch `weight_decay`).
-    #[config(default = 1e-4)]
+    /// L2 penalty added to the gradient (PyTorch `weight_decay`); the optimizer's default.
+    #[config(default = "OptimizerKind::Adam.default_weight_decay()")]
     pub weight_decay: f64,
     #[config(default = 0.0)]
     pub label_smoothing: f64,
@@ -64,6 +69,15 @@ pub struct TrainingConfig {
 }
 
 impl TrainingConfig {
+    /// The recipe with `kind` and that optimizer's peak LR and weight decay: what the CLI's
+    /// flags and the page's form start from.
+    pub fn recipe(model: ModelConfig, kind: OptimizerKind) -> Self {
+        Self::new(model)
+            .with_optimizer(kind)
+            .with_max_lr(kind.default_max_lr())
+            .with_weight_decay(kind.default_weight_decay())
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         self.model.validate()?;
         self.augment.validate()?;
@@ -83,12 +97,7 @@ impl TrainingConfig {
     }
 
     pub fn optimizer_settings(&self) -> OptimizerSettings {
-        OptimizerSettings {
-            kind: self.optimizer,
-            weight_decay: self.weight_decay,
-            beta2: self.beta2,
-            eps: self.eps,
-        }
+        OptimizerSettings { kind: self.optimizer, weight_decay: self.weight_decay, beta2: self.beta2, eps: self.eps }
     }
 
     pub fn schedule(&self, steps_per_epoch: usize) -> Result<OneCycle, String> {
@@ -106,7 +115,10 @@ impl TrainingConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrainError {
     /// A loss that is NaN or infinite: training diverged (LR too high?).
-    NonFinite { step: usize, loss: f64 },
+    NonFinite {
+        step: usize,
+        loss: f64,
+    },
     Config(String),
     Device(String),
 }
@@ -204,7 +216,12 @@ impl Trainer {
     }
 
     /// Fine-tuning: start from `model` (e.g. loaded weights) with a fresh optimizer and schedule.
-    pub fn with_model(config: TrainingConfig, model: Model, device: &Device, train_len: usize) -> Result<Self, TrainError> {
+    pub fn with_model(
+        config: TrainingConfig,
+        model: Model,
+        device: &Device,
+        train_len: usize,
+    ) -> Result<Self, TrainError> {
         config.validate().map_err(TrainError::Config)?;
         if train_len < config.batch_size {
             return Err(TrainError::Config(format!(
@@ -274,7 +291,7 @@ impl Trainer {
         // reseed both from ours every step so that a resumed run draws the same masks.
         let seed = self.rng.next_u64();
         self.device.seed(seed);
-        crate::dropout::seed(seed);
+        crate::model::ops::seed_host_masks(seed);
         let x = augment::batch(pixels, &params, &self.config.augment, &self.device);
         let y = Tensor::<1, Int>::from_data(TensorData::new(labels.to_vec(), [n]), &self.device);
         let logits = self.model.forward(x);
@@ -337,7 +354,7 @@ impl Trainer {
 }
 
 async fn read_vec_f32(t: Tensor<1>) -> Result<Vec<f32>, TrainError> {
-    crate::weights::read_f32(t).await.map_err(TrainError::Device)
+    crate::io::weights::read_f32(t).await.map_err(TrainError::Device)
 }
 
 async fn read_vec_i64(t: Tensor<1, Int>) -> Result<Vec<i64>, TrainError> {
@@ -358,9 +375,8 @@ pub struct Evaluation {
 impl Evaluation {
     /// Indices of wrongly classified images, most confident mistakes first.
     pub fn misclassified(&self, data: &Split, limit: usize) -> Vec<usize> {
-        let mut wrong: Vec<usize> = (0..self.predictions.len())
-            .filter(|&i| self.predictions[i].0 as usize != data.label(i))
-            .collect();
+        let mut wrong: Vec<usize> =
+            (0..self.predictions.len()).filter(|&i| self.predictions[i].0 as usize != data.label(i)).collect();
         wrong.sort_by(|&a, &b| self.predictions[b].1.total_cmp(&self.predictions[a].1));
         wrong.truncate(limit);
         wrong
@@ -385,7 +401,13 @@ pub fn predict(model: &Model, pixels: &[u8], device: &Device, tta: bool) -> Tens
 ///
 /// Every batch's results stay on the device until the end and come back in one transfer: on a
 /// GPU a read-back per batch would stall the queue once per batch.
-pub async fn evaluate(model: &Model, data: &Split, batch_size: usize, device: &Device, tta: bool) -> Result<Evaluation, TrainError> {
+pub async fn evaluate(
+    model: &Model,
+    data: &Split,
+    batch_size: usize,
+    device: &Device,
+    tta: bool,
+) -> Result<Evaluation, TrainError> {
     let mut labels_all = Vec::with_capacity(data.len());
     let mut packed = Vec::new();
     let all: Vec<u32> = (0..data.len() as u32).collect();

@@ -1,109 +1,37 @@
-//! CPU-backend (flex) ops with their own backward: BatchNorm fused with the ReLU and dropout
-//! that follow it, 2×2 max pooling, and the 3×3 convolution.
-//!
-//! Burn runs these generically on flex: BatchNorm as a dozen tensor ops (axis swaps that copy,
-//! reductions, broadcasts: 194 ms of a 3.0 s step at width 1, batch 128), max pooling through a
-//! general 3-D pooling kernel with 64-bit indices (153 ms), and convolutions through a tiled
-//! NHWC im2col, with the weight gradient as a convolution with batch and channels swapped
-//! (1.7× the forward). Here BatchNorm → ReLU → dropout and pooling are one or two passes over
-//! the data per direction, parallel over channel planes, without per-element branches, and
-//! the conv is `conv_kernels` (GEMMs over shifted copies of the input; Winograd F(2×2, 3×3)
-//! where channels are many). They plug into Burn as a backend extension
-//! (`#[backend_extension]`) with a hand-written autodiff backward, and only run when the device
-//! is flex: GPU backends keep Burn's fused kernels.
+//! The host kernels of BatchNorm → ReLU → dropout and of 2×2 max pooling, forward and
+//! backward: one or two passes over the data per direction, parallel over channel planes,
+//! without per-element branches.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::autodiff::Autodiff;
 use burn::backend::flex::FlexTensor;
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{Dispatch, Flex, backend_extension};
-use burn::tensor::{Device, Tensor, TensorData};
-
-use crate::conv_kernels;
-use crate::dropout::Mask;
-use crate::simd::simd_fn;
+use burn::tensor::TensorData;
 use rayon::prelude::*;
 
-#[backend_extension(Autodiff, Flex)]
-pub trait CpuOps: burn::backend::Backend {
-    /// Per-channel mean and biased variance of `[n, c, h, w]`, as `[2, c]`; not differentiated.
-    fn bn_stats(x: FloatTensor<Self>) -> FloatTensor<Self>;
-    /// `dropout(relu((x - mean) / sqrt(var + eps) * gamma + beta))` with `stats = [mean; var]`
-    /// (`[2, c]`) and a mask from [`Mask::draw`]`(drop)` (none when `drop` is 0).
-    /// Differentiated as training-mode BatchNorm: the statistics are taken to be the batch's
-    /// own, so the gradient of `x` flows through them too.
-    fn bn_relu_dropout(
-        x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        beta: FloatTensor<Self>,
-        stats: FloatTensor<Self>,
-        eps: f64,
-        drop: f64,
-    ) -> FloatTensor<Self>;
-    /// 2×2 max pooling, stride 2 (floor for odd sizes).
-    fn max_pool2(x: FloatTensor<Self>) -> FloatTensor<Self>;
-    /// 3×3 convolution, stride 1, padding 1, no bias: `x [n, c, h, w]`, `w [o, c, 3, 3]`.
-    fn conv3x3(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
-}
+use crate::mask::Mask;
+use crate::simd::simd_fn;
 
-/// Whether the fused kernels serve this device.
-pub fn applies(device: &Device) -> bool {
-    *device == Device::flex()
-}
+// Host data.
 
-pub fn batch_stats(x: Tensor<4>) -> Tensor<2> {
-    Tensor::from_dispatch(<Dispatch as CpuOps>::bn_stats(x.into_dispatch()))
-}
-
-/// BatchNorm → ReLU → dropout (`drop` 0: none) in one pass per direction.
-pub fn batch_norm_relu_dropout(x: Tensor<4>, gamma: Tensor<1>, beta: Tensor<1>, stats: Tensor<2>, eps: f64, drop: f64) -> Tensor<4> {
-    Tensor::from_dispatch(<Dispatch as CpuOps>::bn_relu_dropout(
-        x.into_dispatch(),
-        gamma.into_dispatch(),
-        beta.into_dispatch(),
-        stats.into_dispatch(),
-        eps,
-        drop,
-    ))
-}
-
-pub fn max_pool2(x: Tensor<4>) -> Tensor<4> {
-    Tensor::from_dispatch(<Dispatch as CpuOps>::max_pool2(x.into_dispatch()))
-}
-
-pub fn conv3x3(x: Tensor<4>, w: Tensor<4>) -> Tensor<4> {
-    Tensor::from_dispatch(<Dispatch as CpuOps>::conv3x3(x.into_dispatch(), w.into_dispatch()))
-}
-
-// ------------------------------------------------------------------------------ host data
-
-fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
+pub(crate) fn values(t: &FlexTensor) -> Cow<'_, [f32]> {
     match t.as_slice::<f32>() {
         Some(s) => Cow::Borrowed(s),
         None => Cow::Owned(t.to_contiguous().as_slice::<f32>().expect("contiguous f32").to_vec()),
     }
 }
 
-fn dims4(t: &FlexTensor) -> [usize; 4] {
+pub(crate) fn dims4(t: &FlexTensor) -> [usize; 4] {
     let s = t.layout().shape();
     assert_eq!(s.num_dims(), 4, "expected a [n, c, h, w] tensor");
     [s[0], s[1], s[2], s[3]]
 }
 
-fn tensor(v: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+pub(crate) fn tensor(v: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(v, shape))
 }
 
-// ------------------------------------------------------------------------------ kernels
-
 /// `[mean; var]` per channel: each plane summed in f32 lanes (vectorised), planes added in f64.
-fn stats_kernel(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
+pub(crate) fn stats_kernel(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
     let hw = h * w;
     let count = (n * hw) as f64;
     let per_channel: Vec<(f32, f32)> = (0..c)
@@ -158,7 +86,7 @@ fn inv_std(stats: &[f32], c: usize, eps: f64) -> Vec<f32> {
 
 /// `relu(x·scale + shift)`, times the mask if there is one.
 #[allow(clippy::too_many_arguments)]
-fn apply_kernel(
+pub(crate) fn apply_kernel(
     x: &[f32],
     gamma: &[f32],
     beta: &[f32],
@@ -244,7 +172,18 @@ simd_fn!(
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn dx_plane_body(dx: &mut [f32], dy: &[f32], out: &[f32], v: &[f32], keep: f32, mean: f32, is: f32, scale: f32, mean_dy: f32, mean_dyx: f32) {
+fn dx_plane_body(
+    dx: &mut [f32],
+    dy: &[f32],
+    out: &[f32],
+    v: &[f32],
+    keep: f32,
+    mean: f32,
+    is: f32,
+    scale: f32,
+    mean_dy: f32,
+    mean_dyx: f32,
+) {
     for (((o, &d), &y), &v) in dx.iter_mut().zip(dy).zip(out).zip(v) {
         let g = select(y > 0.0, d * keep);
         let xhat = (v - mean) * is;
@@ -255,7 +194,7 @@ fn dx_plane_body(dx: &mut [f32], dy: &[f32], out: &[f32], v: &[f32], keep: f32, 
 /// Backward of the fused training-mode BatchNorm → ReLU → dropout whose output was `out`:
 /// `(dx, dgamma, dbeta)`.
 #[allow(clippy::too_many_arguments)]
-fn bn_backward_kernel(
+pub(crate) fn bn_backward_kernel(
     x: &[f32],
     dy: &[f32],
     (out, keep): (&[f32], f32),
@@ -309,7 +248,7 @@ fn wins(a: (f32, u8), b: (f32, u8)) -> (f32, u8) {
 }
 
 /// Max of each 2×2 window and which of its four cells won (row-major), per plane.
-fn pool_kernel(x: &[f32], [n, c, h, w]: [usize; 4]) -> (Vec<f32>, Vec<u8>) {
+pub(crate) fn pool_kernel(x: &[f32], [n, c, h, w]: [usize; 4]) -> (Vec<f32>, Vec<u8>) {
     let (oh, ow) = (h / 2, w / 2);
     let mut out = vec![0.0f32; n * c * oh * ow];
     let mut arg = vec![0u8; n * c * oh * ow];
@@ -337,7 +276,7 @@ fn pool_plane_body(o: &mut [f32], a: &mut [u8], xs: &[f32], w: usize) {
     }
 }
 
-fn pool_backward_kernel(dy: &[f32], arg: &[u8], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
+pub(crate) fn pool_backward_kernel(dy: &[f32], arg: &[u8], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
     let (oh, ow) = (h / 2, w / 2);
     // Zeros stay only in an odd last row or column, which no window covers.
     let mut dx = vec![0.0f32; n * c * h * w];
@@ -365,155 +304,6 @@ fn pool_backward_plane_body(out: &mut [f32], d: &[f32], a: &[u8], w: usize) {
             t[1] = select(k == 1, g);
             b[0] = select(k == 2, g);
             b[1] = select(k == 3, g);
-        }
-    }
-}
-
-// ------------------------------------------------------------------------------ flex
-
-impl CpuOps for Flex {
-    fn bn_stats(x: FlexTensor) -> FlexTensor {
-        let dims = dims4(&x);
-        tensor(stats_kernel(&values(&x), dims), vec![2, dims[1]])
-    }
-
-    fn bn_relu_dropout(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, stats: FlexTensor, eps: f64, drop: f64) -> FlexTensor {
-        let dims = dims4(&x);
-        let mask = (drop > 0.0).then(|| Mask::draw(drop));
-        let out = apply_kernel(&values(&x), &values(&gamma), &values(&beta), &values(&stats), eps, mask, dims);
-        tensor(out, dims.to_vec())
-    }
-
-    fn max_pool2(x: FlexTensor) -> FlexTensor {
-        let [n, c, h, w] = dims4(&x);
-        tensor(pool_kernel(&values(&x), [n, c, h, w]).0, vec![n, c, h / 2, w / 2])
-    }
-
-    fn conv3x3(x: FlexTensor, w: FlexTensor) -> FlexTensor {
-        let dims = dims4(&x);
-        let o = dims4(&w)[0];
-        tensor(conv_kernels::forward(&values(&x), &values(&w), dims, o), vec![dims[0], o, dims[2], dims[3]])
-    }
-}
-
-// ------------------------------------------------------------------------------ autodiff
-
-#[derive(Debug)]
-struct BnBackward;
-
-impl Backward<Flex, 3> for BnBackward {
-    /// x, gamma, stats, eps, the op's output and the dropout's scale for kept elements.
-    type State = (FlexTensor, FlexTensor, FlexTensor, f64, FlexTensor, f32);
-
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_gamma, node_beta] = ops.parents;
-        let dy = grads.consume::<Flex>(&ops.node);
-        let (x, gamma, stats, eps, out, keep) = ops.state;
-        let dims = dims4(&x);
-        let out = values(&out);
-        let (dx, dgamma, dbeta) =
-            bn_backward_kernel(&values(&x), &values(&dy), (&out, keep), &values(&gamma), &values(&stats), eps, dims);
-        if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, tensor(dx, dims.to_vec()));
-        }
-        if let Some(node) = node_gamma {
-            grads.register::<Flex>(node.id, tensor(dgamma, vec![dims[1]]));
-        }
-        if let Some(node) = node_beta {
-            grads.register::<Flex>(node.id, tensor(dbeta, vec![dims[1]]));
-        }
-    }
-}
-
-#[derive(Debug)]
-struct PoolBackward;
-
-impl Backward<Flex, 1> for PoolBackward {
-    /// Which cell of each window won, and the input's dims.
-    type State = (Arc<Vec<u8>>, [usize; 4]);
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x] = ops.parents;
-        let dy = grads.consume::<Flex>(&ops.node);
-        let (arg, dims) = ops.state;
-        if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, tensor(pool_backward_kernel(&values(&dy), &arg, dims), dims.to_vec()));
-        }
-    }
-}
-
-#[derive(Debug)]
-struct ConvBackward;
-
-impl Backward<Flex, 2> for ConvBackward {
-    /// x, w.
-    type State = (FlexTensor, FlexTensor);
-
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_w] = ops.parents;
-        let dy = grads.consume::<Flex>(&ops.node);
-        let (x, w) = ops.state;
-        let dims = dims4(&x);
-        let o = dims4(&w)[0];
-        let (dy, w) = (values(&dy), values(&w));
-        if let Some(node) = node_w {
-            let dw = conv_kernels::weight_grad(&values(&x), &dy, dims, o);
-            grads.register::<Flex>(node.id, tensor(dw, vec![o, dims[1], 3, 3]));
-        }
-        if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, tensor(conv_kernels::input_grad(&dy, &w, dims, o), dims.to_vec()));
-        }
-    }
-}
-
-/// Burn's autodiff tensor over flex (its type is not exported by name).
-type Ad<C> = FloatTensor<Autodiff<Flex, C>>;
-
-impl<C: CheckpointStrategy> CpuOps for Autodiff<Flex, C> {
-    fn bn_stats(x: Ad<C>) -> Ad<C> {
-        Ad::<C>::new(<Flex as CpuOps>::bn_stats(x.into_primitive()))
-    }
-
-    fn bn_relu_dropout(x: Ad<C>, gamma: Ad<C>, beta: Ad<C>, stats: Ad<C>, eps: f64, drop: f64) -> Ad<C> {
-        let stats = stats.into_primitive();
-        match BnBackward.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let (xp, gp) = (x.primitive().clone(), gamma.primitive().clone());
-                let out = <Flex as CpuOps>::bn_relu_dropout(xp.clone(), gp.clone(), beta.into_primitive(), stats.clone(), eps, drop);
-                let keep = if drop > 0.0 { (1.0 / (1.0 - drop)) as f32 } else { 1.0 };
-                prep.finish((xp, gp, stats, eps, out.clone(), keep), out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(<Flex as CpuOps>::bn_relu_dropout(
-                x.into_primitive(),
-                gamma.into_primitive(),
-                beta.into_primitive(),
-                stats,
-                eps,
-                drop,
-            )),
-        }
-    }
-
-    fn conv3x3(x: Ad<C>, w: Ad<C>) -> Ad<C> {
-        match ConvBackward.prepare::<C>([x.node(), w.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let (xp, wp) = (x.into_primitive(), w.into_primitive());
-                let out = <Flex as CpuOps>::conv3x3(xp.clone(), wp.clone());
-                prep.finish((xp, wp), out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(<Flex as CpuOps>::conv3x3(x.into_primitive(), w.into_primitive())),
-        }
-    }
-
-    fn max_pool2(x: Ad<C>) -> Ad<C> {
-        match PoolBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let xp = x.into_primitive();
-                let [n, c, h, w] = dims4(&xp);
-                let (out, arg) = pool_kernel(&values(&xp), [n, c, h, w]);
-                prep.finish((Arc::new(arg), [n, c, h, w]), tensor(out, vec![n, c, h / 2, w / 2]))
-            }
-            OpsKind::UnTracked(prep) => prep.finish(<Flex as CpuOps>::max_pool2(x.into_primitive())),
         }
     }
 }

@@ -10,7 +10,7 @@
 //! channel in one pass over batch·height·width values, and CubeCL's reduction over rows of
 //! 65,536 values or more comes out wrong on Mesa's lavapipe and in Chromium's WebGPU (SwiftShader): models
 //! trained there tested at chance (issue 14; the README has the reproduction). On flex the
-//! normalisation is one `cpu_ops` kernel with the ReLU and dropout that follow it in every block.
+//! normalisation is one CPU kernel with the ReLU and dropout that follow it (`ops.rs`).
 
 use burn::module::{Module, Param, RunningState};
 use burn::nn::Initializer;
@@ -60,7 +60,8 @@ impl BatchNorm {
         let n = (b * h * w) as f64;
         // Sums over each image's plane, then over the batch: no reduction longer than
         // max(h·w, b). On an H100 this measured faster than `batch_norm_train` (README).
-        let per_channel = |t: Tensor<4>| t.reshape([b, c, h * w]).sum_dim(2).sum_dim(0).reshape([1, c, 1, 1]).div_scalar(n);
+        let per_channel =
+            |t: Tensor<4>| t.reshape([b, c, h * w]).sum_dim(2).sum_dim(0).reshape([1, c, 1, 1]).div_scalar(n);
         let mean = per_channel(x.clone());
         let centered = x - mean.clone();
         let variance = per_channel(centered.clone() * centered.clone());
@@ -71,7 +72,7 @@ impl BatchNorm {
     }
 
     /// running = (1 - momentum)·running + momentum·batch, with the batch variance made unbiased.
-    fn update_running(&self, mean: Tensor<1>, variance: Tensor<1>, [b, _, h, w]: [usize; 4]) {
+    pub(crate) fn update_running(&self, mean: Tensor<1>, variance: Tensor<1>, [b, _, h, w]: [usize; 4]) {
         let device = mean.device();
         let n = (b * h * w) as f64;
         let unbiased = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
@@ -82,25 +83,5 @@ impl BatchNorm {
         let running_var = running_var.mul_scalar(1.0 - m) + variance.detach().mul_scalar(m * unbiased);
         self.running_mean.update(running_mean.detach());
         self.running_var.update(running_var.detach());
-    }
-
-    /// flex: this BatchNorm, then ReLU, then dropout with probability `drop` (0: none), as
-    /// one kernel of `cpu_ops` per direction instead of a dozen ops.
-    #[cfg(not(target_arch = "wasm32"))]
-    pub fn forward_relu_dropout_cpu(&self, x: Tensor<4>, drop: f64) -> Tensor<4> {
-        use crate::cpu_ops;
-        let c = self.gamma.dims()[0];
-        let (gamma, beta, eps) = (self.gamma.val(), self.beta.val(), self.epsilon);
-        if !x.device().is_autodiff() {
-            let stats = Tensor::cat(vec![self.running_mean.value(), self.running_var.value()], 0).reshape([2, c]);
-            return cpu_ops::batch_norm_relu_dropout(x, gamma, beta, stats, eps, drop);
-        }
-        let dims = x.dims();
-        let stats = cpu_ops::batch_stats(x.clone().detach());
-        let out = cpu_ops::batch_norm_relu_dropout(x, gamma, beta, stats.clone(), eps, drop);
-        let mean = stats.clone().slice([0..1, 0..c]).reshape([c]);
-        let variance = stats.slice([1..2, 0..c]).reshape([c]);
-        self.update_running(mean, variance, dims);
-        out
     }
 }

@@ -69,7 +69,13 @@ pub fn draw(config: &AugmentConfig, rng: &mut Rng, n: usize) -> Vec<SampleAug> {
 fn reflect(offset: usize, i: usize, pad: usize) -> usize {
     let p = (offset + i) as i64 - pad as i64;
     let last = SIDE as i64 - 1;
-    let p = if p < 0 { -p } else if p > last { 2 * last - p } else { p };
+    let p = if p < 0 {
+        -p
+    } else if p > last {
+        2 * last - p
+    } else {
+        p
+    };
     p as usize
 }
 
@@ -77,7 +83,7 @@ fn reflect(offset: usize, i: usize, pad: usize) -> usize {
 /// The bytes are uploaded as they are; scaling happens on the device (on the CPU backend, on
 /// the host: see [`batch`]).
 pub fn to_tensor(pixels: &[u8], device: &Device) -> Tensor<4> {
-    if on_host(device) {
+    if crate::model::ops::is_host(device) {
         return host_tensor(pixels, None, device);
     }
     normalised_by_ops(pixels, device)
@@ -90,15 +96,10 @@ pub fn to_tensor(pixels: &[u8], device: &Device) -> Tensor<4> {
 /// comparisons) took 8.5 ms per batch of 128, 5 % of a training step at width 0.25; one host
 /// pass over the bytes takes under a millisecond (`cargo run --release --example profile_ops`).
 pub fn batch(pixels: &[u8], params: &[SampleAug], config: &AugmentConfig, device: &Device) -> Tensor<4> {
-    if on_host(device) {
+    if crate::model::ops::is_host(device) {
         return host_tensor(pixels, Some((params, config)), device);
     }
     augment(normalised_by_ops(pixels, device), params, config)
-}
-
-/// Whether the device is the CPU backend, where batches are built on the host.
-fn on_host(device: &Device) -> bool {
-    *device == Device::flex()
 }
 
 /// [`batch`] (or [`to_tensor`] without augmentation) computed on the host, element by
@@ -117,7 +118,8 @@ fn host_tensor(pixels: &[u8], aug: Option<(&[SampleAug], &AugmentConfig)>, devic
                 let p = &params[b];
                 let rows = std::array::from_fn(|i| reflect(p.dy, i, config.pad));
                 let cols = std::array::from_fn(|j| reflect(p.dx, if p.flip { SIDE - 1 - j } else { j }, config.pad));
-                let cut = p.cut.filter(|_| config.cutout > 0).map(|(y, x)| (y..y + config.cutout, x..x + config.cutout));
+                let cut =
+                    p.cut.filter(|_| config.cutout > 0).map(|(y, x)| (y..y + config.cutout, x..x + config.cutout));
                 (rows, cols, cut)
             }
             None => (identity, identity, None),

@@ -87,10 +87,7 @@ impl OneCycle {
                 let span = phase.end_step - start_step;
                 let pct = if span > 0.0 { (step - start_step) / span } else { 1.0 };
                 let lerp = |a: f64, b: f64| (b - a) * pct + a;
-                return (
-                    lerp(phase.start_lr, phase.end_lr),
-                    lerp(phase.start_momentum, phase.end_momentum),
-                );
+                return (lerp(phase.start_lr, phase.end_lr), lerp(phase.start_momentum, phase.end_momentum));
             }
             start_step = phase.end_step;
         }

@@ -7,7 +7,7 @@
 use burn::config::Config;
 
 use crate::data::Split;
-use crate::training::{TrainError, Trainer, gather_batch};
+use crate::train::{TrainError, Trainer, gather_batch};
 
 #[derive(Config, Debug, PartialEq)]
 pub struct LrFinderConfig {
@@ -46,7 +46,8 @@ impl LrFinderConfig {
 /// The first few points are skipped (the moving average is still warming up).
 pub fn suggest(lrs: &[f64], losses: &[f64]) -> Option<f64> {
     let skip_start = if lrs.len() > 20 { 5 } else { 0 };
-    let lowest = (0..losses.len()).filter(|&i| losses[i].is_finite()).min_by(|&a, &b| losses[a].total_cmp(&losses[b]))?;
+    let lowest =
+        (0..losses.len()).filter(|&i| losses[i].is_finite()).min_by(|&a, &b| losses[a].total_cmp(&losses[b]))?;
     if lowest < skip_start + 2 {
         return None;
     }

@@ -1,0 +1,78 @@
+//! Where the model's hot ops run, decided here and nowhere else. On flex, in builds with the
+//! `flex-kernels` feature (the native CLI), the 3×3 convolution, the 2×2 max pooling and
+//! BatchNorm → ReLU → dropout run on our CPU kernels (crate `flex-kernels`, each with its own
+//! backward). Everywhere else (GPUs, the browser) they are Burn's ops, BatchNorm being ours
+//! (`batchnorm.rs`).
+
+use burn::nn::Relu;
+use burn::nn::conv::Conv2d;
+use burn::nn::pool::MaxPool2d;
+use burn::tensor::{Device, Tensor};
+
+use super::batchnorm::BatchNorm;
+use super::dropout::Dropout;
+
+/// Whether `device` is the host CPU (flex): the CPU kernels run there, and batches are built
+/// on the host without tensor ops (`data/augment.rs`).
+pub fn is_host(device: &Device) -> bool {
+    *device == Device::flex()
+}
+
+/// Whether the CPU kernels serve `device`.
+pub fn uses_cpu_kernels(device: &Device) -> bool {
+    cfg!(feature = "flex-kernels") && is_host(device)
+}
+
+/// Reseeds the host-side dropout masks of the CPU kernels (the backend RNG is reseeded by the
+/// trainer beside it), so that a resumed run draws the same masks as an unbroken one.
+pub fn seed_host_masks(seed: u64) {
+    #[cfg(feature = "flex-kernels")]
+    flex_kernels::mask::seed(seed);
+    let _ = seed;
+}
+
+/// 3×3 convolution, stride 1, padding 1, no bias.
+pub fn conv3x3(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    #[cfg(feature = "flex-kernels")]
+    if is_host(&x.device()) {
+        return flex_kernels::conv3x3(x, conv.weight.val());
+    }
+    conv.forward(x)
+}
+
+/// 2×2 max pooling, stride 2.
+pub fn max_pool2(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
+    #[cfg(feature = "flex-kernels")]
+    if is_host(&x.device()) {
+        return flex_kernels::max_pool2(x);
+    }
+    pool.forward(x)
+}
+
+/// BatchNorm, then ReLU, then dropout (outside training: running statistics, no dropout).
+pub fn bn_relu_dropout(bn: &BatchNorm, relu: &Relu, dropout: &Dropout, x: Tensor<4>) -> Tensor<4> {
+    #[cfg(feature = "flex-kernels")]
+    if is_host(&x.device()) {
+        return fused_on_host(bn, dropout.prob_on(&x.device()), x);
+    }
+    dropout.forward(relu.forward(bn.forward(x)))
+}
+
+/// The three as one kernel per direction; in training the batch statistics come from a
+/// kernel too and update the running ones as `BatchNorm::forward` does.
+#[cfg(feature = "flex-kernels")]
+fn fused_on_host(bn: &BatchNorm, drop: f64, x: Tensor<4>) -> Tensor<4> {
+    let c = bn.gamma.dims()[0];
+    let (gamma, beta, eps) = (bn.gamma.val(), bn.beta.val(), bn.epsilon);
+    if !x.device().is_autodiff() {
+        let stats = Tensor::cat(vec![bn.running_mean.value(), bn.running_var.value()], 0).reshape([2, c]);
+        return flex_kernels::batch_norm_relu_dropout(x, gamma, beta, stats, eps, drop);
+    }
+    let dims = x.dims();
+    let stats = flex_kernels::batch_stats(x.clone().detach());
+    let out = flex_kernels::batch_norm_relu_dropout(x, gamma, beta, stats.clone(), eps, drop);
+    let mean = stats.clone().slice([0..1, 0..c]).reshape([c]);
+    let variance = stats.slice([1..2, 0..c]).reshape([c]);
+    bn.update_running(mean, variance, dims);
+    out
+}

@@ -1,0 +1,151 @@
+//! What the convolution kernels share: blocks of images processed in parallel with
+//! per-thread scratch buffers, a strided GEMM, and the run-time tuning knobs (read once).
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+/// `[n, c, h, w]`.
+pub type Dims = [usize; 4];
+
+/// `by_size` images per block (at least one), but few enough that each thread gets two
+/// blocks of the `n` images.
+pub fn capped_for_threads(by_size: usize, n: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    by_size.max(1).min(n.div_ceil(threads * 2).max(1))
+}
+
+/// `v.len() == len`, keeping what it holds (stale values from an earlier block, which the
+/// caller overwrites; new elements are zero).
+pub fn resize_for_overwrite(v: &mut Vec<f32>, len: usize) {
+    if v.len() > len {
+        v.truncate(len);
+    } else {
+        v.resize(len, 0.0);
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<[Vec<f32>; 3]> = const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
+}
+
+/// Runs `f` with this thread's three scratch buffers. They outlive the call, so a block's
+/// buffers are grown (and zero-filled) once per thread, not once per rayon job: per-job
+/// buffers were 3 % of a step at width 0.25, all of it `memset` (`perf`). `f` must not
+/// start parallel work (a job stolen meanwhile would find the buffers borrowed).
+fn with_scratch<R>(f: impl FnOnce(&mut [Vec<f32>; 3]) -> R) -> R {
+    SCRATCH.with(|s| f(&mut s.borrow_mut()))
+}
+
+/// `n` images of `image` floats, written block by block in parallel: `f(b0, dst, scratch)`
+/// fills `dst` with images `b0..b0 + dst.len() / image`.
+pub fn par_images(
+    n: usize,
+    image: usize,
+    per_block: usize,
+    f: impl Fn(usize, &mut [f32], &mut [Vec<f32>; 3]) + Sync + Send,
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; n * image];
+    if out.is_empty() {
+        return out;
+    }
+    out.par_chunks_mut(per_block * image)
+        .enumerate()
+        .for_each(|(block, dst)| with_scratch(|s| f(block * per_block, dst, s)));
+    out
+}
+
+/// `len` floats summed over the blocks of `n` images: `f(b0, k, acc, scratch)` adds the
+/// contribution of images `b0..b0 + k` into `acc`. Each thread sums its own blocks, then the
+/// partial sums are added.
+pub fn sum_over_blocks(
+    n: usize,
+    per_block: usize,
+    len: usize,
+    f: impl Fn(usize, usize, &mut [f32], &mut [Vec<f32>; 3]) + Sync + Send,
+) -> Vec<f32> {
+    let blocks: Vec<usize> = (0..n).step_by(per_block.max(1)).collect();
+    blocks
+        .into_par_iter()
+        .fold(
+            || vec![0.0f32; len],
+            |mut acc, b0| {
+                with_scratch(|s| f(b0, per_block.min(n - b0), &mut acc, s));
+                acc
+            },
+        )
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            a
+        })
+        .unwrap_or_else(|| vec![0.0; len])
+}
+
+/// `dst (m × n) = [dst +] a (m × k) · b (k × n)`, all given by (row stride, column stride).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    [m, n, k]: [usize; 3],
+    dst: &mut [f32],
+    dst_strides: [usize; 2],
+    accumulate: bool,
+    a: &[f32],
+    a_strides: [usize; 2],
+    b: &[f32],
+    b_strides: [usize; 2],
+) {
+    let last = |rows: usize, cols: usize, [rs, cs]: [usize; 2]| {
+        if rows == 0 || cols == 0 { 0 } else { (rows - 1) * rs + (cols - 1) * cs + 1 }
+    };
+    assert!(dst.len() >= last(m, n, dst_strides), "gemm: destination too small");
+    assert!(a.len() >= last(m, k, a_strides), "gemm: left operand too small");
+    assert!(b.len() >= last(k, n, b_strides), "gemm: right operand too small");
+    // SAFETY: the asserts above keep every index the strides reach inside the slices.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_strides[1] as isize,
+            dst_strides[0] as isize,
+            accumulate,
+            a.as_ptr(),
+            a_strides[1] as isize,
+            a_strides[0] as isize,
+            b.as_ptr(),
+            b_strides[1] as isize,
+            b_strides[0] as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Tuning overrides from the environment, for measurements with `profile_ops` (README):
+/// `CONV_PLAN=rows|taps`, `CONV_BLOCK=<floats>`, `CONV_WINOGRAD=0|1`. Read once per process.
+#[derive(Debug, Default)]
+pub struct Tuning {
+    /// `Some("rows" | "taps")`: every map takes that plan.
+    pub plan: Option<String>,
+    /// Floats per block of shifted input, instead of the measured default.
+    pub block_floats: Option<usize>,
+    /// `Some(false)`: never Winograd; `Some(true)`: wherever it fits.
+    pub winograd: Option<bool>,
+}
+
+pub fn tuning() -> &'static Tuning {
+    static TUNING: OnceLock<Tuning> = OnceLock::new();
+    TUNING.get_or_init(|| Tuning {
+        plan: std::env::var("CONV_PLAN").ok(),
+        block_floats: std::env::var("CONV_BLOCK").ok().and_then(|v| v.parse().ok()),
+        winograd: match std::env::var("CONV_WINOGRAD").as_deref() {
+            Ok("0") => Some(false),
+            Ok("1") => Some(true),
+            _ => None,
+        },
+    })
+}

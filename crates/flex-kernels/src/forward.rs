@@ -1,0 +1,41 @@
+//! The ops on flex itself (no autodiff): the kernels on host slices.
+
+use burn::backend::Flex;
+use burn::backend::flex::FlexTensor;
+
+use crate::CpuOps;
+use crate::conv;
+use crate::kernels::{apply_kernel, dims4, pool_kernel, stats_kernel, tensor, values};
+use crate::mask::Mask;
+
+impl CpuOps for Flex {
+    fn bn_stats(x: FlexTensor) -> FlexTensor {
+        let dims = dims4(&x);
+        tensor(stats_kernel(&values(&x), dims), vec![2, dims[1]])
+    }
+
+    fn bn_relu_dropout(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        stats: FlexTensor,
+        eps: f64,
+        drop: f64,
+    ) -> FlexTensor {
+        let dims = dims4(&x);
+        let mask = (drop > 0.0).then(|| Mask::draw(drop));
+        let out = apply_kernel(&values(&x), &values(&gamma), &values(&beta), &values(&stats), eps, mask, dims);
+        tensor(out, dims.to_vec())
+    }
+
+    fn max_pool2(x: FlexTensor) -> FlexTensor {
+        let [n, c, h, w] = dims4(&x);
+        tensor(pool_kernel(&values(&x), [n, c, h, w]).0, vec![n, c, h / 2, w / 2])
+    }
+
+    fn conv3x3(x: FlexTensor, w: FlexTensor) -> FlexTensor {
+        let dims = dims4(&x);
+        let o = dims4(&w)[0];
+        tensor(conv::forward(&values(&x), &values(&w), dims, o), vec![dims[0], o, dims[2], dims[3]])
+    }
+}

@@ -1,0 +1,251 @@
+//! The command line: arguments, their defaults, and what they turn into (data, configs).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use cifar_core::data::Cifar10;
+use cifar_core::data::augment::AugmentConfig;
+use cifar_core::model::ModelConfig;
+use cifar_core::train::TrainingConfig;
+use cifar_core::train::optim::OptimizerKind;
+use cifar_webgpu::backend::Backend;
+use cifar_webgpu::download;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Train the CIFAR-10 custom ResNet with Burn (wgpu or CPU)",
+    args_conflicts_with_subcommands = true
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Option<Command>,
+    /// With no subcommand: `train` with these options.
+    #[command(flatten)]
+    pub(crate) train: TrainArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Command {
+    /// Train (the default): 24 epochs of one-cycle Adam, results in runs/<name>/.
+    Train(TrainArgs),
+    /// LR range test: prints the suggested max LR and writes lr_find.png.
+    LrFind(LrFindArgs),
+    /// Test accuracy of a weights file.
+    Eval(EvalArgs),
+    /// Training and inference images/s per backend, width and batch size (synthetic data).
+    Bench(BenchArgs),
+    /// Check the device's reductions and BatchNorm statistics against the host (exits 1 when
+    /// ours are wrong; Burn's own are shown for the upstream defect they work around).
+    CheckDevice {
+        #[arg(long, value_enum, default_value_t = Backend::Auto)]
+        backend: Backend,
+    },
+    /// Print the model table (layer, output shape, parameters).
+    Summary {
+        #[arg(long, default_value_t = 1.0)]
+        width: f64,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Common {
+    /// Compute backend.
+    /// Compute backend: `auto` is wgpu on a real GPU, else flex (printed, and recorded in
+    /// config.json).
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub(crate) backend: Backend,
+    /// Directory with the CIFAR-10 .bin files (default: $CIFAR10_DIR, else ./data/cifar-10-batches-bin).
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Do not download CIFAR-10 when it is missing.
+    #[arg(long)]
+    pub(crate) no_download: bool,
+    /// Skip the MD5 check of the data files.
+    #[arg(long)]
+    pub(crate) no_verify: bool,
+    /// Use only the first N training images (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) train_limit: usize,
+    /// Use only the first N test images (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) test_limit: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ModelArgs {
+    /// Channel multiplier (1.0: the 6.57M-parameter original; 0.25 for quick runs).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) width: f64,
+    /// Dropout probability after each conv block.
+    #[arg(long, default_value_t = 0.05)]
+    pub(crate) dropout: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct TrainArgs {
+    #[command(flatten)]
+    pub(crate) common: Common,
+    #[command(flatten)]
+    pub(crate) model: ModelArgs,
+    #[arg(long, default_value_t = 24)]
+    pub(crate) epochs: usize,
+    #[arg(long, default_value_t = 512)]
+    pub(crate) batch_size: usize,
+    /// Peak LR of the one-cycle schedule, or `auto` to run the LR finder first
+    /// [default: 0.01 for adam, 0.2 for sgd].
+    #[arg(long)]
+    pub(crate) max_lr: Option<String>,
+    #[arg(long, default_value = "adam", value_parser = parse_optimizer)]
+    pub(crate) optimizer: OptimizerKind,
+    /// L2 weight decay [default: 1e-4 for adam, 5e-4 for sgd].
+    #[arg(long)]
+    pub(crate) weight_decay: Option<f64>,
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) label_smoothing: f64,
+    /// Epoch of the LR peak, as a fraction of all epochs.
+    #[arg(long, default_value_t = 5.0 / 24.0)]
+    pub(crate) pct_start: f64,
+    #[arg(long, default_value_t = 42)]
+    pub(crate) seed: u64,
+    /// Disable crop/flip/CutOut.
+    #[arg(long)]
+    pub(crate) no_augment: bool,
+    /// Run name (directory under --runs-dir) [default: the start time].
+    #[arg(long)]
+    pub(crate) name: Option<String>,
+    #[arg(long, default_value = "runs")]
+    pub(crate) runs_dir: PathBuf,
+    /// Continue the run in this directory from its checkpoint.
+    #[arg(long)]
+    pub(crate) resume: Option<PathBuf>,
+    /// Fine-tune from these weights (model.safetensors) instead of a random init.
+    #[arg(long)]
+    pub(crate) weights: Option<PathBuf>,
+    /// Read losses back from the device every N steps (fewer read-backs keep a GPU busy).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) sync_every: usize,
+    /// Stop after N optimizer steps in total and save a checkpoint (as Ctrl-C would).
+    #[arg(long, hide = true)]
+    pub(crate) stop_after: Option<usize>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct LrFindArgs {
+    #[command(flatten)]
+    pub(crate) common: Common,
+    #[command(flatten)]
+    pub(crate) model: ModelArgs,
+    #[arg(long, default_value_t = 512)]
+    pub(crate) batch_size: usize,
+    #[arg(long, default_value = "adam", value_parser = parse_optimizer)]
+    pub(crate) optimizer: OptimizerKind,
+    #[arg(long, default_value_t = 1e-7)]
+    pub(crate) start_lr: f64,
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) end_lr: f64,
+    #[arg(long, default_value_t = 100)]
+    pub(crate) num_iter: usize,
+    #[arg(long, default_value_t = 42)]
+    pub(crate) seed: u64,
+    /// Where to write the plot.
+    #[arg(long, default_value = "lr_find.png")]
+    pub(crate) out: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct EvalArgs {
+    #[command(flatten)]
+    pub(crate) common: Common,
+    /// A model.safetensors written by `train` (or by the browser, or PyTorch with our names).
+    #[arg(long)]
+    pub(crate) weights: PathBuf,
+    /// Average the predictions of each image and its mirror image.
+    #[arg(long)]
+    pub(crate) tta: bool,
+    #[arg(long, default_value_t = 500)]
+    pub(crate) batch_size: usize,
+    /// Also write each test image's predicted class, one per line, to this file.
+    #[arg(long)]
+    pub(crate) predictions: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct BenchArgs {
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "flex,wgpu")]
+    pub(crate) backend: Vec<Backend>,
+    #[arg(long, value_delimiter = ',', default_value = "0.25,1.0")]
+    pub(crate) width: Vec<f64>,
+    #[arg(long, value_delimiter = ',', default_value = "128,512")]
+    pub(crate) batch_size: Vec<usize>,
+    /// Untimed steps first (kernel compilation, autotuning).
+    #[arg(long, default_value_t = 2)]
+    pub(crate) warmup: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) steps: usize,
+    /// Read losses back every N training steps (as `train --sync-every`); a list measures each.
+    #[arg(long, value_delimiter = ',', default_value = "10")]
+    pub(crate) sync_every: Vec<usize>,
+    /// CPU threads for flex and for PyTorch (default: all cores).
+    #[arg(long)]
+    pub(crate) threads: Option<usize>,
+    /// Also run tools/pytorch_reference.py with the same shapes and threads, and print ours/PyTorch.
+    #[arg(long)]
+    pub(crate) pytorch: bool,
+    /// The Python that has PyTorch installed (for --pytorch).
+    #[arg(long, default_value = "python3")]
+    pub(crate) python: String,
+    #[arg(long, default_value = "tools/pytorch_reference.py")]
+    pub(crate) pytorch_script: PathBuf,
+    /// Where PyTorch runs: cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    pub(crate) pytorch_device: String,
+    /// PyTorch modes to measure, each printed as its own ratio: fp32, tf32 (CUDA's default
+    /// convolutions), channels_last, amp (bf16 on the CPU, fp16 on CUDA), amp_channels_last.
+    #[arg(long, value_delimiter = ',', default_value = "fp32,channels_last")]
+    pub(crate) pytorch_mode: Vec<String>,
+    /// Also write the rows as JSON here.
+    #[arg(long)]
+    pub(crate) json: Option<PathBuf>,
+}
+
+pub(crate) fn parse_optimizer(s: &str) -> Result<OptimizerKind, String> {
+    s.parse()
+}
+
+pub(crate) fn load_data(c: &Common) -> Result<Cifar10, String> {
+    let dir = download::resolve_data_dir(c.data_dir.clone());
+    let mut data = download::load(&dir, !c.no_download, !c.no_verify).map_err(|e| e.to_string())?;
+    if c.train_limit > 0 {
+        data.train = data.train.take(c.train_limit);
+    }
+    if c.test_limit > 0 {
+        data.test = data.test.take(c.test_limit);
+    }
+    Ok(data)
+}
+
+pub(crate) fn model_config(m: &ModelArgs) -> ModelConfig {
+    ModelConfig::new().with_width(m.width).with_dropout(m.dropout)
+}
+
+pub(crate) fn training_config(a: &TrainArgs, max_lr: f64) -> TrainingConfig {
+    let augment = if a.no_augment {
+        AugmentConfig::new().with_pad(0).with_flip(false).with_cutout(0)
+    } else {
+        AugmentConfig::new()
+    };
+    let recipe = TrainingConfig::recipe(model_config(&a.model), a.optimizer);
+    let weight_decay = a.weight_decay.unwrap_or(recipe.weight_decay);
+    recipe
+        .with_augment(augment)
+        .with_epochs(a.epochs)
+        .with_batch_size(a.batch_size)
+        .with_max_lr(max_lr)
+        .with_pct_start(a.pct_start)
+        .with_weight_decay(weight_decay)
+        .with_label_smoothing(a.label_smoothing)
+        .with_seed(a.seed)
+}

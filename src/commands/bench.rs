@@ -1,0 +1,76 @@
+//! `bench`: training and inference images/s per backend, width and batch size, beside
+//! PyTorch in the same invocation (the measurement itself is `cifar_webgpu::bench`).
+
+use cifar_webgpu::backend;
+
+use super::save;
+use crate::args::BenchArgs;
+
+pub(crate) fn run(args: BenchArgs) -> Result<(), String> {
+    use cifar_webgpu::bench::{self, Comparison};
+    let threads = match args.threads {
+        Some(n) => {
+            // Before the first flex operation builds rayon's pool; nothing else runs yet.
+            unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+            n
+        }
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let machine = format!("{} ({threads} threads)", backend::cpu_name());
+    eprintln!("bench on {machine}");
+    let mut rows = Vec::new();
+    let mut devices = Vec::new();
+    for &b in &args.backend {
+        let (device, info) = backend::select(b)?;
+        eprintln!("device: {info}");
+        devices.push(info.clone());
+        let b = info.backend.clone();
+        for &width in &args.width {
+            for &batch in &args.batch_size {
+                for &sync_every in &args.sync_every {
+                    let row = bench::measure(&b, &device, width, batch, args.warmup, args.steps, sync_every)?;
+                    eprintln!(
+                        "{b} width {width} batch {batch} sync every {sync_every}: train {:.1} img/s, inference {:.1} img/s",
+                        row.train_images_per_sec, row.infer_images_per_sec
+                    );
+                    rows.push(row);
+                }
+            }
+        }
+    }
+    print!("{}", bench::table(&rows));
+    let mut pytorch = Vec::new();
+    let mut comparison = Vec::new();
+    if args.pytorch {
+        let run = bench::PytorchRun {
+            python: &args.python,
+            script: &args.pytorch_script,
+            device: &args.pytorch_device,
+            modes: &args.pytorch_mode,
+        };
+        match bench::run_pytorch(&run, &args.width, &args.batch_size, args.warmup, args.steps, threads) {
+            Ok(p) => {
+                pytorch = p;
+                print!("{}", bench::table(&pytorch));
+                comparison = Comparison::pair(&rows, &pytorch);
+                println!();
+                print!("{}", bench::comparison_table(&comparison));
+            }
+            Err(e) => eprintln!("PyTorch comparison skipped: {e}"),
+        }
+    }
+    if let Some(path) = &args.json {
+        let report = serde_json::json!({
+            "machine": machine,
+            "devices": devices,
+            "threads": threads,
+            "warmup": args.warmup,
+            "steps": args.steps,
+            "rows": rows,
+            "pytorch": pytorch,
+            "comparison": comparison,
+        });
+        save(path, serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?.as_bytes())?;
+    }
+    Ok(())
+}

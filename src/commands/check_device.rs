@@ -1,0 +1,23 @@
+//! `check-device`: the device's reductions and BatchNorm statistics against the host.
+
+use cifar_webgpu::backend::{self, Backend};
+
+pub(crate) fn run(b: Backend) -> Result<(), String> {
+    let (device, info) = backend::select(b)?;
+    println!("device: {info}");
+    let checks = backend::check_device(&device);
+    let mut failed = Vec::new();
+    for c in &checks {
+        let ok = c.rel_err <= backend::CHECK_TOLERANCE;
+        let verdict = match (ok, c.ours) {
+            (true, _) => "ok",
+            (false, true) => "WRONG",
+            (false, false) => "wrong (Burn's op; not used for training)",
+        };
+        println!("{:<58} rel. error {:>9.2e}  {verdict}", c.what, c.rel_err);
+        if !ok && c.ours {
+            failed.push(c.what.clone());
+        }
+    }
+    if failed.is_empty() { Ok(()) } else { Err(format!("{} computes wrongly: {}", info.backend, failed.join("; "))) }
+}

@@ -1,0 +1,57 @@
+//! `lr-find`: the LR range test; prints the suggested max LR and writes lr_find.png.
+
+use std::fs;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use cifar_core::data::Cifar10;
+use cifar_core::train::lr_finder::{self, LrFinderConfig};
+use cifar_core::train::{Trainer, TrainingConfig};
+use cifar_webgpu::backend;
+use cifar_webgpu::plots;
+
+use super::save;
+use crate::args::{LrFindArgs, load_data, model_config};
+
+pub(crate) fn run(args: LrFindArgs) -> Result<Option<f64>, String> {
+    let data = load_data(&args.common)?;
+    let (device, info) = backend::select(args.common.backend)?;
+    eprintln!("device: {info}");
+    lr_find_on(&args, &data, &device)
+}
+
+pub(crate) fn lr_find_on(
+    args: &LrFindArgs,
+    data: &Cifar10,
+    device: &burn::tensor::Device,
+) -> Result<Option<f64>, String> {
+    let config = TrainingConfig::recipe(model_config(&args.model), args.optimizer)
+        .with_batch_size(args.batch_size)
+        .with_seed(args.seed);
+    let mut trainer = Trainer::new(config, device, data.train.len()).map_err(|e| e.to_string())?;
+    let finder =
+        LrFinderConfig::new().with_start_lr(args.start_lr).with_end_lr(args.end_lr).with_num_iter(args.num_iter);
+    let bar = ProgressBar::new(args.num_iter as u64);
+    bar.set_style(
+        ProgressStyle::with_template("lr-find {bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}").expect("valid template"),
+    );
+    let result = pollster::block_on(lr_finder::run(&finder, &mut trainer, &data.train, |i, lr, loss| {
+        bar.set_position(i as u64 + 1);
+        bar.set_message(format!("lr {lr:.2e} loss {loss:.4}"));
+    }))
+    .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    let png =
+        plots::lr_find_png(&result.lrs, &result.losses, result.suggestion).map_err(|e| format!("lr_find.png: {e}"))?;
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(|e| format!("{}: cannot create ({e})", parent.display()))?;
+    }
+    save(&args.out, &png)?;
+    match result.suggestion {
+        Some(lr) => {
+            println!("suggested max LR: {lr:.3e} (steepest descent of the smoothed loss); plot: {}", args.out.display())
+        }
+        None => println!("no suggestion: the loss never fell; plot: {}", args.out.display()),
+    }
+    Ok(result.suggestion)
+}

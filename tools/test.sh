@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The test command (README): installs what a fresh Debian machine lacks, then runs every check
+# and test. `.ci/run` calls it with the real data and REQUIRE_REAL_DATA=1.
+#   1. rustfmt and clippy (warnings are errors)
+#   2. the Rust tests of every crate (set CIFAR10_DIR for the real-data ones)
+#   3. the browser bundle (trunk) and its end-to-end test in headless Chromium
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Mesa's lavapipe gives wgpu a Vulkan adapter on a CPU-only machine; Chromium runs the page
+# (its WebGPU is SwiftShader there). System packages need root.
+missing=()
+ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || missing+=(mesa-vulkan-drivers libvulkan1)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "test.sh: missing ${missing[*]}; install them as root (apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+fi
+
+# The toolchain's parts and the browser build's tools, reused when the right versions are there.
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+rustup target add wasm32-unknown-unknown >/dev/null
+bindgen=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"$/\1/p')
+if [ "$(wasm-bindgen --version 2>/dev/null | cut -d' ' -f2)" != "$bindgen" ]; then
+  cargo install wasm-bindgen-cli --version "$bindgen"
+fi
+if [ "$(trunk --version 2>/dev/null | cut -d' ' -f2)" != "0.21.14" ]; then
+  cargo install trunk --version 0.21.14 --locked
+fi
+npm ci --prefix tests/e2e --no-audit --no-fund
+
+# Kept outside the clone so that the next run on this machine reuses the build.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cifar-webgpu-target}"
+
+cargo fmt --all --check
+cargo clippy --release --workspace --all-targets -- -D warnings
+cargo test --release --workspace
+trunk build --release
+npm --prefix tests/e2e test
