@@ -164,7 +164,7 @@ pub(crate) struct EvalArgs {
     /// Average the predictions of each image and its mirror image.
     #[arg(long)]
     pub(crate) tta: bool,
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = cifar_core::train::driver::EVAL_BATCH)]
     pub(crate) batch_size: usize,
     /// Also write each test image's predicted class, one per line, to this file.
     #[arg(long)]

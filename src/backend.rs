@@ -190,7 +190,7 @@ fn self_test(device: &Device, backend: &str) -> Result<(), String> {
     });
     std::panic::set_hook(hook);
     match result {
-        Ok(v) if v == 3.0 => Ok(()),
+        Ok(3.0) => Ok(()),
         Ok(v) => Err(format!("backend {backend}: a self-test computed {v} instead of 3")),
         Err(e) => {
             let msg = e

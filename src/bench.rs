@@ -9,8 +9,10 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use cifar_core::data::{IMAGE_BYTES, Split};
+use cifar_core::io::readback;
 use cifar_core::model::ModelConfig;
 use cifar_core::rng::Rng;
+use cifar_core::train::driver::Driver;
 use cifar_core::train::{Trainer, TrainingConfig, predict};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,7 +90,8 @@ pub fn measure(
     steps: usize,
     sync_every: usize,
 ) -> Result<BenchRow, String> {
-    let data = synthetic(batch_size * (warmup + steps).max(1), 1);
+    // One spare batch: the epoch, and its test pass, never ends while the steps are timed.
+    let data = synthetic(batch_size * (warmup.max(1) + steps + 1), 1);
     let config = TrainingConfig::new(ModelConfig::new().with_width(width)).with_batch_size(batch_size).with_epochs(1);
     // GPU pools: release what earlier rows left reserved, then report the most reserved.
     // Heap: the most bytes live at once above what was live before the row.
@@ -108,35 +111,37 @@ pub fn measure(
     };
 
     let start = Instant::now();
-    let mut trainer = Trainer::new(config, device, data.len()).map_err(|e| e.to_string())?;
-    trainer.begin_epoch(data.len());
-    let sync = |t: &mut Trainer| pollster::block_on(t.sync()).map(|_| ()).map_err(|e| e.to_string());
-    trainer.train_step(&data);
-    sync(&mut trainer)?;
+    let trainer = Trainer::new(config, device, data.len()).map_err(|e| e.to_string())?;
+    // The core's driver, advanced by hand: `steps` steps, then one read-back.
+    let mut driver = Driver::new(trainer, 1);
+    let advance = |driver: &mut Driver, steps: usize| -> Result<(), String> {
+        driver.set_sync_every(steps);
+        pollster::block_on(driver.advance(&data, &data)).map(|_| ()).map_err(|e| e.to_string())
+    };
+    advance(&mut driver, 1)?;
     let first_step_s = start.elapsed().as_secs_f64();
-    for _ in 1..warmup {
-        trainer.train_step(&data);
+    if warmup > 1 {
+        advance(&mut driver, warmup - 1)?;
     }
-    sync(&mut trainer)?;
     sample(device);
     let t = Instant::now();
-    for i in 0..steps {
-        trainer.train_step(&data);
-        if (i + 1) % sync_every.max(1) == 0 {
-            sync(&mut trainer)?;
-        }
+    let mut done = 0;
+    while done < steps {
+        let n = sync_every.max(1).min(steps - done);
+        advance(&mut driver, n)?;
+        done += n;
     }
-    sync(&mut trainer)?;
     let train_images_per_sec = (steps * batch_size) as f64 / t.elapsed().as_secs_f64();
     sample(device);
 
+    let trainer = driver.into_trainer();
     let plain = trainer.device.clone().inner();
     let model = trainer.model.valid();
     let batch = &data.images[..batch_size * IMAGE_BYTES];
     let infer = |n: usize| -> Result<(), String> {
         for _ in 0..n {
             let probs = predict(&model, batch, &plain, false);
-            pollster::block_on(probs.into_data_async()).map_err(|e| format!("{e:?}"))?;
+            pollster::block_on(readback::f32s(probs))?;
         }
         Ok(())
     };

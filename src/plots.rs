@@ -2,12 +2,8 @@
 //! confusion matrix and a plain image grid. No I/O: everything is drawn into an in-memory RGB
 //! buffer and encoded with the `image` crate; callers write the bytes wherever they like. Text
 //! uses DejaVu Sans embedded in the binary (registered with plotters' `ab_glyph` font table),
-//! so no system font lookup happens.
-//!
-//! wasm32: the module compiles, but plotters 0.3.7 only has its `ab_glyph` text renderer on
-//! native targets (on `wasm32-unknown-unknown` it measures text through the DOM and panics when
-//! asked to rasterise it into a bitmap). So there the charts with text return an `Err` instead
-//! of drawing; [`image_grid_png`] has no text and works everywhere.
+//! so no system font lookup happens. Native only: plotters 0.3.7 has no bitmap text renderer
+//! on wasm32, and the page draws its own charts (`web/charts.js`).
 //!
 //! Images are CIFAR-10 records: 3072 bytes, planar CHW (1024 red, 1024 green, 1024 blue), 32×32.
 
@@ -39,7 +35,6 @@ const GREY: RGBColor = RGBColor(110, 110, 110);
 type DynResult<T = ()> = Result<T, Box<dyn Error>>;
 
 /// Registers the embedded font once (the first chart does it); every chart calls this first.
-#[cfg(not(target_arch = "wasm32"))]
 fn ensure_font() -> Result<(), String> {
     use plotters::style::{FontStyle, register_font};
     use std::sync::OnceLock;
@@ -51,15 +46,6 @@ fn ensure_font() -> Result<(), String> {
                 .map_err(|_| "the embedded DejaVuSans.ttf is not a valid font".to_string())
         })
         .clone()
-}
-
-/// plotters has no bitmap text renderer on wasm32 (see the module docs): refuse up front
-/// rather than panic halfway through a chart.
-#[cfg(target_arch = "wasm32")]
-fn ensure_font() -> Result<(), String> {
-    Err("charts with text are not available on wasm32 (plotters 0.3.7 rasterises text into \
-         bitmaps only on native targets)"
-        .to_string())
 }
 
 /// RGB8 buffer → PNG bytes.

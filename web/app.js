@@ -12,7 +12,7 @@ let RECIPE = null; // the TrainingConfig the form edits (`recipe(optimizer)`)
 const state = (window.appState = {
   ready: false, session: null, data: null, busy: false, running: false, paused: false, stop: false,
   info: null, stepLoss: [], epochs: [], speed: [], step: 0, lrFind: null, predictions: null,
-  misclassified: 0, confusion: null, errors: [], finished: false,
+  misclassified: 0, confusion: null, errors: [], finished: false, waiting: false,
 });
 
 function say(id, text, error = false) {
@@ -219,38 +219,39 @@ async function showResults() {
 
 async function train() {
   const cfg = config();
-  state.info = JSON.parse(state.session.start(JSON.stringify(cfg), $('fine-tune').checked));
-  Object.assign(state, { stepLoss: [], epochs: [], speed: [], step: 0, running: true, paused: false, stop: false, finished: false });
+  const every = Math.max(1, Number($('sync-every').value) || 1);
+  state.info = JSON.parse(state.session.start(JSON.stringify(cfg), $('fine-tune').checked, every));
+  Object.assign(state, { stepLoss: [], epochs: [], speed: [], step: 0, running: true, paused: false, waiting: false, stop: false, finished: false });
   $('start').disabled = true; $('pause').disabled = false; $('stop').disabled = false;
   say('train-status', `training ${state.info.params.toLocaleString()} parameters: ${cfg.epochs} epochs × ${state.info.steps_per_epoch} steps`);
   drawCharts();
-  const every = Math.max(1, Number($('sync-every').value) || 1);
   const started = performance.now();
   try {
     for (;;) {
       if (state.stop) { say('train-status', `stopped at step ${state.step}; the weights so far can be downloaded`); break; }
-      if (state.paused) { await new Promise((r) => setTimeout(r, 100)); continue; }
-      const t0 = performance.now();
-      const p = JSON.parse(await state.session.steps(every));
-      const dt = (performance.now() - t0) / 1000;
-      state.session.add_seconds(dt);
+      // `waiting`: paused, with no step in flight (the e2e test waits for it).
+      if (state.paused) { state.waiting = true; await new Promise((r) => setTimeout(r, 100)); continue; }
+      state.waiting = false;
+      // The core's driver: steps up to the next read-back, and the test pass at an epoch's end.
+      const r = JSON.parse(await state.session.advance());
+      const p = r.steps;
       state.step = p.step;
       const spe = state.info.steps_per_epoch;
       if (p.steps > 0) {
         state.stepLoss.push([p.step / spe, p.recent_loss]);
-        state.speed.push([p.step / spe, (p.steps * cfg.batch_size) / dt]);
+        state.speed.push([p.step / spe, (p.steps * cfg.batch_size) / p.seconds]);
       }
       const elapsed = (performance.now() - started) / 1000;
       const eta = p.step > 0 ? (elapsed / p.step) * (state.info.total_steps - p.step) : 0;
       $('stats').textContent =
-        `epoch ${p.epoch}/${cfg.epochs}  step ${p.batch}/${p.batches}  loss ${p.loss.toFixed(4)}  acc ${(100 * p.accuracy).toFixed(2)}%  ` +
+        `epoch ${state.epochs.length + 1}/${cfg.epochs}  step ${p.batch}/${p.batches}  loss ${p.loss.toFixed(4)}  acc ${(100 * p.accuracy).toFixed(2)}%  ` +
         `lr ${p.lr.toExponential(2)}  ${state.speed.length ? state.speed[state.speed.length - 1][1].toFixed(1) : '-'} img/s  ETA ${Math.round(eta)} s`;
-      if (p.epoch_done) {
-        const m = JSON.parse(await state.session.end_epoch());
+      if (r.epoch) {
+        const m = r.epoch;
         state.epochs.push(m);
         await showResults();
         say('train-status', `epoch ${m.epoch}: test accuracy ${(100 * m.test_acc).toFixed(2)}%, test loss ${m.test_loss.toFixed(4)}`);
-        if (p.finished || m.epoch >= cfg.epochs) { state.finished = true; say('train-status', `done: test accuracy ${(100 * m.test_acc).toFixed(2)}%`); drawCharts(); break; }
+        if (r.finished) { state.finished = true; say('train-status', `done: test accuracy ${(100 * m.test_acc).toFixed(2)}%`); drawCharts(); break; }
       }
       drawCharts();
       await new Promise((r) => setTimeout(r, 0)); // let the page repaint and handle clicks

@@ -3,16 +3,13 @@
 
 use std::fs;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
-use burn::module::Module;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use cifar_core::data::{CLASSES, Cifar10};
 use cifar_core::io::{checkpoint, weights};
-use cifar_core::train::{self, Evaluation, Trainer};
+use cifar_core::train::driver::{Driver, Event};
+use cifar_core::train::{Evaluation, Trainer};
 use cifar_webgpu::backend;
 use cifar_webgpu::plots::{self, LabelledImage};
 
@@ -25,7 +22,7 @@ pub(crate) fn train(args: TrainArgs) -> Result<(), String> {
     println!("device: {device_info}");
     let n_train = data.train.len();
 
-    let (mut trainer, run_dir) = if let Some(dir) = &args.resume {
+    let (trainer, run_dir) = if let Some(dir) = &args.resume {
         let path = dir.join("checkpoint.safetensors");
         let bytes = fs::read(&path).map_err(|e| format!("{}: cannot read ({e})", path.display()))?;
         let trainer =
@@ -91,95 +88,93 @@ pub(crate) fn train(args: TrainArgs) -> Result<(), String> {
         run_dir.display()
     );
 
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let flag = interrupted.clone();
-        // A second Ctrl-C while saving still kills the process the usual way.
-        let _ = ctrlc::set_handler(move || {
-            if flag.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-        });
-    }
+    let mut driver = Driver::new(trainer, args.sync_every).with_stop_at(args.stop_after);
+    let interrupter = driver.interrupter();
+    // A second Ctrl-C while saving still kills the process the usual way.
+    let _ = ctrlc::set_handler(move || {
+        if interrupter.stop_again() {
+            std::process::exit(130);
+        }
+    });
 
-    let eval_device = trainer.device.clone().inner();
-    let sync_every = args.sync_every.max(1);
-    while !trainer.finished() {
-        trainer.begin_epoch(n_train);
-        let epoch = trainer.history.len() + 1;
-        let bar = ProgressBar::new(trainer.steps_per_epoch as u64);
-        bar.set_style(
-            ProgressStyle::with_template("epoch {prefix} {bar:25} {pos}/{len} [{elapsed}<{eta}] {msg}")
-                .expect("valid template"),
-        );
-        bar.set_prefix(format!("{epoch:>2}/{}", trainer.config.epochs));
-        let mut clock = Instant::now();
-        let mut images_since = 0usize;
-        loop {
-            let more = trainer.train_step(&data.train);
-            if more {
-                images_since += trainer.config.batch_size;
-            }
-            let stop_now = interrupted.load(Ordering::SeqCst) || args.stop_after.is_some_and(|s| trainer.step >= s);
-            if !more || stop_now || trainer.step % sync_every == 0 {
-                let p = pollster::block_on(trainer.sync()).map_err(|e| e.to_string())?;
-                let dt = clock.elapsed().as_secs_f64();
-                clock = Instant::now();
-                let cursor = trainer.cursor.as_mut().expect("epoch in progress");
-                cursor.seconds += dt;
-                bar.set_position(p.batch_in_epoch as u64);
-                if images_since > 0 {
-                    bar.set_message(format!(
-                        "loss {:.4} acc {:5.2}% lr {:.2e} {:.0} img/s {:.0} ms/step",
-                        p.loss,
-                        100.0 * p.accuracy,
-                        p.lr,
-                        images_since as f64 / dt.max(1e-9),
-                        1000.0 * dt / (images_since / trainer.config.batch_size).max(1) as f64,
-                    ));
+    let mut bar: Option<ProgressBar> = None;
+    while !driver.finished() {
+        if bar.is_none() {
+            let t = driver.trainer();
+            bar = Some(epoch_bar(t.history.len() + 1, t.config.epochs, t.steps_per_epoch));
+        }
+        let b = bar.as_ref().expect("set above");
+        let mut epoch_done = false;
+        for event in pollster::block_on(driver.advance(&data.train, &data.test)).map_err(|e| e.to_string())? {
+            match event {
+                Event::Steps { progress: p, steps, seconds } => {
+                    b.set_position(p.batch_in_epoch as u64);
+                    if steps > 0 {
+                        let images = (steps * driver.trainer().config.batch_size) as f64;
+                        b.set_message(format!(
+                            "loss {:.4} acc {:5.2}% lr {:.2e} {:.0} img/s {:.0} ms/step",
+                            p.loss,
+                            100.0 * p.accuracy,
+                            p.lr,
+                            images / seconds.max(1e-9),
+                            1000.0 * seconds / steps as f64,
+                        ));
+                    }
                 }
-                images_since = 0;
-            }
-            if stop_now {
-                bar.abandon();
-                let path = run_dir.join("checkpoint.safetensors");
-                let bytes = pollster::block_on(checkpoint::to_bytes(&trainer, n_train))?;
-                save(&path, &bytes)?;
-                println!(
-                    "stopped at step {}: checkpoint saved to {}; continue with --resume {}",
-                    trainer.step,
-                    path.display(),
-                    run_dir.display()
-                );
-                return if interrupted.load(Ordering::SeqCst) { Err(INTERRUPTED.into()) } else { Ok(()) };
-            }
-            if !more {
-                break;
+                Event::Epoch { metrics: m, evaluation } => {
+                    b.finish_and_clear();
+                    epoch_done = true;
+                    let t = driver.trainer();
+                    println!(
+                        "epoch {:>2}/{} lr {:.2e} train loss {:.4} acc {:6.2}% | test loss {:.4} acc {:6.2}% | {:.1}s {:.0} img/s",
+                        m.epoch,
+                        t.config.epochs,
+                        m.lr,
+                        m.train_loss,
+                        100.0 * m.train_acc,
+                        m.test_loss,
+                        100.0 * m.test_acc,
+                        m.seconds,
+                        m.images_per_sec
+                    );
+                    write_epoch_outputs(t, &run_dir, n_train)?;
+                    if t.finished() {
+                        write_final_outputs(t, &evaluation, &data, &run_dir)?;
+                    }
+                }
             }
         }
-        bar.finish_and_clear();
-        let t = Instant::now();
-        let eval = pollster::block_on(train::evaluate(&trainer.model.valid(), &data.test, 500, &eval_device, false))
-            .map_err(|e| e.to_string())?;
-        let m = trainer.finish_epoch(&eval, t.elapsed().as_secs_f64());
-        println!(
-            "epoch {:>2}/{} lr {:.2e} train loss {:.4} acc {:6.2}% | test loss {:.4} acc {:6.2}% | {:.1}s {:.0} img/s",
-            m.epoch,
-            trainer.config.epochs,
-            m.lr,
-            m.train_loss,
-            100.0 * m.train_acc,
-            m.test_loss,
-            100.0 * m.test_acc,
-            m.seconds,
-            m.images_per_sec
-        );
-        write_epoch_outputs(&trainer, &run_dir, n_train)?;
-        if trainer.finished() {
-            write_final_outputs(&trainer, &eval, &data, &run_dir)?;
+        if epoch_done {
+            bar = None;
+        }
+        if driver.stopped() {
+            if let Some(b) = bar.take() {
+                b.abandon();
+            }
+            let trainer = driver.trainer();
+            let path = run_dir.join("checkpoint.safetensors");
+            let bytes = pollster::block_on(checkpoint::to_bytes(trainer, n_train))?;
+            save(&path, &bytes)?;
+            println!(
+                "stopped at step {}: checkpoint saved to {}; continue with --resume {}",
+                trainer.step,
+                path.display(),
+                run_dir.display()
+            );
+            return if driver.interrupter().stopped() { Err(INTERRUPTED.into()) } else { Ok(()) };
         }
     }
     Ok(())
+}
+
+fn epoch_bar(epoch: usize, epochs: usize, steps: usize) -> ProgressBar {
+    let bar = ProgressBar::new(steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("epoch {prefix} {bar:25} {pos}/{len} [{elapsed}<{eta}] {msg}")
+            .expect("valid template"),
+    );
+    bar.set_prefix(format!("{epoch:>2}/{epochs}"));
+    bar
 }
 
 /// The start time in UTC, `YYYYMMDD-HHMMSS`: run folders sort by date.

@@ -49,11 +49,28 @@ test('the browser trains the shared model on WebGPU and its weights load nativel
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cifar-e2e-'));
   try {
     const page = await browser.newPage({ acceptDownloads: true, viewport: { width: 1280, height: 900 } });
-    page.on('console', (m) => console.log(`[page] ${m.text()}`));
-    page.on('pageerror', (e) => console.log(`[page error] ${e.message}`));
+    // Uncaught exceptions and console errors fail the test (checked at the end).
+    const pageErrors = [];
+    page.on('console', (m) => {
+      console.log(`[page] ${m.text()}`);
+      if (m.type() === 'error') pageErrors.push(`console: ${m.text()}`);
+    });
+    page.on('pageerror', (e) => {
+      console.log(`[page error] ${e.message}`);
+      pageErrors.push(`pageerror: ${e.message}`);
+    });
     await page.goto(url);
     await page.waitForFunction(() => window.appState && (window.appState.ready || window.appState.errors.length), null, { timeout: 120000 });
     assert.deepEqual(await page.evaluate(() => window.appState.errors), [], 'page reported errors at start');
+
+    // The form holds the core's recipe; choosing SGD switches max LR and weight decay to SGD's
+    // defaults, and back.
+    const form = () => page.evaluate(() => ['max-lr', 'weight-decay', 'epochs', 'batch-size'].map((id) => Number(document.getElementById(id).value)));
+    assert.deepEqual(await form(), [0.01, 1e-4, 24, 512], 'Adam recipe on the form');
+    await page.selectOption('#optimizer', 'sgd');
+    assert.deepEqual(await form(), [0.2, 5e-4, 24, 512], 'SGD recipe on the form');
+    await page.selectOption('#optimizer', 'adam');
+    assert.deepEqual(await form(), [0.01, 1e-4, 24, 512], 'back to Adam');
 
     // "Load from server": the files `trunk serve` serves from data/ (copied as trunk would).
     const served = path.join(dist, 'data', 'cifar-10-batches-bin');
@@ -165,13 +182,18 @@ test('the browser trains the shared model on WebGPU and its weights load nativel
     assert.deepEqual(pagePreds.predictions, nativePreds, 'native weights predict differently in the page');
     assert.ok(evalOut.includes(`test accuracy ${(100 * pagePreds.accuracy).toFixed(2)}%`), evalOut);
 
-    // Fine-tune those weights, with pause, resume and stop along the way.
+    // Fine-tune those weights with SGD as a user picks it (its recipe's max LR and weight
+    // decay), with pause, resume and stop along the way.
     await page.check('#fine-tune');
     await page.fill('#epochs', '2');
+    await page.selectOption('#optimizer', 'sgd');
     await page.evaluate(() => document.getElementById('start').click());
     await page.waitForFunction(() => window.appState.stepLoss.length >= 1, null, { timeout: 300000, polling: 200 });
+    const used = await page.evaluate(() => window.appState.info.config);
+    assert.deepEqual([used.optimizer, used.max_lr, used.weight_decay], ['sgd', 0.2, 5e-4], 'the run uses SGD\'s recipe');
     await page.evaluate(() => document.getElementById('pause').click());
-    await page.waitForTimeout(3000); // lets the step in flight finish
+    // Once the step in flight has finished (the first SGD steps compile new kernels).
+    await page.waitForFunction(() => window.appState.waiting, null, { timeout: 300000, polling: 200 });
     const pausedAt = await page.evaluate(() => window.appState.stepLoss.length);
     await page.waitForTimeout(3000);
     assert.equal(await page.evaluate(() => window.appState.stepLoss.length), pausedAt, 'training went on while paused');
@@ -196,6 +218,7 @@ test('the browser trains the shared model on WebGPU and its weights load nativel
     assert.equal(lrFind.lrs.length, lrFind.losses.length);
     assert.ok(lrFind.lrs.length >= 2);
     assert.deepEqual(await page.evaluate(() => window.appState.errors), []);
+    assert.deepEqual(pageErrors, [], 'uncaught exceptions or console errors in the page');
     await page.screenshot({ path: path.join(targetDir, 'e2e-screenshot.png'), fullPage: true });
   } finally {
     await browser.close();

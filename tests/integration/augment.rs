@@ -104,8 +104,8 @@ fn normalisation_uses_the_cifar10_mean_and_std() {
     let pixels = vec![255u8; 3072];
     let (v, _) = host(to_tensor(&pixels, &flex()));
     let expected = [(1.0 - 0.4914) / 0.2470, (1.0 - 0.4822) / 0.2435, (1.0 - 0.4465) / 0.2616];
-    for c in 0..3 {
-        assert!((px(&v, 0, c, 5, 5) - expected[c]).abs() < 1e-4);
+    for (c, want) in expected.iter().enumerate() {
+        assert!((px(&v, 0, c, 5, 5) - want).abs() < 1e-4);
     }
 }
 

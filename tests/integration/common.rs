@@ -1,7 +1,8 @@
 use burn::tensor::{Device, Tensor};
 use cifar_core::data::{Cifar10, Split};
 use cifar_core::rng::Rng;
-use cifar_core::train::{self, Trainer};
+use cifar_core::train::Trainer;
+use cifar_core::train::driver::Driver;
 
 /// The real CIFAR-10 from `CIFAR10_DIR`, or `None` (the test is skipped) when it is unset.
 /// With `REQUIRE_REAL_DATA` set, as `.ci/run` does, a missing `CIFAR10_DIR` fails the test.
@@ -42,28 +43,14 @@ pub fn flex() -> Device {
     Device::flex()
 }
 
-/// Native training loop as the CLI runs it (sync every step), until `stop_at` steps or the end.
-pub fn run(trainer: &mut Trainer, train: &Split, test: &Split, stop_at: Option<usize>) {
-    while !trainer.finished() {
-        trainer.begin_epoch(train.len());
-        while trainer.train_step(train) {
-            pollster::block_on(trainer.sync()).unwrap();
-            if stop_at.is_some_and(|s| trainer.step >= s) {
-                return;
-            }
-        }
-        pollster::block_on(trainer.sync()).unwrap();
-        let eval_device = trainer.device.clone().inner();
-        let eval = pollster::block_on(train::evaluate(
-            &burn::module::Module::valid(&trainer.model),
-            test,
-            64,
-            &eval_device,
-            false,
-        ))
-        .unwrap();
-        trainer.finish_epoch(&eval, 0.0);
+/// The core's driver as the CLI runs it (read back every step), until `stop_at` steps or the
+/// end; returns the trainer.
+pub fn run(trainer: Trainer, train: &Split, test: &Split, stop_at: Option<usize>) -> Trainer {
+    let mut driver = Driver::new(trainer, 1).with_stop_at(stop_at);
+    while !driver.finished() && !driver.stopped() {
+        pollster::block_on(driver.advance(train, test)).unwrap();
     }
+    driver.into_trainer()
 }
 
 /// A tensor's values, flattened, as f32.

@@ -19,8 +19,8 @@ fn small_model_learns_real_cifar10() {
         .with_max_lr(0.01)
         .with_seed(1);
     let start = Instant::now();
-    let mut trainer = Trainer::new(config, &flex(), train.len()).unwrap();
-    run(&mut trainer, &train, &test, None);
+    let trainer = Trainer::new(config, &flex(), train.len()).unwrap();
+    let trainer = run(trainer, &train, &test, None);
     for m in &trainer.history {
         println!(
             "epoch {} train loss {:.3} acc {:.3} | test loss {:.3} acc {:.3}",

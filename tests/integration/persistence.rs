@@ -24,8 +24,8 @@ fn logits(model: &cifar_core::model::Model, x: Tensor<4>) -> Vec<f32> {
 fn weights_use_pytorch_names_and_round_trip() {
     let _rng = rng_lock();
     let train = synthetic(64, 1);
-    let mut trainer = Trainer::new(tiny_config().with_epochs(1), &flex(), train.len()).unwrap();
-    run(&mut trainer, &train, &synthetic(16, 2), None);
+    let trainer = Trainer::new(tiny_config().with_epochs(1), &flex(), train.len()).unwrap();
+    let trainer = run(trainer, &train, &synthetic(16, 2), None);
     let file = pollster::block_on(model_file(&trainer.model, &trainer.config.model, trainer.step as u64)).unwrap();
     let names: Vec<&str> = file.arrays.keys().map(|s| s.as_str()).collect();
     for expected in [
@@ -125,18 +125,18 @@ fn resume_after_interruption_equals_an_uninterrupted_run() {
     let _rng = rng_lock();
     let train = synthetic(64, 3);
     let test = synthetic(16, 4);
-    let mut whole = Trainer::new(tiny_config(), &flex(), train.len()).unwrap();
-    run(&mut whole, &train, &test, None);
+    let whole = Trainer::new(tiny_config(), &flex(), train.len()).unwrap();
+    let whole = run(whole, &train, &test, None);
     assert_eq!(whole.step, 8);
 
     // Interrupted mid-epoch 2 (as Ctrl-C does), saved, restored in a "new process".
-    let mut first = Trainer::new(tiny_config(), &flex(), train.len()).unwrap();
-    run(&mut first, &train, &test, Some(6));
+    let first = Trainer::new(tiny_config(), &flex(), train.len()).unwrap();
+    let first = run(first, &train, &test, Some(6));
     let bytes = pollster::block_on(checkpoint::to_bytes(&first, train.len())).unwrap();
     drop(first);
-    let mut resumed = checkpoint::from_bytes("checkpoint.safetensors", &bytes, &flex(), train.len()).unwrap();
+    let resumed = checkpoint::from_bytes("checkpoint.safetensors", &bytes, &flex(), train.len()).unwrap();
     assert_eq!(resumed.step, 6);
-    run(&mut resumed, &train, &test, None);
+    let resumed = run(resumed, &train, &test, None);
 
     assert_eq!(resumed.history.len(), 2);
     for (a, b) in whole.history.iter().zip(&resumed.history) {

@@ -35,11 +35,6 @@ impl Rng {
             items.swap(i, self.below(i + 1));
         }
     }
-
-    /// An independent stream, e.g. for the backend's dropout seed of one step.
-    pub fn fork(&mut self) -> Rng {
-        Rng::new(self.next_u64())
-    }
 }
 
 #[cfg(test)]

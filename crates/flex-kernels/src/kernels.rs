@@ -129,8 +129,10 @@ fn select(keep: bool, v: f32) -> f32 {
     f32::from_bits(v.to_bits() & (keep as u32).wrapping_neg())
 }
 
-/// ReLU that lets NaN through, as PyTorch's does, so a diverging run shows NaN.
+/// ReLU that lets NaN through, as PyTorch's does, so a diverging run shows NaN (hence the
+/// negated comparison: `!(NaN <= 0)` is true).
 #[inline(always)]
+#[allow(clippy::neg_cmp_op_on_partial_ord)]
 fn relu(y: f32) -> f32 {
     select(!(y <= 0.0), y)
 }

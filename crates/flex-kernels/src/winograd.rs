@@ -176,7 +176,7 @@ fn images_per_block([n, c, h, w]: Dims) -> usize {
 
 /// Whether the maps can be tiled (even sides).
 pub fn fits(h: usize, w: usize) -> bool {
-    h % 2 == 0 && w % 2 == 0 && h > 0 && w > 0
+    h.is_multiple_of(2) && w.is_multiple_of(2) && h > 0 && w > 0
 }
 
 /// The forward convolution `x [n, c, h, w]` by `wt [o, c, 3, 3]` → `[n, o, h, w]`; `h` and `w`

@@ -4,6 +4,9 @@
 //!
 //! Only async read-backs are used (a synchronous one panics on wasm), and the page awaits one
 //! call before making the next, so the shared state is borrowed by one call at a time.
+//! Async methods hold that borrow across their read-backs on purpose: it is taken with
+//! `try_borrow_mut`, so a call made while another is in flight gets a "busy" error, not a panic.
+#![allow(clippy::await_holding_refcell_ref)]
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -16,6 +19,7 @@ use wasm_bindgen::prelude::*;
 use cifar_core::data::{self, CLASSES, Cifar10, IMAGE_BYTES};
 use cifar_core::io::weights;
 use cifar_core::model::{Model, ModelConfig};
+use cifar_core::train::driver::{Driver, EVAL_BATCH, Event};
 use cifar_core::train::lr_finder::{self, LrFinderConfig};
 use cifar_core::train::optim::OptimizerKind;
 use cifar_core::train::{self as training, Evaluation, Trainer, TrainingConfig};
@@ -29,7 +33,7 @@ pub fn start() {
 struct State {
     device: Device,
     data: Option<Cifar10>,
-    trainer: Option<Trainer>,
+    driver: Option<Driver>,
     /// Weights loaded from a file, used to start fine-tuning or to evaluate.
     loaded: Option<(Model, ModelConfig)>,
     evaluation: Option<Evaluation>,
@@ -70,7 +74,7 @@ impl Session {
     pub async fn create() -> Result<Session, JsError> {
         let device =
             Device::wgpu_options().init_async().await.map_err(|e| err(format!("WebGPU could not start: {e}")))?;
-        let state = State { device, data: None, trainer: None, loaded: None, evaluation: None };
+        let state = State { device, data: None, driver: None, loaded: None, evaluation: None };
         Ok(Session { state: Rc::new(RefCell::new(state)) })
     }
 
@@ -107,14 +111,15 @@ impl Session {
         let (model, config) = weights::model_from_bytes(name, bytes, &s.device).map_err(err)?;
         let info = json!({ "width": config.width, "params": model.trainable_params() }).to_string();
         // From now on evaluation, download and classification use these weights.
-        s.trainer = None;
+        s.driver = None;
         s.loaded = Some((model, config));
         Ok(info)
     }
 
     /// Starts a run from `config` (a `TrainingConfig` as JSON); from the loaded weights when
-    /// `fine_tune`. Returns the schedule so the page can draw it before training.
-    pub fn start(&self, config: &str, fine_tune: bool) -> Result<String, JsError> {
+    /// `fine_tune`; losses read back every `sync_every` steps. Returns the schedule so the page
+    /// can draw it before training, and the configuration the run uses.
+    pub fn start(&self, config: &str, fine_tune: bool, sync_every: usize) -> Result<String, JsError> {
         let mut s = self.state()?;
         let config: TrainingConfig = serde_json::from_str(config).map_err(|e| err(format!("settings: {e}")))?;
         let n = s.data.as_ref().ok_or_else(|| err("load CIFAR-10 first"))?.train.len();
@@ -131,60 +136,44 @@ impl Session {
             "total_steps": trainer.total_steps(),
             "params": trainer.model.trainable_params(),
             "lrs": trainer.schedule.lrs(),
+            "config": trainer.config,
         })
         .to_string();
-        s.trainer = Some(trainer);
+        s.driver = Some(Driver::new(trainer, sync_every));
         Ok(info)
     }
 
-    /// Runs up to `n` training steps, then reads their losses back in one transfer.
-    pub async fn steps(&self, n: usize) -> Result<String, JsError> {
+    /// Trains up to the next read-back (and the epoch's test pass when the epoch ends): the
+    /// driver's events as `{steps, epoch, finished}`, `epoch` being the closed epoch's metrics
+    /// or null.
+    pub async fn advance(&self) -> Result<String, JsError> {
         let mut guard = self.state()?;
         let s = &mut *guard;
-        let (trainer, data) = match (s.trainer.as_mut(), s.data.as_ref()) {
-            (Some(t), Some(d)) => (t, d),
+        let (driver, data) = match (s.driver.as_mut(), s.data.as_ref()) {
+            (Some(d), Some(data)) => (d, data),
             _ => return Err(err("start a run first")),
         };
-        if trainer.finished() {
+        if driver.finished() {
             return Err(err("the run is finished: start a new one"));
         }
-        trainer.begin_epoch(data.train.len());
-        let mut done = 0;
-        while done < n && trainer.train_step(&data.train) {
-            done += 1;
+        let mut out = json!({ "steps": null, "epoch": null });
+        for event in driver.advance(&data.train, &data.test).await.map_err(err)? {
+            match event {
+                Event::Steps { progress: p, steps, seconds } => {
+                    out["steps"] = json!({
+                        "steps": steps, "seconds": seconds, "step": p.step, "batch": p.batch_in_epoch,
+                        "batches": p.batches_per_epoch, "lr": p.lr, "loss": p.loss, "accuracy": p.accuracy,
+                        "recent_loss": p.recent_loss,
+                    });
+                }
+                Event::Epoch { metrics, evaluation } => {
+                    out["epoch"] = serde_json::to_value(&metrics).map_err(err)?;
+                    s.evaluation = Some(evaluation);
+                }
+            }
         }
-        let p = trainer.sync().await.map_err(err)?;
-        let epoch_done = p.batch_in_epoch >= p.batches_per_epoch;
-        Ok(json!({
-            "steps": done, "step": p.step, "batch": p.batch_in_epoch, "batches": p.batches_per_epoch,
-            "epoch": trainer.history.len() + 1, "lr": p.lr, "loss": p.loss, "accuracy": p.accuracy,
-            "recent_loss": p.recent_loss, "epoch_done": epoch_done, "finished": trainer.finished(),
-        })
-        .to_string())
-    }
-
-    /// Adds the page's measured seconds to the running epoch (for images/s in the metrics).
-    pub fn add_seconds(&self, seconds: f64) -> Result<(), JsError> {
-        if let Some(c) = self.state()?.trainer.as_mut().and_then(|t| t.cursor.as_mut()) {
-            c.seconds += seconds;
-        }
-        Ok(())
-    }
-
-    /// Test pass at the end of an epoch; returns the epoch's metrics line.
-    pub async fn end_epoch(&self) -> Result<String, JsError> {
-        let mut guard = self.state()?;
-        let s = &mut *guard;
-        let (trainer, data) = match (s.trainer.as_mut(), s.data.as_ref()) {
-            (Some(t), Some(d)) => (t, d),
-            _ => return Err(err("start a run first")),
-        };
-        let start = js_sys::Date::now();
-        let plain = trainer.device.clone().inner();
-        let eval = training::evaluate(&trainer.model.valid(), &data.test, 100, &plain, false).await.map_err(err)?;
-        let m = trainer.finish_epoch(&eval, (js_sys::Date::now() - start) / 1000.0);
-        s.evaluation = Some(eval);
-        serde_json::to_string(&m).map_err(err)
+        out["finished"] = json!(driver.finished());
+        Ok(out.to_string())
     }
 
     /// Evaluates the loaded weights (or the current run's model) on the test images.
@@ -192,13 +181,13 @@ impl Session {
         let mut guard = self.state()?;
         let s = &mut *guard;
         let data = s.data.as_ref().ok_or_else(|| err("load CIFAR-10 first"))?;
-        let model = match (&s.trainer, &s.loaded) {
+        let model = match (s.driver.as_ref().map(Driver::trainer), &s.loaded) {
             (Some(t), _) => t.model.valid(),
             (None, Some((m, _))) => m.valid(),
             _ => return Err(err("train or load weights first")),
         };
         let plain = s.device.clone().inner();
-        let eval = training::evaluate(&model, &data.test, 100, &plain, tta).await.map_err(err)?;
+        let eval = training::evaluate(&model, &data.test, EVAL_BATCH, &plain, tta).await.map_err(err)?;
         let out = json!({ "loss": eval.loss, "accuracy": eval.accuracy }).to_string();
         s.evaluation = Some(eval);
         Ok(out)
@@ -251,7 +240,7 @@ impl Session {
     /// trainer writes it.
     pub async fn weights(&self) -> Result<Vec<u8>, JsError> {
         let s = self.state()?;
-        let file = match (&s.trainer, &s.loaded) {
+        let file = match (s.driver.as_ref().map(Driver::trainer), &s.loaded) {
             (Some(t), _) => weights::model_file(&t.model, &t.config.model, t.step as u64).await,
             (None, Some((m, c))) => weights::model_file(m, c, 0).await,
             _ => return Err(err("train or load weights first")),
@@ -278,7 +267,7 @@ impl Session {
         if rgb.len() != IMAGE_BYTES {
             return Err(err(format!("expected 32×32 RGB ({IMAGE_BYTES} bytes), got {}", rgb.len())));
         }
-        let model = match (&s.trainer, &s.loaded) {
+        let model = match (s.driver.as_ref().map(Driver::trainer), &s.loaded) {
             (Some(t), _) => t.model.valid(),
             (None, Some((m, _))) => m.valid(),
             _ => return Err(err("train or load weights first")),
@@ -292,7 +281,7 @@ impl Session {
         }
         let plain = s.device.clone().inner();
         let probs = training::predict(&model, &planar, &plain, true);
-        let probs = weights::read_f32(probs.reshape([10])).await.map_err(err)?;
+        let probs = cifar_core::io::readback::f32s(probs).await.map_err(err)?;
         let mut ranked: Vec<(usize, f32)> = probs.into_iter().enumerate().collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
         let top: Vec<_> =
@@ -303,6 +292,6 @@ impl Session {
     /// Metrics of all finished epochs (JSON lines as in `metrics.jsonl`).
     pub fn history(&self) -> Result<String, JsError> {
         let s = self.state()?;
-        Ok(json!(s.trainer.as_ref().map(|t| t.history.clone()).unwrap_or_default()).to_string())
+        Ok(json!(s.driver.as_ref().map(|d| d.trainer().history.clone()).unwrap_or_default()).to_string())
     }
 }

@@ -1,9 +1,9 @@
 //! Batch construction and augmentation as tensor ops on the training device.
 //!
 //! Only a handful of integers per image are drawn on the host (crop offset, flip, CutOut
-//! corner, from the run's seeded [`Rng`]); on a GPU the pixels never leave the device. Reflect-pad
-//! + crop + flip is one index map per axis applied with two `gather`s, CutOut is a mask built
-//! from `arange` comparisons. On the CPU backend [`batch`] does the same in one host pass. No
+//! corner, from the run's seeded [`Rng`]); on a GPU the pixels never leave the device.
+//! Reflect-pad, crop and flip are one index map per axis applied with two `gather`s, CutOut is
+//! a mask built from `arange` comparisons. On the CPU backend [`batch`] does the same in one host pass. No
 //! threads, no filesystem: the browser runs this same code.
 
 use burn::config::Config;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use burn::tensor::{Device, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::io::weights::{ArrayData, FileError, NamedArray, TensorFile, load_model, model_file, read_f32};
+use crate::io::weights::{ArrayData, FileError, NamedArray, TensorFile, load_model, model_file};
 use crate::rng::Rng;
 use crate::train::metrics::{EpochMetrics, RunningMean};
 use crate::train::{EpochCursor, Trainer, TrainingConfig};
@@ -41,7 +41,7 @@ pub async fn to_bytes(trainer: &Trainer, train_len: usize) -> Result<Vec<u8>, St
     for (name, t) in tensors {
         let name = format!("optim.{name}");
         let n = t.dims()[0];
-        let data = ArrayData::F32(read_f32(t).await?);
+        let data = ArrayData::F32(crate::io::readback::f32s(t).await?);
         file.arrays.insert(name.clone(), NamedArray { name, shape: vec![n], data });
     }
     if let Some(c) = &trainer.cursor {

@@ -2,4 +2,5 @@
 //! same code on native and in the browser (the shells decide where the bytes go).
 
 pub mod checkpoint;
+pub mod readback;
 pub mod weights;

@@ -155,17 +155,11 @@ pub fn model_tensors(model: &Model) -> Vec<(String, Vec<usize>, Tensor<1>)> {
     out
 }
 
-/// Reads a device tensor back without blocking (required on wasm, fine natively).
-pub async fn read_f32(t: Tensor<1>) -> Result<Vec<f32>, String> {
-    let data = t.into_data_async().await.map_err(|e| format!("{e:?}"))?;
-    data.convert::<f32>().try_into_vec::<f32>().map_err(|e| format!("{e:?}"))
-}
-
 /// `model.safetensors` content. `batches_tracked` fills PyTorch's `num_batches_tracked`.
 pub async fn model_file(model: &Model, config: &ModelConfig, batches_tracked: u64) -> Result<TensorFile, String> {
     let mut file = TensorFile::default();
     for (name, shape, t) in model_tensors(model) {
-        let data = ArrayData::F32(read_f32(t.detach()).await?);
+        let data = ArrayData::F32(crate::io::readback::f32s(t.detach()).await?);
         file.arrays.insert(name.clone(), NamedArray { name, shape, data });
     }
     for (_, bn, _) in model.blocks() {

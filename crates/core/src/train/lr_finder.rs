@@ -84,8 +84,7 @@ pub async fn run(
         next += bs;
         let lr = config.lr_at(i);
         let (loss, _) = trainer.step_on(&pixels, &labels, lr, momentum);
-        let data = loss.into_data_async().await.map_err(|e| TrainError::Device(format!("{e:?}")))?;
-        let loss = data.convert::<f64>().try_into_vec::<f64>().map_err(|e| TrainError::Device(format!("{e:?}")))?[0];
+        let loss = crate::io::readback::f32s(loss).await.map_err(TrainError::Device)?[0] as f64;
         if !loss.is_finite() {
             diverged = true;
             break;

@@ -5,6 +5,7 @@
 //! Read-backs are the expensive part on a GPU: losses and correct counts stay on the device
 //! and are fetched in one transfer by `sync`, as often as the shell asks for it.
 
+pub mod driver;
 pub mod lr_finder;
 pub mod metrics;
 pub mod optim;
@@ -18,6 +19,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::data::augment::{self, AugmentConfig};
 use crate::data::{IMAGE_BYTES, Split};
+use crate::io::readback;
 use crate::model::{Model, ModelConfig};
 use crate::rng::Rng;
 use metrics::{ConfusionMatrix, EpochMetrics, RunningMean};
@@ -312,8 +314,8 @@ impl Trainer {
             let first_step = self.step - pending.len();
             let losses: Vec<Tensor<1>> = pending.iter().map(|p| p.0.clone()).collect();
             let correct: Vec<Tensor<1, Int>> = pending.iter().map(|p| p.1.clone()).collect();
-            let losses = read_vec_f32(Tensor::cat(losses, 0)).await?;
-            let correct = read_vec_i64(Tensor::cat(correct, 0)).await?;
+            let losses = readback::f32s(Tensor::cat(losses, 0)).await.map_err(TrainError::Device)?;
+            let correct = readback::i64s(Tensor::cat(correct, 0)).await.map_err(TrainError::Device)?;
             for (i, ((loss, correct), (_, _, n))) in losses.iter().zip(&correct).zip(&pending).enumerate() {
                 let loss = *loss as f64;
                 if !loss.is_finite() {
@@ -334,6 +336,13 @@ impl Trainer {
         })
     }
 
+    /// Adds wall-clock training seconds to the running epoch (the driver's clock).
+    pub(crate) fn add_training_seconds(&mut self, seconds: f64) {
+        if let Some(c) = self.cursor.as_mut() {
+            c.seconds += seconds;
+        }
+    }
+
     /// Closes the epoch with its test result; `seconds` is the test pass's duration.
     pub fn finish_epoch(&mut self, test: &Evaluation, test_seconds: f64) -> EpochMetrics {
         let cursor = self.cursor.take().expect("an epoch in progress");
@@ -351,15 +360,6 @@ impl Trainer {
         self.history.push(m.clone());
         m
     }
-}
-
-async fn read_vec_f32(t: Tensor<1>) -> Result<Vec<f32>, TrainError> {
-    crate::io::weights::read_f32(t).await.map_err(TrainError::Device)
-}
-
-async fn read_vec_i64(t: Tensor<1, Int>) -> Result<Vec<i64>, TrainError> {
-    let data = t.into_data_async().await.map_err(|e| TrainError::Device(format!("{e:?}")))?;
-    data.convert::<i64>().try_into_vec::<i64>().map_err(|e| TrainError::Device(format!("{e:?}")))
 }
 
 /// A test pass: loss, accuracy, confusion matrix, and each image's prediction.
@@ -428,7 +428,7 @@ pub async fn evaluate(
     if packed.is_empty() {
         return Ok(Evaluation { loss: total.loss(), accuracy: total.accuracy(), confusion, predictions });
     }
-    let values = read_vec_f32(Tensor::cat(packed, 0).reshape([data.len() * 3])).await?;
+    let values = readback::f32s(Tensor::cat(packed, 0).reshape([data.len() * 3])).await.map_err(TrainError::Device)?;
     let mut loss_sum = 0.0f64;
     let mut correct = 0u64;
     for (row, &label) in values.chunks_exact(3).zip(&labels_all) {

@@ -1,0 +1,16 @@
+//! Device → host read-backs, written once. Asynchronous, the only kind the browser allows;
+//! native callers block on them (`pollster`).
+
+use burn::tensor::{Int, Tensor};
+
+/// A float tensor's values, in row-major order.
+pub async fn f32s<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, String> {
+    let data = t.into_data_async().await.map_err(|e| format!("reading back from the device: {e:?}"))?;
+    data.convert::<f32>().try_into_vec::<f32>().map_err(|e| format!("reading back from the device: {e:?}"))
+}
+
+/// An integer tensor's values, in row-major order.
+pub async fn i64s<const D: usize>(t: Tensor<D, Int>) -> Result<Vec<i64>, String> {
+    let data = t.into_data_async().await.map_err(|e| format!("reading back from the device: {e:?}"))?;
+    data.convert::<i64>().try_into_vec::<i64>().map_err(|e| format!("reading back from the device: {e:?}"))
+}
