@@ -8,6 +8,7 @@ use cifar_core::data::Cifar10;
 use cifar_core::data::augment::AugmentConfig;
 use cifar_core::model::ModelConfig;
 use cifar_core::train::TrainingConfig;
+use cifar_core::train::lr_finder::LrFinderConfig;
 use cifar_core::train::optim::OptimizerKind;
 use cifar_webgpu::backend::Backend;
 use cifar_webgpu::download;
@@ -76,10 +77,10 @@ pub(crate) struct Common {
 #[derive(Args, Debug, Clone)]
 pub(crate) struct ModelArgs {
     /// Channel multiplier (1.0: the 6.57M-parameter original; 0.25 for quick runs).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = ModelConfig::new().width)]
     pub(crate) width: f64,
     /// Dropout probability after each conv block.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = ModelConfig::new().dropout)]
     pub(crate) dropout: f64,
 }
 
@@ -89,25 +90,25 @@ pub(crate) struct TrainArgs {
     pub(crate) common: Common,
     #[command(flatten)]
     pub(crate) model: ModelArgs,
-    #[arg(long, default_value_t = 24)]
+    #[arg(long, default_value_t = recipe().epochs)]
     pub(crate) epochs: usize,
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = recipe().batch_size)]
     pub(crate) batch_size: usize,
     /// Peak LR of the one-cycle schedule, or `auto` to run the LR finder first
     /// [default: 0.01 for adam, 0.2 for sgd].
     #[arg(long)]
     pub(crate) max_lr: Option<String>,
-    #[arg(long, default_value = "adam", value_parser = parse_optimizer)]
+    #[arg(long, default_value_t = recipe().optimizer, value_parser = parse_optimizer)]
     pub(crate) optimizer: OptimizerKind,
     /// L2 weight decay [default: 1e-4 for adam, 5e-4 for sgd].
     #[arg(long)]
     pub(crate) weight_decay: Option<f64>,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = recipe().label_smoothing)]
     pub(crate) label_smoothing: f64,
     /// Epoch of the LR peak, as a fraction of all epochs.
-    #[arg(long, default_value_t = 5.0 / 24.0)]
+    #[arg(long, default_value_t = recipe().pct_start)]
     pub(crate) pct_start: f64,
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = recipe().seed)]
     pub(crate) seed: u64,
     /// Disable crop/flip/CutOut.
     #[arg(long)]
@@ -137,17 +138,17 @@ pub(crate) struct LrFindArgs {
     pub(crate) common: Common,
     #[command(flatten)]
     pub(crate) model: ModelArgs,
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = recipe().batch_size)]
     pub(crate) batch_size: usize,
-    #[arg(long, default_value = "adam", value_parser = parse_optimizer)]
+    #[arg(long, default_value_t = recipe().optimizer, value_parser = parse_optimizer)]
     pub(crate) optimizer: OptimizerKind,
-    #[arg(long, default_value_t = 1e-7)]
+    #[arg(long, default_value_t = LrFinderConfig::new().start_lr)]
     pub(crate) start_lr: f64,
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = LrFinderConfig::new().end_lr)]
     pub(crate) end_lr: f64,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = LrFinderConfig::new().num_iter)]
     pub(crate) num_iter: usize,
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = recipe().seed)]
     pub(crate) seed: u64,
     /// Where to write the plot.
     #[arg(long, default_value = "lr_find.png")]
@@ -209,6 +210,11 @@ pub(crate) struct BenchArgs {
     /// Also write the rows as JSON here.
     #[arg(long)]
     pub(crate) json: Option<PathBuf>,
+}
+
+/// The recipe's defaults (Adam's), which the flags show and start from.
+fn recipe() -> TrainingConfig {
+    TrainingConfig::new(ModelConfig::new())
 }
 
 pub(crate) fn parse_optimizer(s: &str) -> Result<OptimizerKind, String> {

@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use cifar_core::data::{CLASSES, Cifar10};
 use cifar_core::io::{checkpoint, weights};
 use cifar_core::train::driver::{Driver, Event};
+use cifar_core::train::lr_finder::LrFinderConfig;
 use cifar_core::train::{Evaluation, Trainer};
 use cifar_webgpu::backend;
 use cifar_webgpu::plots::{self, LabelledImage};
@@ -45,9 +46,9 @@ pub(crate) fn train(args: TrainArgs) -> Result<(), String> {
                     model: args.model.clone(),
                     batch_size: args.batch_size,
                     optimizer: args.optimizer,
-                    start_lr: 1e-7,
-                    end_lr: 10.0,
-                    num_iter: 100,
+                    start_lr: LrFinderConfig::new().start_lr,
+                    end_lr: LrFinderConfig::new().end_lr,
+                    num_iter: LrFinderConfig::new().num_iter,
                     seed: args.seed,
                     out: dir.join("lr_find.png"),
                 };
