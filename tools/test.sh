@@ -42,7 +42,8 @@ cargo fmt --all --check
 # build them: cargo hands only workspace members to RUSTC_WORKSPACE_WRAPPER, which is how
 # `cargo clippy` runs clippy-driver too. A separate `cargo clippy` would compile Burn a second
 # time in check mode, natively and for wasm32 (minutes on a cold machine).
-export RUSTC_WORKSPACE_WRAPPER="$(rustup which clippy-driver)"
+clippy=$(rustup which clippy-driver) || { echo "test.sh: clippy is not installed (rustup component add clippy)" >&2; exit 1; }
+export RUSTC_WORKSPACE_WRAPPER="$clippy"
 export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 cargo test --release
 trunk build --release
