@@ -18,11 +18,6 @@ pub fn is_host(device: &Device) -> bool {
     *device == Device::flex()
 }
 
-/// Whether the CPU kernels serve `device`.
-pub fn uses_cpu_kernels(device: &Device) -> bool {
-    cfg!(feature = "flex-kernels") && is_host(device)
-}
-
 /// Reseeds the host-side dropout masks of the CPU kernels (the backend RNG is reseeded by the
 /// trainer beside it), so that a resumed run draws the same masks as an unbroken one.
 pub fn seed_host_masks(seed: u64) {

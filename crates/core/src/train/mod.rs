@@ -42,14 +42,15 @@ pub struct TrainingConfig {
     /// Peak of the one-cycle schedule (found by `lr-find`); the optimizer's default.
     #[config(default = "OptimizerKind::Adam.default_max_lr()")]
     pub max_lr: f64,
-    /// Peak at epoch 5 of 24, as in the original.
-    #[config(default = "5.0 / 24.0")]
+    /// Peak at epoch 5 of 24, as in the original. This and the schedule fields below take
+    /// their defaults from `OneCycleConfig`, the one place they are written.
+    #[config(default = "OneCycleConfig::new(0.0, 0).pct_start")]
     pub pct_start: f64,
     /// Start LR = max_lr / div_factor (PyTorch's default).
-    #[config(default = 25.0)]
+    #[config(default = "OneCycleConfig::new(0.0, 0).div_factor")]
     pub div_factor: f64,
     /// End LR = start LR / final_div_factor: the last epochs fine-tune at a tiny LR.
-    #[config(default = 1e4)]
+    #[config(default = "OneCycleConfig::new(0.0, 0).final_div_factor")]
     pub final_div_factor: f64,
     /// L2 penalty added to the gradient (PyTorch `weight_decay`); the optimizer's default.
     #[config(default = "OptimizerKind::Adam.default_weight_decay()")]
@@ -57,9 +58,9 @@ pub struct TrainingConfig {
     #[config(default = 0.0)]
     pub label_smoothing: f64,
     /// Momentum (SGD) / beta1 (Adam) cycles max → base → max, as PyTorch's OneCycleLR.
-    #[config(default = 0.85)]
+    #[config(default = "OneCycleConfig::new(0.0, 0).base_momentum")]
     pub base_momentum: f64,
-    #[config(default = 0.95)]
+    #[config(default = "OneCycleConfig::new(0.0, 0).max_momentum")]
     pub max_momentum: f64,
     #[config(default = 0.999)]
     pub beta2: f64,
