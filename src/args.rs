@@ -6,12 +6,14 @@ use clap::{Args, Parser, Subcommand};
 
 use cifar_core::data::Cifar10;
 use cifar_core::data::augment::AugmentConfig;
+use cifar_core::error::ConfigError;
 use cifar_core::model::ModelConfig;
 use cifar_core::train::TrainingConfig;
 use cifar_core::train::lr_finder::LrFinderConfig;
 use cifar_core::train::optim::OptimizerKind;
 use cifar_webgpu::backend::Backend;
 use cifar_webgpu::download;
+use cifar_webgpu::error::Error;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -52,7 +54,6 @@ pub(crate) enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct Common {
-    /// Compute backend.
     /// Compute backend: `auto` is wgpu on a real GPU, else flex (printed, and recorded in
     /// config.json).
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
@@ -98,7 +99,7 @@ pub(crate) struct TrainArgs {
     /// [default: 0.01 for adam, 0.2 for sgd].
     #[arg(long)]
     pub(crate) max_lr: Option<String>,
-    #[arg(long, default_value_t = recipe().optimizer, value_parser = parse_optimizer)]
+    #[arg(long, default_value_t = recipe().optimizer.kind, value_parser = parse_optimizer)]
     pub(crate) optimizer: OptimizerKind,
     /// L2 weight decay [default: 1e-4 for adam, 5e-4 for sgd].
     #[arg(long)]
@@ -106,7 +107,7 @@ pub(crate) struct TrainArgs {
     #[arg(long, default_value_t = recipe().label_smoothing)]
     pub(crate) label_smoothing: f64,
     /// Epoch of the LR peak, as a fraction of all epochs.
-    #[arg(long, default_value_t = recipe().pct_start)]
+    #[arg(long, default_value_t = recipe().schedule.pct_start)]
     pub(crate) pct_start: f64,
     #[arg(long, default_value_t = recipe().seed)]
     pub(crate) seed: u64,
@@ -125,11 +126,42 @@ pub(crate) struct TrainArgs {
     #[arg(long)]
     pub(crate) weights: Option<PathBuf>,
     /// Read losses back from the device every N steps (fewer read-backs keep a GPU busy).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = positive)]
     pub(crate) sync_every: usize,
     /// Stop after N optimizer steps in total and save a checkpoint (as Ctrl-C would).
     #[arg(long, hide = true)]
     pub(crate) stop_after: Option<usize>,
+    /// Replace the files of a run already in --runs-dir/--name (otherwise refused).
+    #[arg(long)]
+    pub(crate) force: bool,
+    /// The recipe options given on the command line (filled by `main`; `--resume` refuses them).
+    #[arg(skip)]
+    pub(crate) given: Vec<&'static str>,
+}
+
+/// The options that make up a run's recipe: a resumed run keeps its checkpoint's.
+pub(crate) const RECIPE_OPTIONS: [&str; 12] = [
+    "epochs",
+    "batch_size",
+    "max_lr",
+    "optimizer",
+    "weight_decay",
+    "label_smoothing",
+    "pct_start",
+    "seed",
+    "no_augment",
+    "width",
+    "dropout",
+    "weights",
+];
+
+/// For counts that must be at least 1.
+pub(crate) fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -140,13 +172,13 @@ pub(crate) struct LrFindArgs {
     pub(crate) model: ModelArgs,
     #[arg(long, default_value_t = recipe().batch_size)]
     pub(crate) batch_size: usize,
-    #[arg(long, default_value_t = recipe().optimizer, value_parser = parse_optimizer)]
+    #[arg(long, default_value_t = recipe().optimizer.kind, value_parser = parse_optimizer)]
     pub(crate) optimizer: OptimizerKind,
     #[arg(long, default_value_t = LrFinderConfig::new().start_lr)]
     pub(crate) start_lr: f64,
     #[arg(long, default_value_t = LrFinderConfig::new().end_lr)]
     pub(crate) end_lr: f64,
-    #[arg(long, default_value_t = LrFinderConfig::new().num_iter)]
+    #[arg(long, default_value_t = LrFinderConfig::new().num_iter, value_parser = positive)]
     pub(crate) num_iter: usize,
     #[arg(long, default_value_t = recipe().seed)]
     pub(crate) seed: u64,
@@ -165,7 +197,7 @@ pub(crate) struct EvalArgs {
     /// Average the predictions of each image and its mirror image.
     #[arg(long)]
     pub(crate) tta: bool,
-    #[arg(long, default_value_t = cifar_core::train::driver::EVAL_BATCH)]
+    #[arg(long, default_value_t = cifar_core::train::driver::EVAL_BATCH, value_parser = positive)]
     pub(crate) batch_size: usize,
     /// Also write each test image's predicted class, one per line, to this file.
     #[arg(long)]
@@ -178,16 +210,16 @@ pub(crate) struct BenchArgs {
     pub(crate) backend: Vec<Backend>,
     #[arg(long, value_delimiter = ',', default_value = "0.25,1.0")]
     pub(crate) width: Vec<f64>,
-    #[arg(long, value_delimiter = ',', default_value = "128,512")]
+    #[arg(long, value_delimiter = ',', default_value = "128,512", value_parser = positive)]
     pub(crate) batch_size: Vec<usize>,
     /// Untimed steps first (kernel compilation, autotuning).
     #[arg(long, default_value_t = 2)]
     pub(crate) warmup: usize,
     /// Timed steps.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = positive)]
     pub(crate) steps: usize,
     /// Read losses back every N training steps (as `train --sync-every`); a list measures each.
-    #[arg(long, value_delimiter = ',', default_value = "10")]
+    #[arg(long, value_delimiter = ',', default_value = "10", value_parser = positive)]
     pub(crate) sync_every: Vec<usize>,
     /// CPU threads for flex and for PyTorch (default: all cores).
     #[arg(long)]
@@ -218,12 +250,12 @@ fn recipe() -> TrainingConfig {
 }
 
 pub(crate) fn parse_optimizer(s: &str) -> Result<OptimizerKind, String> {
-    s.parse()
+    s.parse().map_err(|e: ConfigError| e.problem)
 }
 
-pub(crate) fn load_data(c: &Common) -> Result<Cifar10, String> {
+pub(crate) fn load_data(c: &Common) -> Result<Cifar10, Error> {
     let dir = download::resolve_data_dir(c.data_dir.clone());
-    let mut data = download::load(&dir, !c.no_download, !c.no_verify).map_err(|e| e.to_string())?;
+    let mut data = download::load(&dir, !c.no_download, !c.no_verify)?;
     if c.train_limit > 0 {
         data.train = data.train.take(c.train_limit);
     }
@@ -244,14 +276,18 @@ pub(crate) fn training_config(a: &TrainArgs, max_lr: f64) -> TrainingConfig {
         AugmentConfig::new()
     };
     let recipe = TrainingConfig::recipe(model_config(&a.model), a.optimizer);
-    let weight_decay = a.weight_decay.unwrap_or(recipe.weight_decay);
+    let optimizer = recipe.optimizer.clone().with_max_lr(max_lr);
+    let optimizer = match a.weight_decay {
+        Some(w) => optimizer.with_weight_decay(w),
+        None => optimizer,
+    };
+    let schedule = recipe.schedule.clone().with_pct_start(a.pct_start);
     recipe
         .with_augment(augment)
+        .with_optimizer(optimizer)
+        .with_schedule(schedule)
         .with_epochs(a.epochs)
         .with_batch_size(a.batch_size)
-        .with_max_lr(max_lr)
-        .with_pct_start(a.pct_start)
-        .with_weight_decay(weight_decay)
         .with_label_smoothing(a.label_smoothing)
         .with_seed(a.seed)
 }

@@ -1,5 +1,6 @@
 //! Choosing the device natively (`--backend`), and saying which one it was.
 
+use crate::error::Error;
 use burn::tensor::{Device, Tensor};
 use serde::Serialize;
 
@@ -132,7 +133,7 @@ fn wgpu_device() -> Result<(Device, DeviceInfo), String> {
 /// The device for `backend` and what it is. `auto` picks wgpu on a real GPU adapter, flex
 /// otherwise, and says why. Every device is checked with a tiny computation so that a broken
 /// one is reported here rather than as a panic in the middle of training.
-pub fn select(backend: Backend) -> Result<(Device, DeviceInfo), String> {
+pub fn select(backend: Backend) -> Result<(Device, DeviceInfo), Error> {
     let (device, info) = match backend {
         Backend::Auto => match wgpu_device() {
             Ok((device, info)) if info.device_type != "Cpu" => {
@@ -150,10 +151,10 @@ pub fn select(backend: Backend) -> Result<(Device, DeviceInfo), String> {
             Err(e) => (Device::flex(), flex_info(Some(format!("no wgpu adapter ({e})")))),
         },
         Backend::Wgpu => wgpu_device().map_err(|e| {
-            format!(
+            Error::Backend(format!(
                 "backend wgpu could not start ({e}). On a machine without a GPU use \
                  --backend flex, or install Mesa's Vulkan drivers (lavapipe)"
-            )
+            ))
         })?,
         Backend::Flex => (Device::flex(), flex_info(None)),
         #[cfg(feature = "cuda")]
@@ -176,11 +177,11 @@ pub fn select(backend: Backend) -> Result<(Device, DeviceInfo), String> {
 }
 
 /// The device for `backend` (see [`select`]).
-pub fn device(backend: Backend) -> Result<Device, String> {
+pub fn device(backend: Backend) -> Result<Device, Error> {
     select(backend).map(|(device, _)| device)
 }
 
-fn self_test(device: &Device, backend: &str) -> Result<(), String> {
+fn self_test(device: &Device, backend: &str) -> Result<(), Error> {
     let probe = device.clone();
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
@@ -191,17 +192,17 @@ fn self_test(device: &Device, backend: &str) -> Result<(), String> {
     std::panic::set_hook(hook);
     match result {
         Ok(3.0) => Ok(()),
-        Ok(v) => Err(format!("backend {backend}: a self-test computed {v} instead of 3")),
+        Ok(v) => Err(Error::Backend(format!("backend {backend}: a self-test computed {v} instead of 3"))),
         Err(e) => {
             let msg = e
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
-            Err(format!(
+            Err(Error::Backend(format!(
                 "backend {backend} could not start ({msg}). On a machine without a GPU use \
                  --backend flex, or install Mesa's Vulkan drivers (lavapipe) for wgpu"
-            ))
+            )))
         }
     }
 }

@@ -2,6 +2,7 @@
 //! forward, backward, optimizer) and inference, on synthetic images so no dataset is needed;
 //! optionally beside PyTorch running the same shapes (`tools/pytorch_reference.py bench`).
 
+use crate::error::Error;
 use std::time::Instant;
 
 use burn::module::Module;
@@ -89,7 +90,7 @@ pub fn measure(
     warmup: usize,
     steps: usize,
     sync_every: usize,
-) -> Result<BenchRow, String> {
+) -> Result<BenchRow, Error> {
     // One spare batch: the epoch, and its test pass, never ends while the steps are timed.
     let data = synthetic(batch_size * (warmup.max(1) + steps + 1), 1);
     let config = TrainingConfig::new(ModelConfig::new().with_width(width)).with_batch_size(batch_size).with_epochs(1);
@@ -111,12 +112,13 @@ pub fn measure(
     };
 
     let start = Instant::now();
-    let trainer = Trainer::new(config, device, data.len()).map_err(|e| e.to_string())?;
+    let trainer = Trainer::new(config, device, data.len())?;
     // The core's driver, advanced by hand: `steps` steps, then one read-back.
     let mut driver = Driver::new(trainer, 1);
-    let advance = |driver: &mut Driver, steps: usize| -> Result<(), String> {
+    let advance = |driver: &mut Driver, steps: usize| -> Result<(), Error> {
         driver.set_sync_every(steps);
-        pollster::block_on(driver.advance(&data, &data)).map(|_| ()).map_err(|e| e.to_string())
+        pollster::block_on(driver.advance(&data, &data))?;
+        Ok(())
     };
     advance(&mut driver, 1)?;
     let first_step_s = start.elapsed().as_secs_f64();
@@ -138,7 +140,7 @@ pub fn measure(
     let plain = trainer.device.clone().inner();
     let model = trainer.model.valid();
     let batch = &data.images[..batch_size * IMAGE_BYTES];
-    let infer = |n: usize| -> Result<(), String> {
+    let infer = |n: usize| -> Result<(), Error> {
         for _ in 0..n {
             let probs = predict(&model, batch, &plain, false);
             pollster::block_on(readback::f32s(probs))?;
@@ -240,13 +242,13 @@ pub fn run_pytorch(
     warmup: usize,
     steps: usize,
     threads: usize,
-) -> Result<Vec<BenchRow>, String> {
+) -> Result<Vec<BenchRow>, Error> {
     let PytorchRun { python, script, device, modes } = *run;
     if !script.is_file() {
-        return Err(format!(
+        return Err(Error::PyTorch(format!(
             "{}: PyTorch reference script not found (run from the repository root or pass --pytorch-script)",
             script.display()
-        ));
+        )));
     }
     let list = |v: Vec<String>| v.join(",");
     let output = std::process::Command::new(python)
@@ -258,15 +260,18 @@ pub fn run_pytorch(
         .args(["--device", device, "--mode", &modes.join(",")])
         .stderr(std::process::Stdio::inherit())
         .output()
-        .map_err(|e| format!("cannot run {python} ({e}); pass --python with a Python that has PyTorch"))?;
+        .map_err(|e| {
+            Error::PyTorch(format!("cannot run {python} ({e}); pass --python with a Python that has PyTorch"))
+        })?;
     if !output.status.success() {
-        return Err(format!(
+        return Err(Error::PyTorch(format!(
             "{python} {} bench failed ({}); is PyTorch installed for it? See README, \"Parity with PyTorch\"",
             script.display(),
             output.status
-        ));
+        )));
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     let json = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(json).map_err(|e| format!("{}: unexpected output ({e}): {json}", script.display()))
+    serde_json::from_str(json)
+        .map_err(|e| Error::PyTorch(format!("{}: unexpected output ({e}): {json}", script.display())))
 }

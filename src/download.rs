@@ -28,6 +28,12 @@ pub fn resolve_data_dir(cli: Option<PathBuf>) -> PathBuf {
 /// extracting it into `dir`. With `verify`, files are checked against the
 /// official MD5s; a download is always checked.
 pub fn load(dir: &Path, allow_download: bool, verify: bool) -> Result<Cifar10, DataError> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(DataError::Io {
+            file: shown(dir),
+            problem: "not a directory: the data directory is the folder that holds the six .bin files".into(),
+        });
+    }
     let paths: Vec<PathBuf> = ALL_FILES.iter().map(|name| dir.join(name)).collect();
     let Some(first_missing) = paths.iter().find(|path| !path.is_file()) else {
         let files = paths.iter().map(|path| fs::read(path).map(|bytes| (shown(path), bytes)).map_err(io_err(path)));
@@ -103,6 +109,13 @@ fn load_archive(archive: &Path, bytes: &[u8]) -> Result<Cifar10, DataError> {
 /// The bytes go to a `.part` file that is renamed only once the MD5 matches,
 /// so an interrupted or corrupt download is never mistaken for the archive.
 fn download_archive(dest_dir: &Path) -> Result<(PathBuf, Vec<u8>), DataError> {
+    // Folders this download creates are removed again if it fails.
+    let mut created = Vec::new();
+    let mut missing = Some(dest_dir);
+    while let Some(d) = missing.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+        created.push(d.to_path_buf());
+        missing = d.parent();
+    }
     fs::create_dir_all(dest_dir).map_err(io_err(dest_dir))?;
     let archive = dest_dir.join(ARCHIVE_NAME);
     let part = dest_dir.join(format!("{ARCHIVE_NAME}.part"));
@@ -118,6 +131,9 @@ fn download_archive(dest_dir: &Path) -> Result<(PathBuf, Vec<u8>), DataError> {
         Ok(bytes) => Ok((archive, bytes)),
         Err(err) => {
             let _ = fs::remove_file(&part);
+            for d in &created {
+                let _ = fs::remove_dir(d);
+            }
             Err(err)
         }
     }
@@ -127,7 +143,7 @@ fn download_archive(dest_dir: &Path) -> Result<(PathBuf, Vec<u8>), DataError> {
 /// re-read from disk nor held twice.
 fn fetch(url: &str, part: &Path) -> Result<Vec<u8>, DataError> {
     let network =
-        |e: &dyn std::fmt::Display| DataError::Io { file: url.to_owned(), source: format!("download failed: {e}") };
+        |e: &dyn std::fmt::Display| DataError::Io { file: url.to_owned(), problem: format!("download failed: {e}") };
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_per_read(Some(Duration::from_secs(60)))
@@ -190,7 +206,7 @@ fn shown(path: &Path) -> String {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> DataError + '_ {
-    move |e| DataError::Io { file: shown(path), source: e.to_string() }
+    move |e| DataError::Io { file: shown(path), problem: e.to_string() }
 }
 
 #[cfg(test)]

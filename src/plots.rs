@@ -9,6 +9,8 @@
 
 use std::error::Error;
 
+use crate::error::Error as PlotError;
+
 use image::{ExtendedColorType, ImageEncoder, codecs::png::PngEncoder};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -65,16 +67,16 @@ fn render(
     height: u32,
     prepare: impl FnOnce(&mut [u8]),
     draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> DynResult,
-) -> Result<Vec<u8>, String> {
-    ensure_font().map_err(|e| format!("{chart}: {e}"))?;
+) -> Result<Vec<u8>, PlotError> {
+    ensure_font().map_err(|e| PlotError::plot(chart, e))?;
     let mut buf = vec![255u8; width as usize * height as usize * 3];
     prepare(&mut buf);
     {
         let root = BitMapBackend::with_buffer(&mut buf, (width, height)).into_drawing_area();
-        draw(&root).map_err(|e| format!("{chart}: drawing failed: {e}"))?;
-        root.present().map_err(|e| format!("{chart}: drawing failed: {e}"))?;
+        draw(&root).map_err(|e| PlotError::plot(chart, format!("drawing failed: {e}")))?;
+        root.present().map_err(|e| PlotError::plot(chart, format!("drawing failed: {e}")))?;
     }
-    encode_png(&buf, width, height).map_err(|e| format!("{chart}: {e}"))
+    encode_png(&buf, width, height).map_err(|e| PlotError::plot(chart, e))
 }
 
 fn font(size: u32) -> FontDesc<'static> {
@@ -138,7 +140,7 @@ fn draw_no_data(area: &DrawingArea<BitMapBackend<'_>, Shift>, msg: &str) -> DynR
 /// learning rate of every optimizer step (x axis in epochs: step / `steps_per_epoch`).
 /// Accuracies in `EpochMetrics` are fractions (0..1) and are drawn as percentages. Non-finite
 /// values are skipped; empty inputs give panels that say "no data".
-pub fn curves_png(epochs: &[EpochMetrics], lr_per_step: &[f64], steps_per_epoch: usize) -> Result<Vec<u8>, String> {
+pub fn curves_png(epochs: &[EpochMetrics], lr_per_step: &[f64], steps_per_epoch: usize) -> Result<Vec<u8>, PlotError> {
     render(
         "training curves",
         1500,
@@ -316,9 +318,12 @@ fn epoch_panel(
 /// line marks it, labelled "suggested max LR 3.2e-3". Points with a non-positive LR or a
 /// non-finite loss are skipped; a loss that explodes at the end is clipped at 2.5× the first loss
 /// so the interesting part stays readable.
-pub fn lr_find_png(lrs: &[f64], losses: &[f64], suggestion: Option<f64>) -> Result<Vec<u8>, String> {
+pub fn lr_find_png(lrs: &[f64], losses: &[f64], suggestion: Option<f64>) -> Result<Vec<u8>, PlotError> {
     if lrs.len() != losses.len() {
-        return Err(format!("LR finder plot: {} learning rates but {} losses", lrs.len(), losses.len()));
+        return Err(PlotError::plot(
+            "LR finder plot",
+            format!("{} learning rates but {} losses", lrs.len(), losses.len()),
+        ));
     }
     let points: Vec<(f64, f64)> = lrs
         .iter()
@@ -501,12 +506,16 @@ fn mis_columns(n: usize, columns: usize) -> usize {
 /// A grid of wrongly classified images, each upscaled 4× (nearest) to 128×128 with
 /// "true: cat" and "pred: dog 87%" under it, and a title line. `columns` is clamped to
 /// 1..=samples.len(). A label index outside `class_names` is shown as "#<index>".
-pub fn misclassified_png(samples: &[LabelledImage], class_names: &[&str], columns: usize) -> Result<Vec<u8>, String> {
+pub fn misclassified_png(
+    samples: &[LabelledImage],
+    class_names: &[&str],
+    columns: usize,
+) -> Result<Vec<u8>, PlotError> {
     let chart = "misclassified images";
     if let Some((i, s)) = samples.iter().enumerate().find(|(_, s)| s.pixels.len() != IMAGE_BYTES) {
-        return Err(format!(
-            "{chart}: sample {i} has {} pixel bytes, expected {IMAGE_BYTES} (32×32 CHW RGB)",
-            s.pixels.len()
+        return Err(PlotError::plot(
+            chart,
+            format!("sample {i} has {} pixel bytes, expected {IMAGE_BYTES} (32×32 CHW RGB)", s.pixels.len()),
         ));
     }
     let columns = mis_columns(samples.len(), columns);
@@ -517,7 +526,7 @@ pub fn misclassified_png(samples: &[LabelledImage], class_names: &[&str], column
         format!("Misclassified test images ({} shown)", samples.len())
     };
     // Wide enough for the title even with one or two columns.
-    ensure_font().map_err(|e| format!("{chart}: {e}"))?;
+    ensure_font().map_err(|e| PlotError::plot(chart, e))?;
     let title_w = font(20).box_size(&title).map(|(w, _)| w as usize).unwrap_or(400);
     let width = (2 * MIS_MARGIN + columns * MIS_CELL_W).max(title_w + 6 * MIS_MARGIN);
     let height = MIS_TITLE_H + rows * MIS_CELL_H + MIS_MARGIN;
@@ -598,11 +607,14 @@ const CM_BOTTOM: usize = 24;
 /// Heat map of `matrix.counts[true][predicted]`: rows are true classes, columns predictions,
 /// counts in the cells, colour by the row fraction, per-class accuracy (recall) right of each
 /// row, overall accuracy in the title. Class names beyond `class_names` show as "#<index>".
-pub fn confusion_png(matrix: &ConfusionMatrix, class_names: &[&str]) -> Result<Vec<u8>, String> {
+pub fn confusion_png(matrix: &ConfusionMatrix, class_names: &[&str]) -> Result<Vec<u8>, PlotError> {
     let chart = "confusion matrix";
     let n = matrix.counts.len();
     if let Some((i, row)) = matrix.counts.iter().enumerate().find(|(_, r)| r.len() != n) {
-        return Err(format!("{chart}: row {i} has {} columns, expected {n} (matrix must be square)", row.len()));
+        return Err(PlotError::plot(
+            chart,
+            format!("row {i} has {} columns, expected {n} (matrix must be square)", row.len()),
+        ));
     }
     let width = (CM_LEFT + n * CM_CELL + CM_RIGHT).max(560);
     let height = CM_TOP + n * CM_CELL + CM_BOTTOM;
@@ -791,7 +803,7 @@ mod tests {
 
     #[test]
     fn lr_find_png_rejects_mismatched_lengths_and_survives_empty() {
-        let err = lr_find_png(&[1e-3, 1e-2], &[1.0], None).unwrap_err();
+        let err = lr_find_png(&[1e-3, 1e-2], &[1.0], None).unwrap_err().to_string();
         assert!(err.contains("LR finder") && err.contains("2 learning rates"), "{err}");
         decode(&lr_find_png(&[], &[], None).unwrap());
         decode(&lr_find_png(&[], &[], Some(1e-3)).unwrap());
@@ -855,7 +867,7 @@ mod tests {
         let wide = decode(&misclassified_png(&many[..2], &NAMES, 50).unwrap());
         assert_eq!(wide.height() as usize, MIS_TITLE_H + MIS_CELL_H + MIS_MARGIN);
         let bad = LabelledImage { pixels: vec![0; 100], truth: 0, predicted: 1, confidence: 0.9 };
-        let err = misclassified_png(&[bad], &NAMES, 4).unwrap_err();
+        let err = misclassified_png(&[bad], &NAMES, 4).unwrap_err().to_string();
         assert!(err.contains("misclassified") && err.contains("sample 0"), "{err}");
     }
 
@@ -883,7 +895,7 @@ mod tests {
         assert_ne!(img.get_pixel(x as u32, y as u32).0, [255, 255, 255]);
 
         let ragged = ConfusionMatrix { counts: vec![vec![1, 2], vec![3]] };
-        let err = confusion_png(&ragged, &NAMES).unwrap_err();
+        let err = confusion_png(&ragged, &NAMES).unwrap_err().to_string();
         assert!(err.contains("confusion matrix") && err.contains("row 1"), "{err}");
         decode(&confusion_png(&ConfusionMatrix::new(0), &[]).unwrap());
         decode(&confusion_png(&ConfusionMatrix::new(10), &NAMES[..3]).unwrap());

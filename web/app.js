@@ -12,7 +12,7 @@ let RECIPE = null; // the TrainingConfig the form edits (`recipe(optimizer)`)
 const state = (window.appState = {
   ready: false, session: null, data: null, busy: false, running: false, paused: false, stop: false,
   info: null, stepLoss: [], epochs: [], speed: [], step: 0, lrFind: null, predictions: null,
-  misclassified: 0, confusion: null, errors: [], finished: false, waiting: false,
+  misclassified: 0, confusion: null, errors: [], finished: false, waiting: false, adapter: null,
 });
 
 function say(id, text, error = false) {
@@ -35,6 +35,20 @@ async function guarded(statusId, fn) {
   if (state.busy) { say(statusId, 'busy: wait for the current operation to finish', true); return; }
   state.busy = true;
   try { await fn(); } catch (e) { say(statusId, explain(e), true); } finally { state.busy = false; }
+}
+
+// The browser's WebGPU adapter as it describes itself (vendor, architecture, device), and
+// whether it is a CPU implementation: SwiftShader, llvmpipe/lavapipe or WARP, or any adapter
+// the browser marks as a fallback. wgpu asks for the default adapter, as this does.
+const CPU_ADAPTER = /swiftshader|llvmpipe|lavapipe|softpipe|\bwarp\b|basic render/i;
+async function describeAdapter() {
+  const adapter = await navigator.gpu.requestAdapter();
+  if (!adapter) return null;
+  const info = adapter.info || (adapter.requestAdapterInfo ? await adapter.requestAdapterInfo() : {});
+  const parts = [info.vendor, info.architecture, info.device, info.description].filter((s) => s);
+  const name = parts.join(' ') || 'an adapter that does not name itself';
+  const cpu = Boolean(info.isFallbackAdapter || adapter.isFallbackAdapter) || CPU_ADAPTER.test(parts.join(' '));
+  return { name, cpu, vendor: info.vendor || '', architecture: info.architecture || '' };
 }
 
 function bindings() {
@@ -129,9 +143,8 @@ function config() {
   return {
     ...RECIPE,
     model: { ...RECIPE.model, width: num('width'), dropout: num('dropout') },
-    optimizer: $('optimizer').value,
-    epochs: num('epochs'), batch_size: num('batch-size'), max_lr: num('max-lr'),
-    weight_decay: num('weight-decay'), label_smoothing: num('label-smoothing'), seed: num('seed'),
+    optimizer: { ...RECIPE.optimizer, kind: $('optimizer').value, max_lr: num('max-lr'), weight_decay: num('weight-decay') },
+    epochs: num('epochs'), batch_size: num('batch-size'), label_smoothing: num('label-smoothing'), seed: num('seed'),
   };
 }
 
@@ -139,10 +152,10 @@ function config() {
 // weight decay to its defaults (the other fields keep what the user typed).
 function useRecipe(b, optimizer, all) {
   RECIPE = JSON.parse(b.recipe(optimizer));
-  $('max-lr').value = RECIPE.max_lr;
-  $('weight-decay').value = RECIPE.weight_decay;
+  $('max-lr').value = RECIPE.optimizer.max_lr;
+  $('weight-decay').value = RECIPE.optimizer.weight_decay;
   if (!all) return;
-  $('optimizer').value = RECIPE.optimizer;
+  $('optimizer').value = RECIPE.optimizer.kind;
   $('epochs').value = RECIPE.epochs;
   $('batch-size').value = RECIPE.batch_size;
   $('width').value = RECIPE.model.width;
@@ -342,7 +355,16 @@ async function main() {
     say('gpu-status', `WebGPU could not start: ${e.message || e}`, true);
     return;
   }
-  say('gpu-status', 'WebGPU ready.');
+  state.adapter = await describeAdapter();
+  say('gpu-status', state.adapter ? `WebGPU ready on ${state.adapter.name}.` : 'WebGPU ready.');
+  if (state.adapter && state.adapter.cpu) {
+    const w = $('gpu-warning');
+    w.textContent = `${state.adapter.name} is a CPU implementation of WebGPU, not a GPU: training here is `
+      + 'for trying the page, not for real runs (a width-1 epoch would take hours). Use a browser on a '
+      + 'machine with a GPU, or the native trainer (`cargo run --release`), which trains on the CPU '
+      + 'far faster.';
+    w.hidden = false;
+  }
   wire();
   state.ready = true;
 }

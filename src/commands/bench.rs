@@ -2,11 +2,12 @@
 //! PyTorch in the same invocation (the measurement itself is `cifar_webgpu::bench`).
 
 use cifar_webgpu::backend;
+use cifar_webgpu::error::Error;
 
 use super::save;
 use crate::args::BenchArgs;
 
-pub(crate) fn run(args: BenchArgs) -> Result<(), String> {
+pub(crate) fn run(args: BenchArgs) -> Result<(), Error> {
     use cifar_webgpu::bench::{self, Comparison};
     let threads = match args.threads {
         Some(n) => {
@@ -70,7 +71,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), String> {
             "pytorch": pytorch,
             "comparison": comparison,
         });
-        save(path, serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?.as_bytes())?;
+        save(path, serde_json::to_string_pretty(&report).expect("JSON values serialise").as_bytes())?;
     }
     Ok(())
 }

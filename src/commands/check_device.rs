@@ -1,8 +1,9 @@
 //! `check-device`: the device's reductions and BatchNorm statistics against the host.
 
 use cifar_webgpu::backend::{self, Backend};
+use cifar_webgpu::error::Error;
 
-pub(crate) fn run(b: Backend) -> Result<(), String> {
+pub(crate) fn run(b: Backend) -> Result<(), Error> {
     let (device, info) = backend::select(b)?;
     println!("device: {info}");
     let checks = backend::check_device(&device);
@@ -19,5 +20,9 @@ pub(crate) fn run(b: Backend) -> Result<(), String> {
             failed.push(c.what.clone());
         }
     }
-    if failed.is_empty() { Ok(()) } else { Err(format!("{} computes wrongly: {}", info.backend, failed.join("; "))) }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Backend(format!("{} computes wrongly: {}", info.backend, failed.join("; "))))
+    }
 }

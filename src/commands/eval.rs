@@ -1,7 +1,6 @@
 //! `eval`: the test accuracy and confusion matrix of a weights file.
 
 use std::fs;
-use std::io::Write;
 
 use burn::module::Module;
 
@@ -9,25 +8,26 @@ use cifar_core::data::CLASSES;
 use cifar_core::io::weights;
 use cifar_core::train;
 use cifar_webgpu::backend;
+use cifar_webgpu::error::Error;
 
-use super::save;
+use super::{check_writable, save};
 use crate::args::{EvalArgs, load_data};
 
-pub(crate) fn run(args: EvalArgs) -> Result<(), String> {
-    let data = load_data(&args.common)?;
+pub(crate) fn run(args: EvalArgs) -> Result<(), Error> {
+    // The weights and the output path first: the data's MD5 check takes a while.
+    if let Some(path) = &args.predictions {
+        check_writable(path)?;
+    }
     let (device, info) = backend::select(args.common.backend)?;
     eprintln!("device: {info}");
     let name = args.weights.display().to_string();
-    let bytes = fs::read(&args.weights).map_err(|e| format!("{name}: cannot read ({e})"))?;
-    let (model, config) = weights::model_from_bytes(&name, &bytes, &device).map_err(|e| e.to_string())?;
-    let result = pollster::block_on(train::evaluate(&model.valid(), &data.test, args.batch_size, &device, args.tta))
-        .map_err(|e| e.to_string())?;
+    let bytes = fs::read(&args.weights).map_err(Error::io(&args.weights, "read"))?;
+    let (model, config) = weights::model_from_bytes(&name, &bytes, &device)?;
+    let data = load_data(&args.common)?;
+    let result = pollster::block_on(train::evaluate(&model.valid(), &data.test, args.batch_size, &device, args.tta))?;
     if let Some(path) = &args.predictions {
-        let mut out = Vec::new();
-        for (p, _) in &result.predictions {
-            writeln!(out, "{p}").map_err(|e| e.to_string())?;
-        }
-        save(path, &out)?;
+        let out: String = result.predictions.iter().map(|(p, _)| format!("{p}\n")).collect();
+        save(path, out.as_bytes())?;
     }
     println!("{}", result.confusion.to_table(&CLASSES));
     println!(

@@ -8,43 +8,47 @@ use cifar_core::data::Cifar10;
 use cifar_core::train::lr_finder::{self, LrFinderConfig};
 use cifar_core::train::{Trainer, TrainingConfig};
 use cifar_webgpu::backend;
+use cifar_webgpu::error::Error;
 use cifar_webgpu::plots;
 
-use super::save;
+use super::{check_writable, save};
 use crate::args::{LrFindArgs, load_data, model_config};
 
-pub(crate) fn run(args: LrFindArgs) -> Result<Option<f64>, String> {
+pub(crate) fn run(args: LrFindArgs) -> Result<Option<f64>, Error> {
+    recipe(&args).validate()?;
+    check_writable(&args.out)?;
     let data = load_data(&args.common)?;
     let (device, info) = backend::select(args.common.backend)?;
     eprintln!("device: {info}");
     lr_find_on(&args, &data, &device)
 }
 
+fn recipe(args: &LrFindArgs) -> TrainingConfig {
+    TrainingConfig::recipe(model_config(&args.model), args.optimizer)
+        .with_batch_size(args.batch_size)
+        .with_seed(args.seed)
+}
+
 pub(crate) fn lr_find_on(
     args: &LrFindArgs,
     data: &Cifar10,
     device: &burn::tensor::Device,
-) -> Result<Option<f64>, String> {
-    let config = TrainingConfig::recipe(model_config(&args.model), args.optimizer)
-        .with_batch_size(args.batch_size)
-        .with_seed(args.seed);
-    let mut trainer = Trainer::new(config, device, data.train.len()).map_err(|e| e.to_string())?;
+) -> Result<Option<f64>, Error> {
+    let trainer = Trainer::new(recipe(args), device, data.train.len())?;
     let finder =
         LrFinderConfig::new().with_start_lr(args.start_lr).with_end_lr(args.end_lr).with_num_iter(args.num_iter);
     let bar = ProgressBar::new(args.num_iter as u64);
     bar.set_style(
         ProgressStyle::with_template("lr-find {bar:30} {pos}/{len} [{elapsed}<{eta}] {msg}").expect("valid template"),
     );
-    let result = pollster::block_on(lr_finder::run(&finder, &mut trainer, &data.train, |i, lr, loss| {
+    let result = pollster::block_on(lr_finder::run(&finder, trainer, &data.train, |i, lr, loss| {
         bar.set_position(i as u64 + 1);
         bar.set_message(format!("lr {lr:.2e} loss {loss:.4}"));
-    }))
-    .map_err(|e| e.to_string())?;
+    }))?;
     bar.finish_and_clear();
-    let png =
-        plots::lr_find_png(&result.lrs, &result.losses, result.suggestion).map_err(|e| format!("lr_find.png: {e}"))?;
+    let png = plots::lr_find_png(&result.lrs, &result.losses, result.suggestion)?;
     if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent).map_err(|e| format!("{}: cannot create ({e})", parent.display()))?;
+        fs::create_dir_all(parent).map_err(Error::io(parent, "create"))?;
     }
     save(&args.out, &png)?;
     match result.suggestion {

@@ -2,7 +2,7 @@
 //! epoch, and the run's outputs in `runs/<name>/`.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -12,80 +12,116 @@ use cifar_core::train::driver::{Driver, Event};
 use cifar_core::train::lr_finder::LrFinderConfig;
 use cifar_core::train::{Evaluation, Trainer};
 use cifar_webgpu::backend;
+use cifar_webgpu::error::Error;
 use cifar_webgpu::plots::{self, LabelledImage};
 
-use super::{INTERRUPTED, save};
+use super::save;
 use crate::args::{LrFindArgs, TrainArgs, load_data, training_config};
 
-pub(crate) fn train(args: TrainArgs) -> Result<(), String> {
+/// Files a run writes into its directory (`--force` removes them first).
+const RUN_FILES: [&str; 8] = [
+    "config.json",
+    "metrics.jsonl",
+    "curves.png",
+    "misclassified.png",
+    "confusion.png",
+    "model.safetensors",
+    "checkpoint.safetensors",
+    "lr_find.png",
+];
+
+pub(crate) fn train(args: TrainArgs) -> Result<(), Error> {
+    // Everything that can be checked without data is checked before any is loaded.
+    let max_lr = match args.max_lr.as_deref() {
+        Some("auto") => None,
+        Some(v) => Some(
+            v.parse::<f64>().map_err(|_| Error::Usage(format!("--max-lr: '{v}' is neither a number nor 'auto'")))?,
+        ),
+        None => Some(args.optimizer.default_max_lr()),
+    };
+    let mut config = training_config(&args, max_lr.unwrap_or(args.optimizer.default_max_lr()));
+    config.validate()?;
+    let _guard;
+    let run_dir = match &args.resume {
+        Some(dir) => {
+            if !args.given.is_empty() {
+                return Err(Error::Usage(format!(
+                    "--resume continues {} with the recipe saved in its checkpoint; {} cannot change it \
+                     (to train on with another recipe, start a new run with --weights {}/model.safetensors)",
+                    dir.display(),
+                    args.given.iter().map(|id| format!("--{}", id.replace('_', "-"))).collect::<Vec<_>>().join(", "),
+                    dir.display()
+                )));
+            }
+            dir.clone()
+        }
+        None => {
+            let dir = args.runs_dir.join(args.name.clone().unwrap_or_else(run_name));
+            prepare_run_dir(&dir, args.force)?;
+            // An empty directory is removed again if the run fails before writing anything.
+            _guard = RemoveIfEmpty(dir.clone());
+            dir
+        }
+    };
+
     let data = load_data(&args.common)?;
     let (device, device_info) = backend::select(args.common.backend)?;
     println!("device: {device_info}");
     let n_train = data.train.len();
 
-    let (trainer, run_dir) = if let Some(dir) = &args.resume {
-        let path = dir.join("checkpoint.safetensors");
-        let bytes = fs::read(&path).map_err(|e| format!("{}: cannot read ({e})", path.display()))?;
-        let trainer =
-            checkpoint::from_bytes(&path.display().to_string(), &bytes, &device, n_train).map_err(|e| e.to_string())?;
-        println!("resuming {} at epoch {}, step {}", dir.display(), trainer.history.len() + 1, trainer.step);
-        (trainer, dir.clone())
-    } else {
-        let dir = args.runs_dir.join(args.name.clone().unwrap_or_else(run_name));
-        if dir.join("checkpoint.safetensors").exists() {
-            return Err(format!(
-                "{} already has a checkpoint: continue it with --resume {0}, or choose another --name",
-                dir.display()
-            ));
+    let trainer = if args.resume.is_some() {
+        let path = run_dir.join("checkpoint.safetensors");
+        let bytes = fs::read(&path).map_err(Error::io(&path, "read"))?;
+        let trainer = checkpoint::from_bytes(&path.display().to_string(), &bytes, &device, n_train)?;
+        if trainer.finished() {
+            // Nothing to train, so nothing is written: the run's files stay as they are.
+            println!("{} is already finished ({} epochs); nothing to do", run_dir.display(), trainer.history.len());
+            return Ok(());
         }
-        fs::create_dir_all(&dir).map_err(|e| format!("{}: cannot create ({e})", dir.display()))?;
-        let max_lr = match args.max_lr.as_deref() {
-            Some("auto") => {
-                let finder = LrFindArgs {
-                    common: args.common.clone(),
-                    model: args.model.clone(),
-                    batch_size: args.batch_size,
-                    optimizer: args.optimizer,
-                    start_lr: LrFinderConfig::new().start_lr,
-                    end_lr: LrFinderConfig::new().end_lr,
-                    num_iter: LrFinderConfig::new().num_iter,
-                    seed: args.seed,
-                    out: dir.join("lr_find.png"),
-                };
-                let found = super::lr_find::lr_find_on(&finder, &data, &device)?;
-                found.ok_or("the LR finder found no descent: pass --max-lr explicitly")?
-            }
-            Some(v) => v.parse::<f64>().map_err(|_| format!("--max-lr: '{v}' is neither a number nor 'auto'"))?,
-            None => args.optimizer.default_max_lr(),
-        };
-        let mut config = training_config(&args, max_lr);
-        let trainer = match &args.weights {
+        println!("resuming {} at epoch {}, step {}", run_dir.display(), trainer.history.len() + 1, trainer.step);
+        trainer
+    } else {
+        if max_lr.is_none() {
+            let finder = LrFindArgs {
+                common: args.common.clone(),
+                model: args.model.clone(),
+                batch_size: args.batch_size,
+                optimizer: args.optimizer,
+                start_lr: LrFinderConfig::new().start_lr,
+                end_lr: LrFinderConfig::new().end_lr,
+                num_iter: LrFinderConfig::new().num_iter,
+                seed: args.seed,
+                out: run_dir.join("lr_find.png"),
+            };
+            let found = super::lr_find::lr_find_on(&finder, &data, &device)?;
+            let found =
+                found.ok_or_else(|| Error::Usage("the LR finder found no descent: pass --max-lr explicitly".into()))?;
+            config = config.with_max_lr(found);
+        }
+        match &args.weights {
             Some(w) => {
-                let bytes = fs::read(w).map_err(|e| format!("{}: cannot read ({e})", w.display()))?;
-                let (model, model_config) =
-                    weights::model_from_bytes(&w.display().to_string(), &bytes, &device).map_err(|e| e.to_string())?;
+                let bytes = fs::read(w).map_err(Error::io(w, "read"))?;
+                let (model, model_config) = weights::model_from_bytes(&w.display().to_string(), &bytes, &device)?;
                 config.model = model_config.with_dropout(args.model.dropout);
                 Trainer::with_model(config, model, &device, n_train)
             }
             None => Trainer::new(config, &device, n_train),
-        }
-        .map_err(|e| e.to_string())?;
-        (trainer, dir)
+        }?
     };
     // The recipe, and the device this run (or this part of a resumed run) used.
-    let mut recorded = serde_json::to_value(&trainer.config).map_err(|e| e.to_string())?;
-    recorded["device"] = serde_json::to_value(&device_info).map_err(|e| e.to_string())?;
-    save(&run_dir.join("config.json"), serde_json::to_string_pretty(&recorded).map_err(|e| e.to_string())?.as_bytes())?;
+    let mut recorded = serde_json::to_value(&trainer.config).expect("the config serialises");
+    recorded["device"] = serde_json::to_value(&device_info).expect("the device info serialises");
+    save(&run_dir.join("config.json"), serde_json::to_string_pretty(&recorded).expect("JSON serialises").as_bytes())?;
     println!(
         "training {} params (width {}) on {} with {}, {} epochs × {} steps, batch {}, max LR {:.3e} → {}",
         trainer.model.trainable_params(),
         trainer.config.model.width,
         device_info.backend,
-        trainer.config.optimizer,
+        trainer.config.optimizer.kind,
         trainer.config.epochs,
         trainer.steps_per_epoch,
         trainer.config.batch_size,
-        trainer.config.max_lr,
+        trainer.config.optimizer.max_lr,
         run_dir.display()
     );
 
@@ -106,7 +142,24 @@ pub(crate) fn train(args: TrainArgs) -> Result<(), String> {
         }
         let b = bar.as_ref().expect("set above");
         let mut epoch_done = false;
-        for event in pollster::block_on(driver.advance(&data.train, &data.test)).map_err(|e| e.to_string())? {
+        let events = match pollster::block_on(driver.advance(&data.train, &data.test)) {
+            Ok(events) => events,
+            Err(e) => {
+                if let Some(b) = bar.take() {
+                    b.abandon();
+                }
+                // Say what is true: a checkpoint exists once an epoch has closed (or a resumed
+                // run had one); nothing of this failed part is written over it.
+                let kept = run_dir.join("checkpoint.safetensors");
+                if kept.exists() {
+                    eprintln!("the last checkpoint is kept: {}", kept.display());
+                } else {
+                    eprintln!("no checkpoint was written: the run failed in its first epoch");
+                }
+                return Err(e.into());
+            }
+        };
+        for event in events {
             match event {
                 Event::Steps { progress: p, steps, seconds } => {
                     b.set_position(p.batch_in_epoch as u64);
@@ -154,7 +207,8 @@ pub(crate) fn train(args: TrainArgs) -> Result<(), String> {
             }
             let trainer = driver.trainer();
             let path = run_dir.join("checkpoint.safetensors");
-            let bytes = pollster::block_on(checkpoint::to_bytes(trainer, n_train))?;
+            let bytes = pollster::block_on(checkpoint::to_bytes(trainer, n_train))
+                .map_err(|source| Error::Save { path: path.clone(), source })?;
             save(&path, &bytes)?;
             println!(
                 "stopped at step {}: checkpoint saved to {}; continue with --resume {}",
@@ -162,7 +216,7 @@ pub(crate) fn train(args: TrainArgs) -> Result<(), String> {
                 path.display(),
                 run_dir.display()
             );
-            return if driver.interrupter().stopped() { Err(INTERRUPTED.into()) } else { Ok(()) };
+            return if driver.interrupter().stopped() { Err(Error::Interrupted) } else { Ok(()) };
         }
     }
     Ok(())
@@ -185,25 +239,61 @@ fn run_name() -> String {
     stamp.chars().filter(|c| c.is_ascii_digit() || *c == 'T').collect::<String>().replace('T', "-")
 }
 
+/// A new run's directory: created now, so that an unwritable place fails before any work;
+/// refused when it already holds a run's files, unless `force` (they are removed).
+fn prepare_run_dir(dir: &Path, force: bool) -> Result<(), Error> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(Error::Usage(format!("{}: exists and is not a directory", dir.display())));
+    }
+    let present: Vec<&str> = RUN_FILES.iter().copied().filter(|f| dir.join(f).exists()).collect();
+    if !present.is_empty() && !force {
+        let what = if present.contains(&"checkpoint.safetensors") {
+            format!("a checkpoint: continue it with --resume {}", dir.display())
+        } else {
+            format!("the results of a run ({})", present.join(", "))
+        };
+        return Err(Error::Usage(format!(
+            "{} already has {what}; choose another --name, or --force to replace its files",
+            dir.display()
+        )));
+    }
+    for f in present {
+        fs::remove_file(dir.join(f)).map_err(Error::io(&dir.join(f), "remove"))?;
+    }
+    fs::create_dir_all(dir).map_err(Error::io(dir, "create"))
+}
+
+/// Removes its directory when dropped if the directory is empty (`remove_dir` refuses
+/// otherwise): a run that fails before writing anything leaves nothing behind.
+struct RemoveIfEmpty(PathBuf);
+
+impl Drop for RemoveIfEmpty {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
 /// After every epoch: metrics, curves and the checkpoint, each written atomically.
-fn write_epoch_outputs(trainer: &Trainer, dir: &Path, n_train: usize) -> Result<(), String> {
+fn write_epoch_outputs(trainer: &Trainer, dir: &Path, n_train: usize) -> Result<(), Error> {
     let mut jsonl = String::new();
     for m in &trainer.history {
-        jsonl += &serde_json::to_string(m).map_err(|e| e.to_string())?;
+        jsonl += &serde_json::to_string(m).expect("metrics serialise");
         jsonl.push('\n');
     }
     save(&dir.join("metrics.jsonl"), jsonl.as_bytes())?;
     let lrs: Vec<f64> = (0..trainer.step).map(|s| trainer.schedule.lr(s)).collect();
-    let png =
-        plots::curves_png(&trainer.history, &lrs, trainer.steps_per_epoch).map_err(|e| format!("curves.png: {e}"))?;
+    let png = plots::curves_png(&trainer.history, &lrs, trainer.steps_per_epoch)?;
     save(&dir.join("curves.png"), &png)?;
-    let bytes = pollster::block_on(checkpoint::to_bytes(trainer, n_train))?;
-    save(&dir.join("checkpoint.safetensors"), &bytes)
+    let path = dir.join("checkpoint.safetensors");
+    let bytes = pollster::block_on(checkpoint::to_bytes(trainer, n_train))
+        .map_err(|source| Error::Save { path: path.clone(), source })?;
+    save(&path, &bytes)
 }
 
-fn write_final_outputs(trainer: &Trainer, eval: &Evaluation, data: &Cifar10, dir: &Path) -> Result<(), String> {
+fn write_final_outputs(trainer: &Trainer, eval: &Evaluation, data: &Cifar10, dir: &Path) -> Result<(), Error> {
+    let path = dir.join("model.safetensors");
     let file = pollster::block_on(weights::model_file(&trainer.model, &trainer.config.model, trainer.step as u64))?;
-    save(&dir.join("model.safetensors"), &file.encode()?)?;
+    save(&path, &file.encode().map_err(|source| Error::Save { path: path.clone(), source })?)?;
     let samples: Vec<LabelledImage> = eval
         .misclassified(&data.test, 40)
         .into_iter()
@@ -215,10 +305,10 @@ fn write_final_outputs(trainer: &Trainer, eval: &Evaluation, data: &Cifar10, dir
         })
         .collect();
     if !samples.is_empty() {
-        let png = plots::misclassified_png(&samples, &CLASSES, 8).map_err(|e| format!("misclassified.png: {e}"))?;
+        let png = plots::misclassified_png(&samples, &CLASSES, 8)?;
         save(&dir.join("misclassified.png"), &png)?;
     }
-    let png = plots::confusion_png(&eval.confusion, &CLASSES).map_err(|e| format!("confusion.png: {e}"))?;
+    let png = plots::confusion_png(&eval.confusion, &CLASSES)?;
     save(&dir.join("confusion.png"), &png)?;
     println!("\n{}", eval.confusion.to_table(&CLASSES));
     println!("final test accuracy {:.2}% — results in {}", 100.0 * eval.accuracy, dir.display());

@@ -192,3 +192,29 @@ fn wgpu_training_matches_flex_on_real_data() {
         100.0 * cpu_acc
     );
 }
+
+/// What `cargo run --release` does on a GPU, on lavapipe: the full recipe's augmentation and
+/// dropout 0.05 (the GPU dropout path: masks from the device's RNG), the driver, Adam. It must
+/// learn: the training loss falls and the test accuracy leaves chance.
+#[test]
+fn wgpu_learns_with_dropout_and_augmentation() {
+    use cifar_core::train::{Trainer, TrainingConfig};
+    let Some(data) = crate::common::real_data("wgpu_learns_with_dropout_and_augmentation") else { return };
+    let wgpu = backend::device(Backend::Wgpu).expect("a wgpu adapter (lavapipe in CI: mesa-vulkan-drivers)");
+    let (batch, steps) = (128, 12);
+    let train = data.train.take(batch * steps);
+    let test = data.test.take(2000);
+    let config = TrainingConfig::new(ModelConfig::new().with_width(0.125))
+        .with_batch_size(batch)
+        .with_epochs(2)
+        .with_max_lr(0.01)
+        .with_seed(11);
+    assert_eq!(config.model.dropout, 0.05, "the recipe's dropout");
+    let trainer = Trainer::new(config, &wgpu, train.len()).unwrap();
+    let trainer = crate::common::run(trainer, &train, &test, None);
+    let [first, last] = [&trainer.history[0], &trainer.history[1]];
+    eprintln!("wgpu with dropout: {first:?}\n{last:?}");
+    assert!(last.train_loss < first.train_loss - 0.05, "the training loss did not fall: {:?}", trainer.history);
+    // 2,000 test images: chance is 10 ± 0.7 %.
+    assert!(last.test_acc > 0.15, "test accuracy {:.2}% after {} steps", 100.0 * last.test_acc, 2 * steps);
+}

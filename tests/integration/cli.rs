@@ -160,17 +160,34 @@ fn train_writes_the_run_directory_and_eval_agrees() {
     assert!(text(&out).contains("already has a checkpoint"), "{}", text(&out));
     assert_eq!(before, std::fs::read(dir.join("checkpoint.safetensors")).unwrap());
 
-    // Resuming a finished run is a no-op that keeps its files.
+    // Resuming a finished run is a no-op that keeps its files, config.json included.
+    let config_before = std::fs::read(dir.join("config.json")).unwrap();
     let out = resume(&dir, 256);
     assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("already finished"), "{}", text(&out));
     assert_eq!(before, std::fs::read(dir.join("checkpoint.safetensors")).unwrap());
+    assert_eq!(config_before, std::fs::read(dir.join("config.json")).unwrap());
 
     // Diverging: clear error naming the step, exit code non-zero, nothing saved.
     let out = tiny_train(&runs, "nan", &["--max-lr", "1e30"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("training diverged: loss is"), "{}", text(&out));
+    assert!(text(&out).contains("no checkpoint was written"), "{}", text(&out));
     assert!(!runs.join("nan").join("checkpoint.safetensors").exists());
     assert!(!runs.join("nan").join("model.safetensors").exists());
+
+    // A finite loss that explodes (Adam at max LR 1e6 ends far above chance) is divergence too,
+    // found at the end of the epoch: nothing of the epoch is saved.
+    let out = tiny_train(&runs, "huge", &["--max-lr", "1e6"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("training diverged"), "{}", text(&out));
+    assert!(!runs.join("huge").join("model.safetensors").exists());
+    assert!(!runs.join("huge").join("checkpoint.safetensors").exists());
+
+    // --force replaces a run's files.
+    let out = tiny_train(&runs, "t", &["--force", "--seed", "3"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_ne!(before, std::fs::read(dir.join("checkpoint.safetensors")).unwrap());
     let _ = std::fs::remove_dir_all(&runs);
 }
 
@@ -205,8 +222,12 @@ fn bad_inputs_exit_non_zero_with_a_clear_message() {
         std::fs::write(data.join(f), vec![0u8; 3073 * 10]).unwrap();
     }
     std::fs::write(data.join("data_batch_1.bin"), vec![0u8; 3073 * 10 - 5]).unwrap();
+    // (lr-find: `eval` would read its weights first.)
+    let plot = data.join("lr.png");
     let out = bin()
-        .args(["eval", "--backend", "flex", "--no-download", "--no-verify", "--weights", "x.safetensors", "--data-dir"])
+        .args(["lr-find", "--backend", "flex", "--no-download", "--no-verify", "--out"])
+        .arg(&plot)
+        .arg("--data-dir")
         .arg(&data)
         .output()
         .unwrap();
@@ -216,7 +237,9 @@ fn bad_inputs_exit_non_zero_with_a_clear_message() {
     // A missing file, no download allowed.
     std::fs::remove_file(data.join("test_batch.bin")).unwrap();
     let out = bin()
-        .args(["eval", "--backend", "flex", "--no-download", "--weights", "x.safetensors", "--data-dir"])
+        .args(["lr-find", "--backend", "flex", "--no-download", "--out"])
+        .arg(&plot)
+        .arg("--data-dir")
         .arg(&data)
         .output()
         .unwrap();
@@ -260,17 +283,23 @@ fn lr_find_and_train_with_max_lr_auto() {
         s.split("suggested max LR: ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap();
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(runs.join("auto").join("config.json")).unwrap()).unwrap();
-    let used = config["max_lr"].as_f64().unwrap();
+    let used = config["optimizer"]["max_lr"].as_f64().unwrap();
     assert!((used / suggested - 1.0).abs() < 1e-3, "trained with {used}, suggested {suggested}");
     assert!(runs.join("auto").join("lr_find.png").is_file());
     let _ = std::fs::remove_dir_all(&runs);
 }
 
 #[test]
-fn ctrl_c_saves_a_checkpoint_that_resumes() {
+fn ctrl_c_and_sigterm_save_a_checkpoint_that_resumes() {
+    let Some(_) = real_data("ctrl_c_and_sigterm_save_a_checkpoint_that_resumes") else { return };
+    for signal in ["INT", "TERM", "HUP"] {
+        signal_saves_a_checkpoint(signal);
+    }
+}
+
+fn signal_saves_a_checkpoint(signal: &str) {
     use std::io::{BufRead, BufReader};
-    let Some(_) = real_data("ctrl_c_saves_a_checkpoint_that_resumes") else { return };
-    let runs = scratch("sigint");
+    let runs = scratch(&format!("sig{signal}"));
     let mut args: Vec<String> = TINY.iter().map(|s| s.to_string()).collect();
     args[7] = "2048".into(); // --train-limit: 64 steps per epoch, so the signal lands mid-run
     args[12] = runs.display().to_string();
@@ -286,14 +315,14 @@ fn ctrl_c_saves_a_checkpoint_that_resumes() {
             break;
         }
     }
-    let killed = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let killed = Command::new("kill").args([&format!("-{signal}"), &child.id().to_string()]).status().unwrap();
     assert!(killed.success());
     for line in lines {
         seen += &line.unwrap();
         seen.push('\n');
     }
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "{seen}");
+    assert_eq!(status.code(), Some(130), "SIG{signal}: {seen}");
     assert!(seen.contains("stopped at step"), "{seen}");
     let dir = runs.join("c");
     let out = resume(&dir, 2048);
@@ -356,4 +385,106 @@ fn bench_compares_with_pytorch_rows_and_writes_json() {
     assert!(out.status.success(), "{s}");
     assert!(s.contains("PyTorch comparison skipped") && s.contains("/nonexistent/python3"), "{s}");
     assert!(s.contains("train img/s"), "{s}");
+}
+
+/// Settings and output paths are checked before any data is read or model built: here the data
+/// directory does not even exist, so each error proves the order.
+#[test]
+fn bad_settings_and_paths_are_refused_before_any_work() {
+    let runs = scratch("early");
+    let no_data = runs.join("no-such-data");
+    let train = |extra: &[&str]| {
+        bin()
+            .args(["train", "--backend", "flex", "--no-download", "--runs-dir"])
+            .arg(&runs)
+            .arg("--data-dir")
+            .arg(&no_data)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    for (args, expected) in [
+        (&["--width", "inf", "--name", "a"][..], "width must be in [1/64, 8], got inf"),
+        (&["--width", "1e-9", "--name", "a"], "width must be in"),
+        (&["--weight-decay=-1", "--name", "a"], "weight_decay must be 0 or more"),
+        (&["--max-lr", "0", "--name", "a"], "max_lr must be a positive number"),
+        (&["--pct-start", "1.5", "--name", "a"], "pct_start must be in (0, 1)"),
+        (&["--sync-every", "0", "--name", "a"], "must be at least 1"),
+        (&["--resume", "somewhere", "--epochs", "30", "--width", "0.5"], "--epochs, --width cannot change it"),
+    ] {
+        let out = train(args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(text(&out).contains(expected), "{args:?}: expected '{expected}' in {}", text(&out));
+        assert!(!text(&out).contains("no-such-data"), "{args:?} looked for data first: {}", text(&out));
+        assert!(!runs.join("a").exists(), "{args:?} left a run directory");
+    }
+
+    // A directory with results and no checkpoint is not overwritten without --force.
+    let old = runs.join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("metrics.jsonl"), "kept\n").unwrap();
+    let out = train(&["--name", "old", "--epochs", "1"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("already has the results of a run (metrics.jsonl)"), "{}", text(&out));
+    assert!(text(&out).contains("--force"), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(old.join("metrics.jsonl")).unwrap(), "kept\n");
+
+    // A missing data directory: nothing is left behind in --runs-dir.
+    let out = train(&["--name", "b", "--epochs", "1"]);
+    assert!(!out.status.success() && text(&out).contains("no-such-data"), "{}", text(&out));
+    assert!(!runs.join("b").exists(), "an empty run directory was left: {}", text(&out));
+
+    let file = runs.join("a-file");
+    std::fs::write(&file, "x").unwrap();
+
+    // eval: the weights and --predictions are checked before the data; lr-find: --out.
+    let without_data = |args: &[&str]| bin().args(args).arg("--data-dir").arg(&no_data).output().unwrap();
+    let missing = runs.join("missing.safetensors").display().to_string();
+    let out = without_data(&["eval", "--backend", "flex", "--no-download", "--weights", &missing]);
+    assert!(!out.status.success() && text(&out).contains("missing.safetensors: cannot read"), "{}", text(&out));
+    let under_a_file = |name: &str| file.join(name).display().to_string();
+    for args in [
+        ["eval", "--backend", "flex", "--no-download", "--weights", "w", "--predictions", &under_a_file("p.txt")],
+        ["lr-find", "--backend", "flex", "--no-download", "--width", "0.25", "--out", &under_a_file("lr.png")],
+    ] {
+        let out = without_data(&args);
+        assert!(!out.status.success() && text(&out).contains("a-file"), "{args:?}: {}", text(&out));
+        assert!(!text(&out).contains("no-such-data"), "{args:?}: {}", text(&out));
+    }
+    let out = bin().args(["eval", "--backend", "flex", "--batch-size", "0", "--weights", "w"]).output().unwrap();
+    assert!(!out.status.success() && text(&out).contains("must be at least 1"), "{}", text(&out));
+    let _ = std::fs::remove_dir_all(&runs);
+}
+
+#[test]
+fn data_errors_are_readable() {
+    let dir = scratch("dataerr");
+    // --data-dir naming a regular file.
+    let file = dir.join("plain-file");
+    std::fs::write(&file, "x").unwrap();
+    let out = bin().args(["lr-find", "--backend", "flex", "--no-download", "--data-dir"]).arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("plain-file: not a directory"), "{}", text(&out));
+
+    // A gzip holding garbage: the message names the archive and prints no raw bytes.
+    let data = dir.join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut rng = cifar_core::rng::Rng::new(3);
+    let garbage: Vec<u8> = (0..20_000).map(|_| rng.below(256) as u8).collect();
+    let raw = dir.join("garbage");
+    std::fs::write(&raw, &garbage).unwrap();
+    let gz = Command::new("gzip").arg("-c").arg(&raw).output().unwrap();
+    assert!(gz.status.success());
+    std::fs::write(data.join("cifar-10-binary.tar.gz"), &gz.stdout).unwrap();
+    let out = bin()
+        .args(["lr-find", "--backend", "flex", "--no-download", "--no-verify", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let s = text(&out);
+    assert!(!out.status.success());
+    assert!(s.contains("cifar-10-binary.tar.gz"), "{s}");
+    let line = s.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
+    assert!(line.chars().all(|c| !c.is_control()) && line.is_ascii(), "raw bytes in: {line:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

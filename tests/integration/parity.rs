@@ -12,7 +12,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use cifar_core::io::weights::{ArrayData, TensorFile, load_model, model_tensors};
 use cifar_core::model::{Model, ModelConfig};
 use cifar_core::train::cross_entropy;
-use cifar_core::train::optim::{Optimizer, OptimizerKind, OptimizerSettings};
+use cifar_core::train::optim::{Optimizer, OptimizerConfig, OptimizerKind};
 use cifar_core::train::schedule::{OneCycle, OneCycleConfig};
 use cifar_webgpu::backend::{self, Backend};
 use serde::Deserialize;
@@ -175,8 +175,7 @@ fn optimizer_steps(device: &Device, kind: OptimizerKind, prefix: &str) {
     let (x, y) = f.batch(&ad);
     let initial: Vec<(String, Vec<f32>)> =
         model_tensors(&model).into_iter().map(|(name, _, t)| (name, values(t.inner()))).collect();
-    let mut optim =
-        Optimizer::new(OptimizerSettings { kind, weight_decay: f.meta.weight_decay, beta2: 0.999, eps: 1e-8 });
+    let mut optim = Optimizer::new(OptimizerConfig::new(kind).with_weight_decay(f.meta.weight_decay));
     for &(lr, momentum) in &f.meta.steps {
         let loss = cross_entropy(model.forward(x.clone()), y.clone(), 0.0);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -264,12 +263,14 @@ fn wgpu_matches_pytorch_adam_and_sgd_steps() {
 fn onecycle_matches_pytorch_table() {
     let s = &fixture().meta.schedule;
     let ours = OneCycle::new(
-        OneCycleConfig::new(s.max_lr, s.total_steps)
+        OneCycleConfig::new()
             .with_pct_start(s.pct_start)
             .with_div_factor(s.div_factor)
             .with_final_div_factor(s.final_div_factor)
             .with_base_momentum(s.base_momentum)
             .with_max_momentum(s.max_momentum),
+        s.max_lr,
+        s.total_steps,
     )
     .unwrap();
     assert_eq!(s.lr.len(), s.total_steps);

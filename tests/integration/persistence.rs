@@ -5,6 +5,9 @@ use burn::tensor::{Distribution, Tensor};
 use cifar_core::io::checkpoint;
 use cifar_core::io::weights::{ArrayData, NamedArray, TensorFile, model_file, model_from_bytes};
 use cifar_core::model::ModelConfig;
+use cifar_core::train::lr_finder::{self, LrFinderConfig};
+use cifar_core::train::optim::{OptimizerConfig, OptimizerKind};
+use cifar_core::train::schedule::OneCycleConfig;
 use cifar_core::train::{TrainError, Trainer, TrainingConfig};
 
 use crate::common::{flex, rng_lock, run, synthetic};
@@ -173,5 +176,95 @@ fn a_diverging_loss_is_reported_with_its_step() {
     match error {
         Some(TrainError::NonFinite { step, .. }) => assert!(step >= 2, "step {step}"),
         other => panic!("expected a NonFinite error, got {other:?}"),
+    }
+}
+
+/// The recipe as checkpoints stored it before the optimizer and schedule were nested.
+fn flatten_config(config: &serde_json::Value) -> serde_json::Value {
+    let mut flat = config.as_object().unwrap().clone();
+    let optimizer = flat.remove("optimizer").unwrap();
+    let schedule = flat.remove("schedule").unwrap();
+    for (k, v) in optimizer.as_object().unwrap().iter().chain(schedule.as_object().unwrap()) {
+        let key = if k == "kind" { "optimizer" } else { k.as_str() };
+        flat.insert(key.to_string(), v.clone());
+    }
+    flat.into()
+}
+
+#[test]
+fn a_checkpoint_with_the_old_flat_config_resumes() {
+    let _rng = rng_lock();
+    let train = synthetic(64, 3);
+    let config = tiny_config().with_optimizer(OptimizerConfig::new(OptimizerKind::Sgd).with_weight_decay(1e-3));
+    let trainer = Trainer::new(config.clone(), &flex(), train.len()).unwrap();
+    let trainer = run(trainer, &train, &synthetic(16, 4), Some(3));
+    let bytes = pollster::block_on(checkpoint::to_bytes(&trainer, train.len())).unwrap();
+    let mut file = TensorFile::decode("c", &bytes).unwrap();
+    let mut meta: serde_json::Value = serde_json::from_str(&file.metadata["checkpoint"]).unwrap();
+    meta["config"] = flatten_config(&meta["config"]);
+    assert!(meta["config"]["max_lr"].is_number() && meta["config"]["optimizer"] == "sgd", "{}", meta["config"]);
+    file.metadata.insert("checkpoint".into(), meta.to_string());
+    let old = file.encode().unwrap();
+    let resumed = checkpoint::from_bytes("old.safetensors", &old, &flex(), train.len()).unwrap();
+    assert_eq!(resumed.config, config);
+    assert_eq!(resumed.step, 3);
+}
+
+#[test]
+fn identical_content_encodes_to_identical_bytes() {
+    // Each encode builds the HashMap safetensors takes, with its own random order.
+    let file = || {
+        let mut f = TensorFile::default();
+        for i in 0..12 {
+            f.metadata.insert(format!("key{i}"), format!("value \"{i}\""));
+        }
+        let name = "t".to_string();
+        f.arrays.insert(name.clone(), NamedArray { name, shape: vec![2], data: ArrayData::F32(vec![1.0, 2.0]) });
+        f
+    };
+    let first = file().encode().unwrap();
+    for _ in 0..5 {
+        assert_eq!(file().encode().unwrap(), first);
+    }
+    assert_eq!(TensorFile::decode("f", &first).unwrap().metadata, file().metadata);
+}
+
+#[test]
+fn the_lr_range_test_runs_on_the_driver_across_epochs() {
+    let _rng = rng_lock();
+    let train = synthetic(64, 6);
+    // 4 steps per epoch: 10 steps roll over two epochs, with no test pass and no history.
+    let trainer = Trainer::new(tiny_config(), &flex(), train.len()).unwrap();
+    let finder = LrFinderConfig::new().with_start_lr(1e-5).with_end_lr(1e-1).with_num_iter(10).with_diverge(1e9);
+    let mut seen = Vec::new();
+    let result =
+        pollster::block_on(lr_finder::run(&finder, trainer, &train, |i, lr, loss| seen.push((i, lr, loss)))).unwrap();
+    assert_eq!(result.lrs.len(), 10, "{result:?}");
+    let ramp = finder.range(0.95);
+    for (i, lr) in result.lrs.iter().enumerate() {
+        assert!((lr / ramp.lr(i) - 1.0).abs() < 1e-12, "step {i}: {lr} vs {}", ramp.lr(i));
+    }
+    assert!(result.losses.iter().all(|l| l.is_finite() && *l > 0.0), "{result:?}");
+    assert_eq!(seen.len(), 10);
+    assert!(!result.diverged);
+}
+
+#[test]
+fn settings_out_of_range_are_refused_by_name() {
+    let cases: [(TrainingConfig, &str); 5] = [
+        (
+            tiny_config().with_optimizer(OptimizerConfig::new(OptimizerKind::Adam).with_weight_decay(-1.0)),
+            "weight_decay",
+        ),
+        (tiny_config().with_max_lr(f64::INFINITY), "max_lr"),
+        (tiny_config().with_schedule(OneCycleConfig::new().with_pct_start(0.0)), "pct_start"),
+        (tiny_config().with_label_smoothing(1.0), "label_smoothing"),
+        (tiny_config().with_batch_size(1), "batch_size"),
+    ];
+    for (config, setting) in cases {
+        let e = config.validate().unwrap_err();
+        assert_eq!(e.setting, setting, "{e}");
+        let e = Trainer::new(config, &flex(), 64).err().unwrap().to_string();
+        assert!(e.starts_with(&format!("invalid configuration: {setting}")), "{e}");
     }
 }

@@ -10,7 +10,7 @@ fn close(a: f64, b: f64) -> bool {
 #[test]
 fn onecycle_matches_pytorch_24_epochs_peak_at_5() {
     // max_lr 0.01, 97 steps/epoch × 24 epochs, pct_start 5/24, PyTorch defaults otherwise.
-    let s = OneCycle::new(OneCycleConfig::new(0.01, 24 * 97)).unwrap();
+    let s = OneCycle::new(OneCycleConfig::new(), 0.01, 24 * 97).unwrap();
     let expected = [
         (0, 0.0004, 0.95),
         (1, 0.00041983471074380166, 0.949793388429752),
@@ -32,12 +32,14 @@ fn onecycle_matches_pytorch_24_epochs_peak_at_5() {
 #[test]
 fn onecycle_matches_pytorch_custom_factors() {
     let s = OneCycle::new(
-        OneCycleConfig::new(0.4, 10)
+        OneCycleConfig::new()
             .with_pct_start(0.3)
             .with_div_factor(10.0)
             .with_final_div_factor(100.0)
             .with_base_momentum(0.8)
             .with_max_momentum(0.9),
+        0.4,
+        10,
     )
     .unwrap();
     let expected = [
@@ -57,12 +59,17 @@ fn onecycle_matches_pytorch_custom_factors() {
         assert!(close(got_lr, lr), "step {step}: lr {got_lr} != {lr}");
         assert!(close(got_m, m), "step {step}: momentum {got_m} != {m}");
     }
-    assert_eq!(s.lrs().len(), 10);
+    assert_eq!(s.lr(10), s.at(10).0);
 }
 
 #[test]
 fn onecycle_rejects_bad_settings() {
-    assert!(OneCycle::new(OneCycleConfig::new(0.01, 0)).is_err());
-    assert!(OneCycle::new(OneCycleConfig::new(-1.0, 10)).is_err());
-    assert!(OneCycle::new(OneCycleConfig::new(0.01, 10).with_pct_start(1.0)).is_err());
+    let shape = OneCycleConfig::new();
+    assert!(OneCycle::new(shape.clone(), 0.01, 0).is_err());
+    assert!(OneCycle::new(shape.clone(), -1.0, 10).is_err());
+    assert!(OneCycle::new(shape.clone(), f64::NAN, 10).is_err());
+    assert!(OneCycle::new(shape.clone().with_pct_start(1.0), 0.01, 10).is_err());
+    assert!(OneCycle::new(shape.clone().with_div_factor(0.0), 0.01, 10).is_err());
+    let e = OneCycle::new(shape.with_max_momentum(1.5), 0.01, 10).unwrap_err();
+    assert_eq!(e.to_string(), "max_momentum must be in [0, 1), got 1.5");
 }

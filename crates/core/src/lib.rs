@@ -5,6 +5,7 @@
 //! which turns on the `flex-kernels` feature). ARCHITECTURE.md has the map.
 
 pub mod data;
+pub mod error;
 pub mod io;
 pub mod model;
 pub mod rng;

@@ -121,7 +121,7 @@ impl Session {
     /// can draw it before training, and the configuration the run uses.
     pub fn start(&self, config: &str, fine_tune: bool, sync_every: usize) -> Result<String, JsError> {
         let mut s = self.state()?;
-        let config: TrainingConfig = serde_json::from_str(config).map_err(|e| err(format!("settings: {e}")))?;
+        let config = TrainingConfig::from_json(config).map_err(|e| err(format!("settings: {e}")))?;
         let n = s.data.as_ref().ok_or_else(|| err("load CIFAR-10 first"))?.train.len();
         let trainer = if fine_tune {
             let (model, model_config) = s.loaded.clone().ok_or_else(|| err("load weights first"))?;
@@ -135,7 +135,7 @@ impl Session {
             "steps_per_epoch": trainer.steps_per_epoch,
             "total_steps": trainer.total_steps(),
             "params": trainer.model.trainable_params(),
-            "lrs": trainer.schedule.lrs(),
+            "lrs": trainer.planned_lrs(),
             "config": trainer.config,
         })
         .to_string();
@@ -252,11 +252,11 @@ impl Session {
     /// LR range test on a fresh copy of the model; returns the curve and the suggestion.
     pub async fn lr_find(&self, config: &str, num_iter: usize) -> Result<String, JsError> {
         let s = self.state()?;
-        let config: TrainingConfig = serde_json::from_str(config).map_err(|e| err(format!("settings: {e}")))?;
+        let config = TrainingConfig::from_json(config).map_err(|e| err(format!("settings: {e}")))?;
         let data = s.data.as_ref().ok_or_else(|| err("load CIFAR-10 first"))?;
-        let mut trainer = Trainer::new(config, &s.device, data.train.len()).map_err(err)?;
+        let trainer = Trainer::new(config, &s.device, data.train.len()).map_err(err)?;
         let finder = LrFinderConfig::new().with_num_iter(num_iter);
-        let r = lr_finder::run(&finder, &mut trainer, &data.train, |_, _, _| {}).await.map_err(err)?;
+        let r = lr_finder::run(&finder, trainer, &data.train, |_, _, _| {}).await.map_err(err)?;
         Ok(json!({ "lrs": r.lrs, "losses": r.losses, "suggestion": r.suggestion, "diverged": r.diverged }).to_string())
     }
 

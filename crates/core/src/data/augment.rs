@@ -10,6 +10,7 @@ use burn::config::Config;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::data::{IMAGE_BYTES, MEAN, STD};
+use crate::error::ConfigError;
 use crate::rng::Rng;
 
 pub const SIDE: usize = 32;
@@ -27,12 +28,12 @@ pub struct AugmentConfig {
 }
 
 impl AugmentConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.pad >= SIDE {
-            return Err(format!("pad must be < {SIDE}, got {}", self.pad));
+            return Err(ConfigError::new("pad", format!("must be < {SIDE}, got {}", self.pad)));
         }
         if self.cutout > SIDE {
-            return Err(format!("cutout must be <= {SIDE}, got {}", self.cutout));
+            return Err(ConfigError::new("cutout", format!("must be <= {SIDE}, got {}", self.cutout)));
         }
         Ok(())
     }

@@ -4,6 +4,8 @@
 //! (`download.rs`) and the browser, where the user picks or drops the files.
 
 pub mod augment;
+/// Small valid CIFAR-10 files for the tests of every crate (the `test-support` feature).
+#[cfg(any(test, feature = "test-support"))]
 pub mod synthetic;
 
 use std::collections::HashMap;
@@ -11,6 +13,7 @@ use std::fmt;
 use std::io::Read;
 
 use md5::{Digest, Md5};
+use thiserror::Error;
 
 pub const CLASSES: [&str; 10] =
     ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
@@ -67,82 +70,32 @@ pub fn is_gzip(bytes: &[u8]) -> bool {
     bytes.starts_with(&[0x1f, 0x8b])
 }
 
-#[derive(Debug)]
+#[derive(Debug, Error)]
 pub enum DataError {
     /// The file length is not a multiple of [`RECORD_BYTES`].
-    BadSize {
-        file: String,
-        len: usize,
-    },
+    #[error("{file}: {len} bytes is not a whole number of {RECORD_BYTES}-byte records")]
+    BadSize { file: String, len: usize },
     /// A whole number of records, but not [`RECORDS_PER_FILE`] of them.
-    WrongCount {
-        file: String,
-        expected: usize,
-        found: usize,
-    },
+    #[error("{file}: expected {expected} records ({} bytes), found {found}", expected * RECORD_BYTES)]
+    WrongCount { file: String, expected: usize, found: usize },
     /// `record` is 0-based.
-    BadLabel {
-        file: String,
-        record: usize,
-        label: u8,
-    },
-    Checksum {
-        file: String,
-        expected: String,
-        actual: String,
-    },
-    NotArchive {
-        file: String,
-        reason: String,
-    },
-    MissingInArchive {
-        archive: String,
-        file: String,
-    },
+    #[error("{file}: record {record} has label byte {label} (must be 0..=9)")]
+    BadLabel { file: String, record: usize, label: u8 },
+    #[error(
+        "{file}: MD5 checksum mismatch (expected {expected}, got {actual}): \
+         the file is corrupt or not the official CIFAR-10 binary"
+    )]
+    Checksum { file: String, expected: String, actual: String },
+    #[error("{file}: not a gzip tar archive ({reason})")]
+    NotArchive { file: String, reason: String },
+    #[error("{archive}: missing {file}")]
+    MissingInArchive { archive: String, file: String },
     /// `hint` tells the user how to provide the file; may be empty.
-    Missing {
-        file: String,
-        hint: String,
-    },
-    Io {
-        file: String,
-        source: String,
-    },
+    #[error("{file}: file not found{}{hint}", if hint.is_empty() { "" } else { ". " })]
+    Missing { file: String, hint: String },
+    #[error("{file}: {problem}")]
+    Io { file: String, problem: String },
 }
-
-impl fmt::Display for DataError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DataError::BadSize { file, len } => {
-                write!(f, "{file}: {len} bytes is not a whole number of {RECORD_BYTES}-byte records")
-            }
-            DataError::WrongCount { file, expected, found } => {
-                write!(f, "{file}: expected {expected} records ({} bytes), found {found}", expected * RECORD_BYTES)
-            }
-            DataError::BadLabel { file, record, label } => {
-                write!(f, "{file}: record {record} has label byte {label} (must be 0..=9)")
-            }
-            DataError::Checksum { file, expected, actual } => write!(
-                f,
-                "{file}: MD5 checksum mismatch (expected {expected}, got {actual}): \
-                 the file is corrupt or not the official CIFAR-10 binary"
-            ),
-            DataError::NotArchive { file, reason } => {
-                write!(f, "{file}: not a gzip tar archive ({reason})")
-            }
-            DataError::MissingInArchive { archive, file } => {
-                write!(f, "{archive}: missing {file}")
-            }
-            DataError::Missing { file, hint } if hint.is_empty() => {
-                write!(f, "{file}: file not found")
-            }
-            DataError::Missing { file, hint } => write!(f, "{file}: file not found. {hint}"),
-            DataError::Io { file, source } => write!(f, "{file}: {source}"),
-        }
-    }
-}
-
-impl std::error::Error for DataError {}
 
 /// A set of labelled images, stored exactly as in the CIFAR-10 binary files.
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -259,12 +212,22 @@ pub fn verify_md5(file_name: &str, bytes: &[u8]) -> Result<(), DataError> {
     }
 }
 
+/// `text` with control and non-ASCII characters escaped and cut to 160 characters: a
+/// garbage archive puts its bytes into the tar reader's messages.
+fn printable(text: &str) -> String {
+    let escaped: String = text.chars().flat_map(|c| c.escape_default()).collect();
+    match escaped.char_indices().nth(160) {
+        Some((i, _)) => format!("{}...", &escaped[..i]),
+        None => escaped,
+    }
+}
+
 /// Extracts the six batch files (base name, bytes) from a gzip tar archive, in
 /// [`ALL_FILES`] order. Entries are matched on base name so the archive's
 /// top-level folder does not matter; other entries are skipped.
 pub fn extract_archive(archive_name: &str, bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, DataError> {
     let not_archive =
-        |e: std::io::Error| DataError::NotArchive { file: archive_name.to_owned(), reason: e.to_string() };
+        |e: std::io::Error| DataError::NotArchive { file: archive_name.to_owned(), reason: printable(&e.to_string()) };
     if !is_gzip(bytes) {
         return Err(DataError::NotArchive { file: archive_name.to_owned(), reason: "no gzip header".to_owned() });
     }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use burn::tensor::{Device, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::io::weights::{ArrayData, FileError, NamedArray, TensorFile, load_model, model_file};
+use crate::io::weights::{ArrayData, FileError, NamedArray, SaveError, TensorFile, load_model, model_file};
 use crate::rng::Rng;
 use crate::train::metrics::{EpochMetrics, RunningMean};
 use crate::train::{EpochCursor, Trainer, TrainingConfig};
@@ -17,6 +17,7 @@ const META_KEY: &str = "checkpoint";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Meta {
+    #[serde(deserialize_with = "any_config")]
     config: TrainingConfig,
     step: usize,
     rng: Rng,
@@ -27,6 +28,11 @@ struct Meta {
     train_len: usize,
 }
 
+/// Checkpoints from before the recipe was nested resume too.
+fn any_config<'de, D: serde::Deserializer<'de>>(d: D) -> Result<TrainingConfig, D::Error> {
+    TrainingConfig::from_value(serde_json::Value::deserialize(d)?).map_err(serde::de::Error::custom)
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct CursorMeta {
     next_batch: usize,
@@ -35,7 +41,7 @@ struct CursorMeta {
 }
 
 /// Serialises the trainer. Call [`Trainer::sync`] first so no step result is pending.
-pub async fn to_bytes(trainer: &Trainer, train_len: usize) -> Result<Vec<u8>, String> {
+pub async fn to_bytes(trainer: &Trainer, train_len: usize) -> Result<Vec<u8>, SaveError> {
     let mut file = model_file(&trainer.model, &trainer.config.model, trainer.step as u64).await?;
     let (tensors, optimizer_steps) = trainer.optim.export();
     for (name, t) in tensors {
@@ -62,7 +68,7 @@ pub async fn to_bytes(trainer: &Trainer, train_len: usize) -> Result<Vec<u8>, St
         }),
         train_len,
     };
-    file.metadata.insert(META_KEY.into(), serde_json::to_string(&meta).map_err(|e| e.to_string())?);
+    file.metadata.insert(META_KEY.into(), serde_json::to_string(&meta).map_err(|e| SaveError::Encode(e.to_string()))?);
     file.encode()
 }
 
@@ -97,7 +103,7 @@ pub fn from_bytes(file_name: &str, bytes: &[u8], device: &Device, train_len: usi
     trainer
         .optim
         .import(&meta.optimizer_steps, &mut take, &ad.clone().inner())
-        .map_err(|e| FileError::new(file_name, e))?;
+        .map_err(|e| FileError::new(file_name, e.to_string()))?;
     trainer.step = meta.step;
     trainer.rng = meta.rng;
     trainer.history = meta.history;

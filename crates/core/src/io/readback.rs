@@ -3,14 +3,20 @@
 
 use burn::tensor::{Int, Tensor};
 
+use crate::error::DeviceError;
+
+fn device_error(e: impl std::fmt::Debug) -> DeviceError {
+    DeviceError(format!("{e:?}"))
+}
+
 /// A float tensor's values, in row-major order.
-pub async fn f32s<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, String> {
-    let data = t.into_data_async().await.map_err(|e| format!("reading back from the device: {e:?}"))?;
-    data.convert::<f32>().try_into_vec::<f32>().map_err(|e| format!("reading back from the device: {e:?}"))
+pub async fn f32s<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, DeviceError> {
+    let data = t.into_data_async().await.map_err(device_error)?;
+    data.convert::<f32>().try_into_vec::<f32>().map_err(device_error)
 }
 
 /// An integer tensor's values, in row-major order.
-pub async fn i64s<const D: usize>(t: Tensor<D, Int>) -> Result<Vec<i64>, String> {
-    let data = t.into_data_async().await.map_err(|e| format!("reading back from the device: {e:?}"))?;
-    data.convert::<i64>().try_into_vec::<i64>().map_err(|e| format!("reading back from the device: {e:?}"))
+pub async fn i64s<const D: usize>(t: Tensor<D, Int>) -> Result<Vec<i64>, DeviceError> {
+    let data = t.into_data_async().await.map_err(device_error)?;
+    data.convert::<i64>().try_into_vec::<i64>().map_err(device_error)
 }

@@ -13,16 +13,19 @@
 //! | `layer2.0`/`.2`, `layer3.0`/`.2`, `res3.0`/`.1`/`.4`/`.5` likewise                    |||
 //! | `fc.weight`                      | `fc.weight` transposed   | `[10, 512]`             |
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use burn::module::{Param, RunningState};
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use thiserror::Error;
 
+use crate::error::DeviceError;
 use crate::model::{ConvBn, Model, ModelConfig};
 
-/// An error about one file: `"{file}: {problem}"`.
-#[derive(Debug, Clone, PartialEq)]
+/// An error about one file read: `"{file}: {problem}"`.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[error("{file}: {problem}")]
 pub struct FileError {
     pub file: String,
     pub problem: String,
@@ -34,13 +37,14 @@ impl FileError {
     }
 }
 
-impl std::fmt::Display for FileError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.file, self.problem)
-    }
+/// Why weights or a checkpoint could not be turned into bytes.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum SaveError {
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("encoding safetensors: {0}")]
+    Encode(String),
 }
-
-impl std::error::Error for FileError {}
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ArrayData {
@@ -60,11 +64,12 @@ pub struct NamedArray {
 #[derive(Debug, Clone, Default)]
 pub struct TensorFile {
     pub arrays: BTreeMap<String, NamedArray>,
-    pub metadata: HashMap<String, String>,
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl TensorFile {
-    pub fn encode(&self) -> Result<Vec<u8>, String> {
+    /// The file's bytes; the same content always gives the same bytes.
+    pub fn encode(&self) -> Result<Vec<u8>, SaveError> {
         let bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = self
             .arrays
             .values()
@@ -81,11 +86,28 @@ impl TensorFile {
             .map(|(name, dtype, shape, raw)| {
                 TensorView::new(*dtype, shape.clone(), raw)
                     .map(|v| (name.clone(), v))
-                    .map_err(|e| format!("tensor {name}: {e}"))
+                    .map_err(|e| SaveError::Encode(format!("tensor {name}: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let metadata = (!self.metadata.is_empty()).then(|| self.metadata.clone());
-        safetensors::serialize(views, metadata).map_err(|e| e.to_string())
+        let metadata = (!self.metadata.is_empty()).then(|| self.metadata.clone().into_iter().collect());
+        let mut bytes = safetensors::serialize(views, metadata).map_err(|e| SaveError::Encode(e.to_string()))?;
+        self.sort_metadata(&mut bytes);
+        Ok(bytes)
+    }
+
+    /// safetensors writes `__metadata__` in a `HashMap`'s random order, so two identical runs
+    /// would differ in bytes. It is the header's first entry, written compactly: the sorted
+    /// object has the same length and replaces it in place.
+    fn sort_metadata(&self, bytes: &mut [u8]) {
+        const PREFIX: &[u8] = b"{\"__metadata__\":";
+        let Ok(sorted) = serde_json::to_vec(&self.metadata) else { return };
+        let start = 8 + PREFIX.len();
+        let Some(slot) = bytes.get(start..start + sorted.len()) else { return };
+        let same = serde_json::from_slice::<BTreeMap<String, String>>(slot).is_ok_and(|m| m == self.metadata);
+        if self.metadata.is_empty() || !bytes[8..].starts_with(PREFIX) || !same {
+            return;
+        }
+        bytes[start..start + sorted.len()].copy_from_slice(&sorted);
     }
 
     pub fn decode(file: &str, bytes: &[u8]) -> Result<Self, FileError> {
@@ -109,7 +131,7 @@ impl TensorFile {
             };
             arrays.insert(name.clone(), NamedArray { name, shape: view.shape().to_vec(), data });
         }
-        Ok(Self { arrays, metadata: meta.metadata().clone().unwrap_or_default() })
+        Ok(Self { arrays, metadata: meta.metadata().clone().unwrap_or_default().into_iter().collect() })
     }
 
     /// Removes an f32 tensor, checking its shape.
@@ -156,7 +178,7 @@ pub fn model_tensors(model: &Model) -> Vec<(String, Vec<usize>, Tensor<1>)> {
 }
 
 /// `model.safetensors` content. `batches_tracked` fills PyTorch's `num_batches_tracked`.
-pub async fn model_file(model: &Model, config: &ModelConfig, batches_tracked: u64) -> Result<TensorFile, String> {
+pub async fn model_file(model: &Model, config: &ModelConfig, batches_tracked: u64) -> Result<TensorFile, DeviceError> {
     let mut file = TensorFile::default();
     for (name, shape, t) in model_tensors(model) {
         let data = ArrayData::F32(crate::io::readback::f32s(t.detach()).await?);

@@ -19,6 +19,8 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::tensor::{Device, Tensor};
 
+use crate::error::ConfigError;
+
 pub mod batchnorm;
 pub mod dropout;
 pub mod ops;
@@ -45,12 +47,13 @@ impl ModelConfig {
         [64, 128, 256, 512].map(|c| ((c as f64 * self.width).round() as usize).max(1))
     }
 
-    pub fn validate(&self) -> Result<(), String> {
-        if !(self.width.is_finite() && self.width > 0.0 && self.width <= 8.0) {
-            return Err(format!("width must be in (0, 8], got {}", self.width));
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        // From 1/64 every layer has at least one channel of its own.
+        if !(self.width.is_finite() && self.width >= 1.0 / 64.0 && self.width <= 8.0) {
+            return Err(ConfigError::new("width", format!("must be in [1/64, 8], got {}", self.width)));
         }
         if !(0.0..1.0).contains(&self.dropout) {
-            return Err(format!("dropout must be in [0, 1), got {}", self.dropout));
+            return Err(ConfigError::new("dropout", format!("must be in [0, 1), got {}", self.dropout)));
         }
         Ok(())
     }

@@ -53,13 +53,27 @@ pub struct Driver {
     sync_every: usize,
     stop_at: Option<usize>,
     interrupter: Interrupter,
+    test_pass: bool,
 }
 
 impl Driver {
     /// Reads losses back every `sync_every` steps (1: every step; on a GPU every read-back
     /// stalls the queue).
     pub fn new(trainer: Trainer, sync_every: usize) -> Self {
-        Self { trainer, sync_every: sync_every.max(1), stop_at: None, interrupter: Interrupter::default() }
+        Self {
+            trainer,
+            sync_every: sync_every.max(1),
+            stop_at: None,
+            interrupter: Interrupter::default(),
+            test_pass: true,
+        }
+    }
+
+    /// Epochs roll over without a test pass or a history record, and no [`Event::Epoch`] is
+    /// reported: the LR range test steps across epochs until its own stop.
+    pub fn without_test_pass(mut self) -> Self {
+        self.test_pass = false;
+        self
     }
 
     /// Stops (as an interrupt would) once the trainer has taken `step` steps in all.
@@ -116,10 +130,13 @@ impl Driver {
         let seconds = start.elapsed().as_secs_f64();
         t.add_training_seconds(seconds);
         events.push(Event::Steps { progress, steps, seconds });
-        if progress.batch_in_epoch >= progress.batches_per_epoch {
+        if progress.batch_in_epoch >= progress.batches_per_epoch && !self.test_pass {
+            t.roll_over_epoch();
+        } else if progress.batch_in_epoch >= progress.batches_per_epoch {
             let start = Instant::now();
             let plain = t.device.clone().inner();
             let evaluation = evaluate(&t.model.valid(), test, EVAL_BATCH, &plain, false).await?;
+            t.check_health(&evaluation).await?;
             let metrics = t.finish_epoch(&evaluation, start.elapsed().as_secs_f64());
             events.push(Event::Epoch { metrics, evaluation });
         }

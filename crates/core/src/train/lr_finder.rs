@@ -7,7 +7,9 @@
 use burn::config::Config;
 
 use crate::data::Split;
-use crate::train::{TrainError, Trainer, gather_batch};
+use crate::train::driver::{Driver, Event};
+use crate::train::schedule::LrRange;
+use crate::train::{TrainError, Trainer};
 
 #[derive(Config, Debug, PartialEq)]
 pub struct LrFinderConfig {
@@ -35,9 +37,9 @@ pub struct LrFinderResult {
 }
 
 impl LrFinderConfig {
-    pub fn lr_at(&self, i: usize) -> f64 {
-        let t = i as f64 / (self.num_iter.max(2) - 1) as f64;
-        self.start_lr * (self.end_lr / self.start_lr).powf(t)
+    /// The ramp, at the one-cycle's starting momentum `momentum`.
+    pub fn range(&self, momentum: f64) -> LrRange {
+        LrRange { start_lr: self.start_lr, end_lr: self.end_lr, steps: self.num_iter, momentum }
     }
 }
 
@@ -59,45 +61,44 @@ pub fn suggest(lrs: &[f64], losses: &[f64]) -> Option<f64> {
         .map(|(i, _)| lrs[i])
 }
 
-/// Runs the test on `trainer`'s model (consumed: the trained weights are thrown away by the
-/// caller). `on_point` sees each (lr, smoothed loss) as it is measured.
+/// Runs the test with a fresh `trainer` (consumed: the trained weights are thrown away) on the
+/// training driver: a read-back every step, epochs rolling over without a test pass.
+/// `on_point` sees each (step, lr, smoothed loss) as it is measured.
 pub async fn run(
     config: &LrFinderConfig,
-    trainer: &mut Trainer,
+    mut trainer: Trainer,
     data: &Split,
     mut on_point: impl FnMut(usize, f64, f64),
 ) -> Result<LrFinderResult, TrainError> {
-    let bs = trainer.config.batch_size;
-    let momentum = trainer.config.max_momentum;
-    let mut order: Vec<u32> = (0..data.len() as u32).collect();
+    let momentum = trainer.config.schedule.max_momentum;
+    trainer.use_range_schedule(config.range(momentum));
+    let mut driver = Driver::new(trainer, 1).without_test_pass().with_stop_at(Some(config.num_iter));
     let (mut lrs, mut losses) = (Vec::new(), Vec::new());
     let (mut avg, mut best) = (0.0, f64::INFINITY);
     let mut diverged = false;
-    // Start of the next batch in `order`; reshuffled whenever the data runs out.
-    let mut next = order.len();
-    for i in 0..config.num_iter {
-        if next + bs > order.len() {
-            trainer.rng.shuffle(&mut order);
-            next = 0;
-        }
-        let (pixels, labels) = gather_batch(data, &order[next..next + bs]);
-        next += bs;
-        let lr = config.lr_at(i);
-        let (loss, _) = trainer.step_on(&pixels, &labels, lr, momentum);
-        let loss = crate::io::readback::f32s(loss).await.map_err(TrainError::Device)?[0] as f64;
-        if !loss.is_finite() {
-            diverged = true;
-            break;
-        }
-        avg = (1.0 - config.smoothing) * avg + config.smoothing * loss;
-        let smoothed = avg / (1.0 - (1.0 - config.smoothing).powi(i as i32 + 1));
-        lrs.push(lr);
-        losses.push(smoothed);
-        on_point(i, lr, smoothed);
-        best = best.min(smoothed);
-        if i > 0 && smoothed > config.diverge * best {
-            diverged = true;
-            break;
+    'steps: while !driver.stopped() {
+        let events = match driver.advance(data, data).await {
+            Ok(events) => events,
+            // A NaN or infinite loss is where the range test ends.
+            Err(TrainError::NonFinite { .. }) => {
+                diverged = true;
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        for event in events {
+            let Event::Steps { progress, steps: 1.., .. } = event else { continue };
+            let i = lrs.len();
+            avg = (1.0 - config.smoothing) * avg + config.smoothing * progress.recent_loss;
+            let smoothed = avg / (1.0 - (1.0 - config.smoothing).powi(i as i32 + 1));
+            lrs.push(progress.lr);
+            losses.push(smoothed);
+            on_point(i, progress.lr, smoothed);
+            best = best.min(smoothed);
+            if i > 0 && smoothed > config.diverge * best {
+                diverged = true;
+                break 'steps;
+            }
         }
     }
     let suggestion = suggest(&lrs, &losses);
@@ -110,8 +111,8 @@ mod tests {
 
     #[test]
     fn lr_grows_exponentially_between_the_bounds() {
-        let c = LrFinderConfig::new().with_start_lr(1e-4).with_end_lr(1.0).with_num_iter(5);
-        let lrs: Vec<f64> = (0..5).map(|i| c.lr_at(i)).collect();
+        let c = LrFinderConfig::new().with_start_lr(1e-4).with_end_lr(1.0).with_num_iter(5).range(0.9);
+        let lrs: Vec<f64> = (0..5).map(|i| c.lr(i)).collect();
         for (got, want) in lrs.iter().zip([1e-4, 1e-3, 1e-2, 1e-1, 1.0]) {
             assert!((got / want - 1.0).abs() < 1e-9, "{lrs:?}");
         }

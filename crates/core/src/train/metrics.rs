@@ -3,21 +3,33 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One line of `metrics.jsonl`.
+/// One line of `metrics.jsonl`. JSON has no NaN: it is written as `null` and read back as NaN,
+/// so every checkpoint holding such a record still resumes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EpochMetrics {
     /// 1-based epoch number.
     pub epoch: usize,
     /// Learning rate at the last step of the epoch.
+    #[serde(deserialize_with = "nan_if_null")]
     pub lr: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub train_loss: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub train_acc: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub test_loss: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub test_acc: f64,
     /// Wall-clock seconds of the epoch (training + test pass).
+    #[serde(deserialize_with = "nan_if_null")]
     pub seconds: f64,
     /// Training images per second (augmentation, forward, backward, optimizer).
+    #[serde(deserialize_with = "nan_if_null")]
     pub images_per_sec: f64,
+}
+
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 /// Sums of loss and correct predictions over a pass, reported as means.
@@ -90,6 +102,24 @@ impl ConfusionMatrix {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nan_metric_survives_json() {
+        let m = EpochMetrics {
+            epoch: 1,
+            lr: 0.1,
+            train_loss: f64::NAN,
+            train_acc: 0.1,
+            test_loss: f64::INFINITY,
+            test_acc: 0.1,
+            seconds: 1.0,
+            images_per_sec: 2.0,
+        };
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.contains("\"train_loss\":null"), "{json}");
+        let back: EpochMetrics = serde_json::from_str(&json).unwrap();
+        assert!(back.train_loss.is_nan() && back.test_loss.is_nan() && back.test_acc == 0.1, "{back:?}");
+    }
 
     #[test]
     fn running_mean_weights_batches_by_size() {

@@ -17,130 +17,122 @@ use burn::optim::GradientsParams;
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use thiserror::Error;
+
 use crate::data::augment::{self, AugmentConfig};
 use crate::data::{IMAGE_BYTES, Split};
+use crate::error::{ConfigError, DeviceError};
 use crate::io::readback;
 use crate::model::{Model, ModelConfig};
 use crate::rng::Rng;
 use metrics::{ConfusionMatrix, EpochMetrics, RunningMean};
-use optim::{Optimizer, OptimizerKind, OptimizerSettings};
-use schedule::{OneCycle, OneCycleConfig};
+use optim::{Optimizer, OptimizerConfig, OptimizerKind};
+use schedule::{OneCycle, OneCycleConfig, Schedule};
 
-/// The whole recipe. Saved as `config.json` next to the results.
+/// The whole recipe, in parts: the model, the augmentation, the optimizer (with each kind's
+/// own defaults) and the schedule's shape. Saved as `config.json` next to the results and in
+/// every checkpoint.
 #[derive(Config, Debug, PartialEq)]
 pub struct TrainingConfig {
     pub model: ModelConfig,
     #[config(default = "AugmentConfig::new()")]
     pub augment: AugmentConfig,
-    /// Adam as in the original notebook; `sgd` is Nesterov momentum.
-    #[config(default = "OptimizerKind::Adam")]
-    pub optimizer: OptimizerKind,
+    /// Adam as in the original notebook; `sgd` is Nesterov momentum. Its peak LR and weight
+    /// decay default per kind (`OptimizerConfig::new`).
+    #[config(default = "OptimizerConfig::new(OptimizerKind::Adam)")]
+    pub optimizer: OptimizerConfig,
+    /// One-cycle, peaking at epoch 5 of 24 as in the original.
+    #[config(default = "OneCycleConfig::new()")]
+    pub schedule: OneCycleConfig,
     #[config(default = 24)]
     pub epochs: usize,
     #[config(default = 512)]
     pub batch_size: usize,
-    /// Peak of the one-cycle schedule (found by `lr-find`); the optimizer's default.
-    #[config(default = "OptimizerKind::Adam.default_max_lr()")]
-    pub max_lr: f64,
-    /// Peak at epoch 5 of 24, as in the original. This and the schedule fields below take
-    /// their defaults from `OneCycleConfig`, the one place they are written.
-    #[config(default = "OneCycleConfig::new(0.0, 0).pct_start")]
-    pub pct_start: f64,
-    /// Start LR = max_lr / div_factor (PyTorch's default).
-    #[config(default = "OneCycleConfig::new(0.0, 0).div_factor")]
-    pub div_factor: f64,
-    /// End LR = start LR / final_div_factor: the last epochs fine-tune at a tiny LR.
-    #[config(default = "OneCycleConfig::new(0.0, 0).final_div_factor")]
-    pub final_div_factor: f64,
-    /// L2 penalty added to the gradient (PyTorch `weight_decay`); the optimizer's default.
-    #[config(default = "OptimizerKind::Adam.default_weight_decay()")]
-    pub weight_decay: f64,
     #[config(default = 0.0)]
     pub label_smoothing: f64,
-    /// Momentum (SGD) / beta1 (Adam) cycles max → base → max, as PyTorch's OneCycleLR.
-    #[config(default = "OneCycleConfig::new(0.0, 0).base_momentum")]
-    pub base_momentum: f64,
-    #[config(default = "OneCycleConfig::new(0.0, 0).max_momentum")]
-    pub max_momentum: f64,
-    #[config(default = 0.999)]
-    pub beta2: f64,
-    /// PyTorch's Adam eps (Burn's default is 1e-5).
-    #[config(default = 1e-8)]
-    pub eps: f64,
     #[config(default = 42)]
     pub seed: u64,
 }
 
 impl TrainingConfig {
-    /// The recipe with `kind` and that optimizer's peak LR and weight decay: what the CLI's
-    /// flags and the page's form start from.
+    /// The recipe with `kind` and that optimizer's defaults: what the CLI's flags and the
+    /// page's form start from.
     pub fn recipe(model: ModelConfig, kind: OptimizerKind) -> Self {
-        Self::new(model)
-            .with_optimizer(kind)
-            .with_max_lr(kind.default_max_lr())
-            .with_weight_decay(kind.default_weight_decay())
+        Self::new(model).with_optimizer(OptimizerConfig::new(kind))
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    /// The peak LR, kept with the optimizer's other settings.
+    pub fn with_max_lr(self, max_lr: f64) -> Self {
+        let optimizer = self.optimizer.clone().with_max_lr(max_lr);
+        self.with_optimizer(optimizer)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.model.validate()?;
         self.augment.validate()?;
+        self.optimizer.validate()?;
+        self.schedule.validate()?;
         if self.epochs == 0 {
-            return Err("epochs must be at least 1".into());
+            return Err(ConfigError::new("epochs", "must be at least 1"));
         }
         if self.batch_size < 2 {
-            return Err("batch size must be at least 2 (BatchNorm needs batch statistics)".into());
+            return Err(ConfigError::new("batch_size", "must be at least 2 (BatchNorm needs batch statistics)"));
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
-            return Err(format!("label smoothing must be in [0, 1), got {}", self.label_smoothing));
-        }
-        if !(self.max_lr.is_finite() && self.max_lr > 0.0) {
-            return Err(format!("max LR must be a positive number, got {}", self.max_lr));
+            return Err(ConfigError::new(
+                "label_smoothing",
+                format!("must be in [0, 1), got {}", self.label_smoothing),
+            ));
         }
         Ok(())
     }
 
-    pub fn optimizer_settings(&self) -> OptimizerSettings {
-        OptimizerSettings { kind: self.optimizer, weight_decay: self.weight_decay, beta2: self.beta2, eps: self.eps }
+    pub fn one_cycle(&self, steps_per_epoch: usize) -> Result<OneCycle, ConfigError> {
+        OneCycle::new(self.schedule.clone(), self.optimizer.max_lr, self.epochs * steps_per_epoch)
     }
 
-    pub fn schedule(&self, steps_per_epoch: usize) -> Result<OneCycle, String> {
-        OneCycle::new(
-            OneCycleConfig::new(self.max_lr, self.epochs * steps_per_epoch)
-                .with_pct_start(self.pct_start)
-                .with_div_factor(self.div_factor)
-                .with_final_div_factor(self.final_div_factor)
-                .with_base_momentum(self.base_momentum)
-                .with_max_momentum(self.max_momentum),
-        )
+    /// Reads a recipe saved by any version of this program: before the optimizer and schedule
+    /// were nested, their fields sat at the top level (checkpoints of that layout still resume).
+    pub fn from_json(json: &str) -> Result<Self, serde_json::Error> {
+        Self::from_value(serde_json::from_str(json)?)
+    }
+
+    pub fn from_value(mut value: serde_json::Value) -> Result<Self, serde_json::Error> {
+        if let Some(flat) = value.as_object_mut().filter(|o| o.contains_key("max_lr")) {
+            let mut take = |keys: &[&str]| {
+                let part: serde_json::Map<_, _> =
+                    keys.iter().filter_map(|&k| flat.remove(k).map(|v| (k.to_string(), v))).collect();
+                part
+            };
+            let mut optimizer = take(&["max_lr", "weight_decay", "beta2", "eps"]);
+            let schedule = take(&["pct_start", "div_factor", "final_div_factor", "base_momentum", "max_momentum"]);
+            if let Some(kind) = flat.remove("optimizer") {
+                optimizer.insert("kind".into(), kind);
+            }
+            flat.insert("optimizer".into(), optimizer.into());
+            flat.insert("schedule".into(), schedule.into());
+        }
+        serde_json::from_value(value)
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Error)]
 pub enum TrainError {
     /// A loss that is NaN or infinite: training diverged (LR too high?).
-    NonFinite {
-        step: usize,
-        loss: f64,
-    },
-    Config(String),
-    Device(String),
+    #[error("training diverged: loss is {loss} at step {step}; lower the max LR or check the data")]
+    NonFinite { step: usize, loss: f64 },
+    /// Found at the end of an epoch, before anything of it is recorded or saved.
+    #[error("training diverged in epoch {epoch}: {problem}; lower the max LR or check the data")]
+    Diverged { epoch: usize, problem: String },
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
 }
 
-impl std::fmt::Display for TrainError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::NonFinite { step, loss } => write!(
-                f,
-                "training diverged: loss is {loss} at step {step}; lower --max-lr or check the data \
-                 (the last good checkpoint is kept)"
-            ),
-            Self::Config(e) => write!(f, "invalid configuration: {e}"),
-            Self::Device(e) => write!(f, "device error: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for TrainError {}
+/// A loss this many times chance (ln 10 ≈ 2.3 for CIFAR-10) means the run diverged even if
+/// it is finite: a model that learned nothing stays near 1×, an overconfident one below 10×.
+pub const EXPLODED_LOSS: f64 = 100.0;
 
 /// Mean cross-entropy with PyTorch's label smoothing: `(1-ε)·NLL + ε·mean_k(-log p_k)`.
 pub fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>, smoothing: f64) -> Tensor<1> {
@@ -196,7 +188,7 @@ pub struct Trainer {
     pub config: TrainingConfig,
     pub model: Model,
     pub optim: Optimizer,
-    pub schedule: OneCycle,
+    pub schedule: Schedule,
     /// The autodiff device the model trains on.
     pub device: Device,
     pub rng: Rng,
@@ -212,6 +204,8 @@ pub struct Trainer {
 impl Trainer {
     /// A fresh run: model initialised from the seed on `device` (plain or autodiff).
     pub fn new(config: TrainingConfig, device: &Device, train_len: usize) -> Result<Self, TrainError> {
+        // Before the model is built: a width of inf would not even allocate.
+        config.validate()?;
         let device = device.clone().autodiff();
         device.seed(config.seed);
         let model = config.model.init(&device);
@@ -225,18 +219,19 @@ impl Trainer {
         device: &Device,
         train_len: usize,
     ) -> Result<Self, TrainError> {
-        config.validate().map_err(TrainError::Config)?;
+        config.validate()?;
         if train_len < config.batch_size {
-            return Err(TrainError::Config(format!(
-                "batch size {} is larger than the {train_len} training images",
-                config.batch_size
-            )));
+            return Err(ConfigError::new(
+                "batch_size",
+                format!("{} is larger than the {train_len} training images", config.batch_size),
+            )
+            .into());
         }
         let device = device.clone().autodiff();
         let steps_per_epoch = train_len / config.batch_size;
-        let schedule = config.schedule(steps_per_epoch).map_err(TrainError::Config)?;
+        let schedule = Schedule::OneCycle(config.one_cycle(steps_per_epoch)?);
         Ok(Self {
-            optim: Optimizer::new(config.optimizer_settings()),
+            optim: Optimizer::new(config.optimizer.clone()),
             rng: Rng::new(config.seed),
             model: model.to_device(&device).train(),
             schedule,
@@ -251,7 +246,23 @@ impl Trainer {
     }
 
     pub fn total_steps(&self) -> usize {
-        self.schedule.config.total_steps
+        self.config.epochs * self.steps_per_epoch
+    }
+
+    /// The LR of every step of the run, as planned (the page and `curves.png` draw it).
+    pub fn planned_lrs(&self) -> Vec<f64> {
+        (0..self.total_steps()).map(|s| self.schedule.lr(s)).collect()
+    }
+
+    /// Turns this fresh trainer into the LR range test's: `range` sets LR and momentum.
+    pub(crate) fn use_range_schedule(&mut self, range: schedule::LrRange) {
+        self.schedule = Schedule::Range(range);
+    }
+
+    /// Ends the current epoch without a test pass or a history record (the LR range test runs
+    /// across epochs); the next `begin_epoch` reshuffles.
+    pub(crate) fn roll_over_epoch(&mut self) {
+        self.cursor = None;
     }
 
     pub fn finished(&self) -> bool {
@@ -315,8 +326,8 @@ impl Trainer {
             let first_step = self.step - pending.len();
             let losses: Vec<Tensor<1>> = pending.iter().map(|p| p.0.clone()).collect();
             let correct: Vec<Tensor<1, Int>> = pending.iter().map(|p| p.1.clone()).collect();
-            let losses = readback::f32s(Tensor::cat(losses, 0)).await.map_err(TrainError::Device)?;
-            let correct = readback::i64s(Tensor::cat(correct, 0)).await.map_err(TrainError::Device)?;
+            let losses = readback::f32s(Tensor::cat(losses, 0)).await?;
+            let correct = readback::i64s(Tensor::cat(correct, 0)).await?;
             for (i, ((loss, correct), (_, _, n))) in losses.iter().zip(&correct).zip(&pending).enumerate() {
                 let loss = *loss as f64;
                 if !loss.is_finite() {
@@ -342,6 +353,31 @@ impl Trainer {
         if let Some(c) = self.cursor.as_mut() {
             c.seconds += seconds;
         }
+    }
+
+    /// Whether the epoch about to close left a model worth keeping: a finite test loss, losses
+    /// below [`EXPLODED_LOSS`] × chance, and finite parameters and BatchNorm statistics (one
+    /// read-back of a sum per tensor). A model failing this is never recorded or saved.
+    pub async fn check_health(&self, test: &Evaluation) -> Result<(), TrainError> {
+        let epoch = self.history.len() + 1;
+        let diverged = |problem: String| Err(TrainError::Diverged { epoch, problem });
+        let chance = (self.config.model.num_classes as f64).ln();
+        let train_loss = self.cursor.as_ref().map_or(f64::NAN, |c| c.running.loss());
+        if !test.predictions.is_empty() && !test.loss.is_finite() {
+            return diverged(format!("the test loss is {}", test.loss));
+        }
+        for (what, loss) in [("training", train_loss), ("test", test.loss)] {
+            if loss > EXPLODED_LOSS * chance {
+                return diverged(format!("the {what} loss exploded to {loss:.3e} (chance is {chance:.2})"));
+            }
+        }
+        let tensors = crate::io::weights::model_tensors(&self.model);
+        let sums: Vec<Tensor<1>> = tensors.iter().map(|(_, _, t)| t.clone().detach().inner().sum()).collect();
+        let sums = readback::f32s(Tensor::cat(sums, 0)).await?;
+        if let Some(((name, _, _), sum)) = tensors.iter().zip(&sums).find(|(_, s)| !s.is_finite()) {
+            return diverged(format!("'{name}' holds non-finite values (sum {sum})"));
+        }
+        Ok(())
     }
 
     /// Closes the epoch with its test result; `seconds` is the test pass's duration.
@@ -429,7 +465,7 @@ pub async fn evaluate(
     if packed.is_empty() {
         return Ok(Evaluation { loss: total.loss(), accuracy: total.accuracy(), confusion, predictions });
     }
-    let values = readback::f32s(Tensor::cat(packed, 0).reshape([data.len() * 3])).await.map_err(TrainError::Device)?;
+    let values = readback::f32s(Tensor::cat(packed, 0).reshape([data.len() * 3])).await?;
     let mut loss_sum = 0.0f64;
     let mut correct = 0u64;
     for (row, &label) in values.chunks_exact(3).zip(&labels_all) {
@@ -442,4 +478,35 @@ pub async fn evaluate(
     let n = labels_all.len() as u64;
     total.add(loss_sum / n as f64, correct, n);
     Ok(Evaluation { loss: total.loss(), accuracy: total.accuracy(), confusion, predictions })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_json_round_trips_and_reads_the_old_flat_layout() {
+        let sgd = TrainingConfig::recipe(ModelConfig::new().with_width(0.5), OptimizerKind::Sgd).with_epochs(3);
+        let json = serde_json::to_string(&sgd).unwrap();
+        assert_eq!(TrainingConfig::from_json(&json).unwrap(), sgd);
+        // config.json as written before the recipe was nested (session 6).
+        let old = r#"{"model":{"width":0.5,"dropout":0.05,"num_classes":10},
+            "augment":{"pad":4,"flip":true,"cutout":8},"optimizer":"sgd","epochs":3,"batch_size":512,
+            "max_lr":0.2,"pct_start":0.20833333333333334,"div_factor":25.0,"final_div_factor":10000.0,
+            "weight_decay":0.0005,"label_smoothing":0.0,"base_momentum":0.85,"max_momentum":0.95,
+            "beta2":0.999,"eps":1e-8,"seed":42}"#;
+        assert_eq!(TrainingConfig::from_json(old).unwrap(), sgd);
+        let e = TrainingConfig::from_json(r#"{"model":{"width":1}}"#).unwrap_err().to_string();
+        assert!(e.contains("missing field"), "{e}");
+    }
+
+    #[test]
+    fn each_optimizer_brings_its_own_defaults() {
+        let adam = TrainingConfig::recipe(ModelConfig::new(), OptimizerKind::Adam);
+        let sgd = TrainingConfig::recipe(ModelConfig::new(), OptimizerKind::Sgd);
+        assert_eq!((adam.optimizer.max_lr, adam.optimizer.weight_decay), (0.01, 1e-4));
+        assert_eq!((sgd.optimizer.max_lr, sgd.optimizer.weight_decay), (0.2, 5e-4));
+        assert_eq!(TrainingConfig::new(ModelConfig::new()), adam, "Adam is the default recipe");
+        assert_eq!(adam.schedule, sgd.schedule);
+    }
 }

@@ -12,6 +12,9 @@ use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::error::ConfigError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -40,12 +43,12 @@ impl OptimizerKind {
 }
 
 impl std::str::FromStr for OptimizerKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
         match s.to_ascii_lowercase().as_str() {
             "adam" => Ok(Self::Adam),
             "sgd" | "nesterov" => Ok(Self::Sgd),
-            _ => Err(format!("unknown optimizer '{s}' (expected adam or sgd)")),
+            _ => Err(ConfigError::new("optimizer", format!("'{s}' is unknown (expected adam or sgd)"))),
         }
     }
 }
@@ -59,13 +62,59 @@ impl std::fmt::Display for OptimizerKind {
     }
 }
 
+/// The optimizer's part of the recipe, with each kind's own defaults: build it with
+/// [`OptimizerConfig::new`] so that SGD gets SGD's peak LR and weight decay.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OptimizerSettings {
+pub struct OptimizerConfig {
     pub kind: OptimizerKind,
+    /// Peak LR of the one-cycle schedule (`lr-find` measures it).
+    pub max_lr: f64,
     /// PyTorch `weight_decay`: `grad += weight_decay * param` (L2, not AdamW).
     pub weight_decay: f64,
+    /// Adam's beta2 (beta1 is the schedule's momentum).
     pub beta2: f64,
+    /// Adam's eps: PyTorch's 1e-8 (Burn's default is 1e-5).
     pub eps: f64,
+}
+
+impl OptimizerConfig {
+    /// `kind` with its recipe defaults.
+    pub fn new(kind: OptimizerKind) -> Self {
+        Self { kind, max_lr: kind.default_max_lr(), weight_decay: kind.default_weight_decay(), beta2: 0.999, eps: 1e-8 }
+    }
+
+    pub fn with_max_lr(self, max_lr: f64) -> Self {
+        Self { max_lr, ..self }
+    }
+
+    pub fn with_weight_decay(self, weight_decay: f64) -> Self {
+        Self { weight_decay, ..self }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.max_lr.is_finite() && self.max_lr > 0.0) {
+            return Err(ConfigError::new("max_lr", format!("must be a positive number, got {}", self.max_lr)));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(ConfigError::new("weight_decay", format!("must be 0 or more, got {}", self.weight_decay)));
+        }
+        if !(0.0..1.0).contains(&self.beta2) {
+            return Err(ConfigError::new("beta2", format!("must be in [0, 1), got {}", self.beta2)));
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(ConfigError::new("eps", format!("must be a positive number, got {}", self.eps)));
+        }
+        Ok(())
+    }
+}
+
+/// A checkpoint's optimizer state that does not match the model.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum StateError {
+    #[error("optimizer state for '{0}' is missing")]
+    Missing(String),
+    #[error("Adam second moment for '{0}' is missing")]
+    MissingSecondMoment(String),
 }
 
 /// Per-parameter state, flattened to 1-D so one type serves every rank.
@@ -79,13 +128,14 @@ pub struct ParamState {
 }
 
 pub struct Optimizer {
-    pub settings: OptimizerSettings,
+    pub config: OptimizerConfig,
     pub state: BTreeMap<String, ParamState>,
 }
 
 impl Optimizer {
-    pub fn new(settings: OptimizerSettings) -> Self {
-        Self { settings, state: BTreeMap::new() }
+    /// The LR comes from the schedule at every step; `config.max_lr` is not used here.
+    pub fn new(config: OptimizerConfig) -> Self {
+        Self { config, state: BTreeMap::new() }
     }
 
     /// One update of every parameter that has a gradient. `momentum` is SGD's momentum or
@@ -115,17 +165,15 @@ impl Optimizer {
         steps: &BTreeMap<String, u64>,
         mut take: impl FnMut(&str) -> Option<TensorData>,
         device: &burn::tensor::Device,
-    ) -> Result<(), String> {
+    ) -> Result<(), StateError> {
         self.state.clear();
         for (path, &step) in steps {
             // Saved flat, as the state is kept.
             let load = |data: TensorData| Tensor::<1>::from_data(data, device);
-            let first =
-                take(&format!("{path}.first")).ok_or_else(|| format!("optimizer state for '{path}' is missing"))?;
-            let second = match self.settings.kind {
+            let first = take(&format!("{path}.first")).ok_or_else(|| StateError::Missing(path.clone()))?;
+            let second = match self.config.kind {
                 OptimizerKind::Adam => Some(load(
-                    take(&format!("{path}.second"))
-                        .ok_or_else(|| format!("Adam second moment for '{path}' is missing"))?,
+                    take(&format!("{path}.second")).ok_or_else(|| StateError::MissingSecondMoment(path.clone()))?,
                 )),
                 OptimizerKind::Sgd => None,
             };
@@ -174,7 +222,7 @@ impl ModuleMapper for Mapper<'_> {
 
 impl Mapper<'_> {
     fn update(&mut self, path: &str, p: Tensor<1>, g: Tensor<1>) -> Tensor<1> {
-        let s = &self.optim.settings;
+        let s = &self.optim.config;
         let g = if s.weight_decay != 0.0 { g + p.clone().mul_scalar(s.weight_decay) } else { g };
         let prev = self.optim.state.remove(path);
         let step = prev.as_ref().map_or(0, |st| st.step) + 1;
