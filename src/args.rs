@@ -242,6 +242,9 @@ pub(crate) struct BenchArgs {
     /// Also write the rows as JSON here.
     #[arg(long)]
     pub(crate) json: Option<PathBuf>,
+    /// Print the kernels one training step launches, by name and count (GPU backends).
+    #[arg(long)]
+    pub(crate) kernels: bool,
 }
 
 /// The recipe's defaults (Adam's), which the flags show and start from.

@@ -2,6 +2,7 @@
 
 use crate::error::Error;
 use burn::tensor::{Device, Tensor};
+use cifar_core::train::limits::BufferLimits;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -52,6 +53,9 @@ pub struct DeviceInfo {
     /// Why `--backend auto` chose this backend.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The GPU's buffer limits (wgpu); runs are checked against them before they start.
+    #[serde(skip)]
+    pub limits: Option<BufferLimits>,
 }
 
 impl std::fmt::Display for DeviceInfo {
@@ -92,6 +96,7 @@ fn flex_info(reason: Option<String>) -> DeviceInfo {
         driver: String::new(),
         api: String::new(),
         reason,
+        limits: None,
     }
 }
 
@@ -124,6 +129,10 @@ fn wgpu_device() -> Result<(Device, DeviceInfo), String> {
             driver,
             api: shader_api(a.backend),
             reason: None,
+            limits: Some(BufferLimits {
+                max_binding: setup.device.limits().max_storage_buffer_binding_size,
+                max_buffer: setup.device.limits().max_buffer_size,
+            }),
         };
         Ok((device, info))
     })
@@ -167,6 +176,7 @@ pub fn select(backend: Backend) -> Result<(Device, DeviceInfo), Error> {
                 driver: String::new(),
                 api: "CUDA".into(),
                 reason: None,
+                limits: None,
             },
         ),
         #[cfg(feature = "ndarray")]

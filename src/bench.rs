@@ -3,6 +3,8 @@
 //! optionally beside PyTorch running the same shapes (`tools/pytorch_reference.py bench`).
 
 use crate::error::Error;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use burn::module::Module;
@@ -10,11 +12,12 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
 use cifar_core::data::{IMAGE_BYTES, Split};
-use cifar_core::io::readback;
+use cifar_core::io::{readback, traffic};
 use cifar_core::model::ModelConfig;
 use cifar_core::rng::Rng;
 use cifar_core::train::driver::Driver;
 use cifar_core::train::{Trainer, TrainingConfig, predict};
+use cubecl_runtime::logging::{LaunchObservation, LaunchObserver};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchRow {
@@ -39,6 +42,40 @@ pub struct BenchRow {
     /// PyTorch rows: the device it ran on (`cpu` or the CUDA device's name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// Our rows: the work of one training step, averaged over the timed steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_step: Option<StepWork>,
+}
+
+/// What one training step asks of the device, counted (not timed): on a GPU each kernel is a
+/// dispatch and each transfer a round trip through the driver.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepWork {
+    /// CubeCL kernels launched (after Burn's fusion); 0 on flex, whose ops are not kernels.
+    pub kernels: f64,
+    /// Host → device copies (the batch, labels, augmentation parameters) and their bytes.
+    pub uploads: f64,
+    pub upload_bytes: f64,
+    /// Device → host copies (losses and accuracy at each read-back).
+    pub readbacks: f64,
+    pub readback_bytes: f64,
+}
+
+/// Counts kernel launches while installed (CubeCL calls it on the launching thread), and by
+/// name when asked (`bench --kernels`).
+#[derive(Default)]
+struct LaunchCount {
+    all: AtomicU64,
+    by_name: Option<std::sync::Mutex<std::collections::HashMap<&'static str, u64>>>,
+}
+
+impl LaunchObserver for LaunchCount {
+    fn launched(&self, kernel: &'static str) {
+        self.all.fetch_add(1, Ordering::Relaxed);
+        if let Some(names) = &self.by_name {
+            *names.lock().unwrap_or_else(|e| e.into_inner()).entry(kernel).or_default() += 1;
+        }
+    }
 }
 
 /// Our row next to PyTorch's for the same shape.
@@ -80,17 +117,26 @@ fn synthetic(n: usize, seed: u64) -> Split {
     }
 }
 
+/// How a row is measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub warmup: usize,
+    pub steps: usize,
+    /// Read losses back every N steps, as `train --sync-every` does.
+    pub sync_every: usize,
+    /// Print the kernels one training step launches, by name.
+    pub kernels: bool,
+}
+
 /// Times `steps` training steps after `warmup` ones, then as many inference batches.
-/// `sync_every`: read losses back every N steps, as `train --sync-every` does.
 pub fn measure(
     backend: &str,
     device: &Device,
     width: f64,
     batch_size: usize,
-    warmup: usize,
-    steps: usize,
-    sync_every: usize,
+    timing: Timing,
 ) -> Result<BenchRow, Error> {
+    let Timing { warmup, steps, sync_every, kernels } = timing;
     // One spare batch: the epoch, and its test pass, never ends while the steps are timed.
     let data = synthetic(batch_size * (warmup.max(1) + steps + 1), 1);
     let config = TrainingConfig::new(ModelConfig::new().with_width(width)).with_batch_size(batch_size).with_epochs(1);
@@ -126,6 +172,9 @@ pub fn measure(
         advance(&mut driver, warmup - 1)?;
     }
     sample(device);
+    let launches = Arc::new(LaunchCount { by_name: kernels.then(Default::default), ..Default::default() });
+    let before = traffic::snapshot();
+    let watching = LaunchObservation::new(launches.clone());
     let t = Instant::now();
     let mut done = 0;
     while done < steps {
@@ -134,7 +183,30 @@ pub fn measure(
         done += n;
     }
     let train_images_per_sec = (steps * batch_size) as f64 / t.elapsed().as_secs_f64();
+    drop(watching);
+    let moved = traffic::snapshot() - before;
+    let per = |n: u64| n as f64 / steps.max(1) as f64;
+    let per_step = StepWork {
+        kernels: per(launches.all.load(Ordering::Relaxed)),
+        uploads: per(moved.uploads),
+        upload_bytes: per(moved.upload_bytes),
+        readbacks: per(moved.readbacks),
+        readback_bytes: per(moved.readback_bytes),
+    };
     sample(device);
+    if let Some(names) = &launches.by_name {
+        use cubecl_runtime::config::{TypeNameFormatLevel, type_name_format};
+        let mut short = std::collections::HashMap::<String, u64>::new();
+        for (name, n) in names.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            *short.entry(type_name_format(name, TypeNameFormatLevel::Short)).or_default() += n;
+        }
+        let mut short: Vec<_> = short.into_iter().collect();
+        short.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        eprintln!("kernels per training step ({backend}, width {width}, batch {batch_size}):");
+        for (name, n) in short {
+            eprintln!("{:>8.1}  {name}", n as f64 / steps.max(1) as f64);
+        }
+    }
 
     let trainer = driver.into_trainer();
     let plain = trainer.device.clone().inner();
@@ -163,6 +235,7 @@ pub fn measure(
         peak_bytes: peak,
         mode: None,
         device: None,
+        per_step: Some(per_step),
     })
 }
 
@@ -172,12 +245,23 @@ fn mib(bytes: u64) -> f64 {
 
 pub fn table(rows: &[BenchRow]) -> String {
     let mut out = format!(
-        "{:<8} {:>6} {:>6} {:>5} {:>13} {:>12} {:>12} {:>10}\n",
-        "backend", "width", "batch", "sync", "first step s", "train img/s", "infer img/s", "peak MiB"
+        "{:<8} {:>6} {:>6} {:>5} {:>13} {:>12} {:>12} {:>10} {:>13} {:>13} {:>10}\n",
+        "backend",
+        "width",
+        "batch",
+        "sync",
+        "first step s",
+        "train img/s",
+        "infer img/s",
+        "peak MiB",
+        "kernels/step",
+        "uploads/step",
+        "reads/step"
     );
     for r in rows {
+        let work = |f: fn(&StepWork) -> f64| r.per_step.as_ref().map_or("-".to_string(), |w| format!("{:.1}", f(w)));
         out += &format!(
-            "{:<8} {:>6} {:>6} {:>5} {:>13.1} {:>12.1} {:>12.1} {:>10.0}\n",
+            "{:<8} {:>6} {:>6} {:>5} {:>13.1} {:>12.1} {:>12.1} {:>10.0} {:>13} {:>13} {:>10}\n",
             r.backend,
             r.width,
             r.batch_size,
@@ -185,7 +269,10 @@ pub fn table(rows: &[BenchRow]) -> String {
             r.first_step_s,
             r.train_images_per_sec,
             r.infer_images_per_sec,
-            mib(r.peak_bytes)
+            mib(r.peak_bytes),
+            work(|w| w.kernels),
+            work(|w| w.uploads),
+            work(|w| w.readbacks)
         );
     }
     out

@@ -355,10 +355,15 @@ mod tests {
     }
 
     /// Loads the real dataset from `$CIFAR10_DIR` with MD5 verification.
-    /// CI sets the variable; elsewhere the test is skipped with a note.
+    /// CI sets the variable (and `REQUIRE_REAL_DATA`, under which a missing one fails);
+    /// elsewhere the test is skipped with a note.
     #[test]
     fn real_cifar10_loads_and_verifies() {
         let Some(dir) = std::env::var_os(DATA_DIR_ENV).filter(|v| !v.is_empty()) else {
+            assert!(
+                std::env::var_os("REQUIRE_REAL_DATA").is_none(),
+                "real_cifar10_loads_and_verifies: REQUIRE_REAL_DATA is set but {DATA_DIR_ENV} is not"
+            );
             eprintln!("SKIPPED real_cifar10_loads_and_verifies: {DATA_DIR_ENV} is not set");
             return;
         };

@@ -3,7 +3,8 @@
 # and test. `.ci/run` calls it with the real data and REQUIRE_REAL_DATA=1.
 #   1. rustfmt and clippy (warnings are errors)
 #   2. the Rust tests of every crate (set CIFAR10_DIR for the real-data ones)
-#   3. the browser bundle (trunk) and its end-to-end test in headless Chromium
+#   3. the parsers of untrusted files fuzzed, FUZZ_SECONDS (30) per target
+#   4. the browser bundle (trunk) and its end-to-end test in headless Chromium
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,11 +34,37 @@ if [ "$(trunk --version 2>/dev/null | cut -d' ' -f2)" != "0.21.14" ]; then
   cargo install trunk --version 0.21.14 --locked
 fi
 npm ci --prefix tests/e2e --no-audit --no-fund
+# wasm-opt for the release bundle (index.html): npm's binaryen, so the build stays offline.
+npm ci --prefix tools/web --no-audit --no-fund
+export PATH="$PWD/tools/web/node_modules/.bin:$PATH"
+# Fuzzing needs a nightly compiler (sanitizer flags) and cargo-fuzz; both pinned.
+nightly=nightly-2026-05-19
+rustup toolchain list | grep -q "^$nightly" || rustup toolchain install "$nightly" --profile minimal
+if [ "$(cargo fuzz --version 2>/dev/null | cut -d' ' -f2)" != "0.13.1" ]; then
+  cargo install cargo-fuzz --version 0.13.1 --locked
+fi
 
 # Kept outside the clone so that the next run on this machine reuses the build.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cifar-webgpu-target}"
 
 cargo fmt --all --check
+
+# The Burn-free parsers (crates/formats) under libFuzzer: no panic, no allocation out of
+# proportion to the input (256 MB cap on one allocation, 1 GB of memory in all). New inputs
+# go to a corpus kept beside the build; the seeds in crates/formats/fuzz/corpus are read too.
+fuzz_seconds="${FUZZ_SECONDS:-30}"
+for target in cifar_batch cifar_archive tensor_file checkpoint; do
+  kept="$CARGO_TARGET_DIR/fuzz-corpus/$target"
+  mkdir -p "$kept"
+  log="$CARGO_TARGET_DIR/fuzz-$target.log"
+  if ! cargo "+$nightly" fuzz run --fuzz-dir crates/formats/fuzz "$target" "$kept" "crates/formats/fuzz/corpus/$target" -- \
+    -max_total_time="$fuzz_seconds" -max_len=16384 -malloc_limit_mb=256 -rss_limit_mb=1024 -print_final_stats=1 >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "test.sh: fuzz target $target failed; the input is in crates/formats/fuzz/artifacts/$target" >&2
+    exit 1
+  fi
+  echo "fuzz $target: $(grep -E '^(Done|stat::new_units_added)' "$log" | tr '\n' ' ')"
+done
 # Clippy (warnings are errors) lints the workspace's own crates while the tests and the page
 # build them: cargo hands only workspace members to RUSTC_WORKSPACE_WRAPPER, which is how
 # `cargo clippy` runs clippy-driver too. A separate `cargo clippy` would compile Burn a second

@@ -48,7 +48,9 @@ async function describeAdapter() {
   const parts = [info.vendor, info.architecture, info.device, info.description].filter((s) => s);
   const name = parts.join(' ') || 'an adapter that does not name itself';
   const cpu = Boolean(info.isFallbackAdapter || adapter.isFallbackAdapter) || CPU_ADAPTER.test(parts.join(' '));
-  return { name, cpu, vendor: info.vendor || '', architecture: info.architecture || '' };
+  // The limits that bound a tensor's size; wgpu asks the device for the adapter's limits.
+  const limits = { maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize, maxBufferSize: adapter.limits.maxBufferSize };
+  return { name, cpu, limits, vendor: info.vendor || '', architecture: info.architecture || '' };
 }
 
 function bindings() {
@@ -349,13 +351,15 @@ async function main() {
   FILES = JSON.parse(b.data_files());
   useRecipe(b, 'adam', true);
   $('optimizer').onchange = (e) => useRecipe(b, e.target.value, false);
+  state.adapter = await describeAdapter();
+  // Without an adapter wgpu fails below and says so; WebGPU's default limits stand in.
+  const lim = state.adapter ? state.adapter.limits : { maxStorageBufferBindingSize: 2 ** 27, maxBufferSize: 2 ** 28 };
   try {
-    state.session = await b.Session.create();
+    state.session = await b.Session.create(lim.maxStorageBufferBindingSize, lim.maxBufferSize);
   } catch (e) {
     say('gpu-status', `WebGPU could not start: ${e.message || e}`, true);
     return;
   }
-  state.adapter = await describeAdapter();
   say('gpu-status', state.adapter ? `WebGPU ready on ${state.adapter.name}.` : 'WebGPU ready.');
   if (state.adapter && state.adapter.cpu) {
     const w = $('gpu-warning');

@@ -1,6 +1,9 @@
 //! `bench`: training and inference images/s per backend, width and batch size, beside
 //! PyTorch in the same invocation (the measurement itself is `cifar_webgpu::bench`).
 
+use cifar_core::model::ModelConfig;
+use cifar_core::train::TrainingConfig;
+use cifar_core::train::limits;
 use cifar_webgpu::backend;
 use cifar_webgpu::error::Error;
 
@@ -28,8 +31,14 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), Error> {
         let b = info.backend.clone();
         for &width in &args.width {
             for &batch in &args.batch_size {
+                if let Some(l) = &info.limits {
+                    let config = TrainingConfig::new(ModelConfig::new().with_width(width)).with_batch_size(batch);
+                    limits::check(&config, l)?;
+                }
                 for &sync_every in &args.sync_every {
-                    let row = bench::measure(&b, &device, width, batch, args.warmup, args.steps, sync_every)?;
+                    let timing =
+                        bench::Timing { warmup: args.warmup, steps: args.steps, sync_every, kernels: args.kernels };
+                    let row = bench::measure(&b, &device, width, batch, timing)?;
                     eprintln!(
                         "{b} width {width} batch {batch} sync every {sync_every}: train {:.1} img/s, inference {:.1} img/s",
                         row.train_images_per_sec, row.infer_images_per_sec

@@ -6,7 +6,7 @@ use burn::module::Module;
 
 use cifar_core::data::CLASSES;
 use cifar_core::io::weights;
-use cifar_core::train;
+use cifar_core::train::{self, limits};
 use cifar_webgpu::backend;
 use cifar_webgpu::error::Error;
 
@@ -23,8 +23,20 @@ pub(crate) fn run(args: EvalArgs) -> Result<(), Error> {
     let name = args.weights.display().to_string();
     let bytes = fs::read(&args.weights).map_err(Error::io(&args.weights, "read"))?;
     let (model, config) = weights::model_from_bytes(&name, &bytes, &device)?;
+    // Fewer images per pass where the GPU's buffers need it (an oversized tensor loses the device).
+    let mut batch = args.batch_size;
+    if let Some(l) = &info.limits {
+        let fits = limits::max_batch(&config, l).max(1);
+        if batch > fits {
+            eprintln!(
+                "evaluating {fits} images per pass: {batch} at width {} exceed this GPU's buffer limits",
+                config.width
+            );
+            batch = fits;
+        }
+    }
     let data = load_data(&args.common)?;
-    let result = pollster::block_on(train::evaluate(&model.valid(), &data.test, args.batch_size, &device, args.tta))?;
+    let result = pollster::block_on(train::evaluate(&model.valid(), &data.test, batch, &device, args.tta))?;
     if let Some(path) = &args.predictions {
         let out: String = result.predictions.iter().map(|(p, _)| format!("{p}\n")).collect();
         save(path, out.as_bytes())?;

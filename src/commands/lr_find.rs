@@ -5,6 +5,7 @@ use std::fs;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use cifar_core::data::Cifar10;
+use cifar_core::train::limits;
 use cifar_core::train::lr_finder::{self, LrFinderConfig};
 use cifar_core::train::{Trainer, TrainingConfig};
 use cifar_webgpu::backend;
@@ -17,9 +18,12 @@ use crate::args::{LrFindArgs, load_data, model_config};
 pub(crate) fn run(args: LrFindArgs) -> Result<Option<f64>, Error> {
     recipe(&args).validate()?;
     check_writable(&args.out)?;
-    let data = load_data(&args.common)?;
     let (device, info) = backend::select(args.common.backend)?;
     eprintln!("device: {info}");
+    if let Some(l) = &info.limits {
+        limits::check(&recipe(&args), l)?;
+    }
+    let data = load_data(&args.common)?;
     lr_find_on(&args, &data, &device)
 }
 

@@ -8,9 +8,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use cifar_core::data::{CLASSES, Cifar10};
 use cifar_core::io::{checkpoint, weights};
-use cifar_core::train::driver::{Driver, Event};
+use cifar_core::train::driver::{Driver, EVAL_BATCH, Event};
+use cifar_core::train::limits;
 use cifar_core::train::lr_finder::LrFinderConfig;
-use cifar_core::train::{Evaluation, Trainer};
+use cifar_core::train::{Evaluation, Trainer, TrainingConfig};
 use cifar_webgpu::backend;
 use cifar_webgpu::error::Error;
 use cifar_webgpu::plots::{self, LabelledImage};
@@ -32,14 +33,17 @@ const RUN_FILES: [&str; 8] = [
 
 pub(crate) fn train(args: TrainArgs) -> Result<(), Error> {
     // Everything that can be checked without data is checked before any is loaded.
+    // `auto` (None): the LR finder sets it once the data is loaded; the optimizer's default
+    // stands in until then, so that the rest of the recipe is validated now.
+    let default_lr = args.optimizer.default_max_lr();
     let max_lr = match args.max_lr.as_deref() {
         Some("auto") => None,
         Some(v) => Some(
             v.parse::<f64>().map_err(|_| Error::Usage(format!("--max-lr: '{v}' is neither a number nor 'auto'")))?,
         ),
-        None => Some(args.optimizer.default_max_lr()),
+        None => Some(default_lr),
     };
-    let mut config = training_config(&args, max_lr.unwrap_or(args.optimizer.default_max_lr()));
+    let mut config = training_config(&args, max_lr.unwrap_or(default_lr));
     config.validate()?;
     let _guard;
     let run_dir = match &args.resume {
@@ -64,9 +68,15 @@ pub(crate) fn train(args: TrainArgs) -> Result<(), Error> {
         }
     };
 
-    let data = load_data(&args.common)?;
     let (device, device_info) = backend::select(args.common.backend)?;
     println!("device: {device_info}");
+    // A tensor above the GPU's buffer limits would lose the device mid-run: refused first.
+    let fits = |config: &TrainingConfig| device_info.limits.map_or(Ok(()), |l| limits::check(config, &l));
+    // (The model of --weights is known once they are read; the LR finder trains --width's.)
+    if args.resume.is_none() && (args.weights.is_none() || max_lr.is_none()) {
+        fits(&config)?;
+    }
+    let data = load_data(&args.common)?;
     let n_train = data.train.len();
 
     let trainer = if args.resume.is_some() {
@@ -108,6 +118,8 @@ pub(crate) fn train(args: TrainArgs) -> Result<(), Error> {
             None => Trainer::new(config, &device, n_train),
         }?
     };
+    fits(&trainer.config)?;
+    let eval_batch = device_info.limits.map_or(EVAL_BATCH, |l| limits::eval_batch(&trainer.config.model, &l));
     // The recipe, and the device this run (or this part of a resumed run) used.
     let mut recorded = serde_json::to_value(&trainer.config).expect("the config serialises");
     recorded["device"] = serde_json::to_value(&device_info).expect("the device info serialises");
@@ -125,7 +137,7 @@ pub(crate) fn train(args: TrainArgs) -> Result<(), Error> {
         run_dir.display()
     );
 
-    let mut driver = Driver::new(trainer, args.sync_every).with_stop_at(args.stop_after);
+    let mut driver = Driver::new(trainer, args.sync_every).with_stop_at(args.stop_after).with_eval_batch(eval_batch);
     let interrupter = driver.interrupter();
     // A second Ctrl-C while saving still kills the process the usual way.
     let _ = ctrlc::set_handler(move || {
@@ -293,7 +305,7 @@ fn write_epoch_outputs(trainer: &Trainer, dir: &Path, n_train: usize) -> Result<
 fn write_final_outputs(trainer: &Trainer, eval: &Evaluation, data: &Cifar10, dir: &Path) -> Result<(), Error> {
     let path = dir.join("model.safetensors");
     let file = pollster::block_on(weights::model_file(&trainer.model, &trainer.config.model, trainer.step as u64))?;
-    save(&path, &file.encode().map_err(|source| Error::Save { path: path.clone(), source })?)?;
+    save(&path, &file.encode().map_err(|e| Error::Save { path: path.clone(), source: e.into() })?)?;
     let samples: Vec<LabelledImage> = eval
         .misclassified(&data.test, 40)
         .into_iter()

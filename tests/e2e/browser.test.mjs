@@ -35,17 +35,22 @@ function serve() {
   return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
 }
 
+// Debian's Chromium, headless, quiet on the network; `webgpu` turns WebGPU on or off.
+function launch(webgpu) {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: [webgpu, '--no-sandbox', '--no-first-run', '--disable-background-networking', '--disable-component-update',
+      '--disable-sync', '--disable-quic'],
+  });
+}
+
 test('the browser trains the shared model on WebGPU and its weights load natively', { timeout: 40 * 60 * 1000 }, async () => {
   const data = process.env.CIFAR10_DIR;
   assert.ok(data && fs.existsSync(path.join(data, 'test_batch.bin')), 'CIFAR10_DIR must point at the CIFAR-10 .bin files');
   assert.ok(fs.existsSync(path.join(dist, 'index.html')), 'build the page first: trunk build --release');
   const server = await serve();
   const url = `http://127.0.0.1:${server.address().port}/`;
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--enable-unsafe-webgpu', '--no-sandbox', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--disable-quic'],
-  });
+  const browser = await launch('--enable-unsafe-webgpu');
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cifar-e2e-'));
   try {
     const page = await browser.newPage({ acceptDownloads: true, viewport: { width: 1280, height: 900 } });
@@ -59,9 +64,12 @@ test('the browser trains the shared model on WebGPU and its weights load nativel
       console.log(`[page error] ${e.message}`);
       pageErrors.push(`pageerror: ${e.message}`);
     });
+    const loadStart = Date.now();
     await page.goto(url);
     await page.waitForFunction(() => window.appState && (window.appState.ready || window.appState.errors.length), null, { timeout: 120000 });
     assert.deepEqual(await page.evaluate(() => window.appState.errors), [], 'page reported errors at start');
+    const wasm = fs.readdirSync(dist).filter((f) => f.endsWith('.wasm')).map((f) => fs.statSync(path.join(dist, f)).size);
+    console.log(`page ready (WebGPU started) ${((Date.now() - loadStart) / 1000).toFixed(1)} s after navigation; wasm ${wasm.map((b) => (b / 1e6).toFixed(1)).join(', ')} MB`);
 
     // The page names its adapter; headless Chromium's is SwiftShader, a CPU implementation,
     // which the page must say plainly.
@@ -277,10 +285,7 @@ test('the browser trains the shared model on WebGPU and its weights load nativel
 
 test('without WebGPU the page says so plainly', { timeout: 120000 }, async () => {
   const server = await serve();
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-webgpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-quic'],
-  });
+  const browser = await launch('--disable-webgpu');
   try {
     const page = await browser.newPage();
     await page.goto(`http://127.0.0.1:${server.address().port}/`);
@@ -288,6 +293,42 @@ test('without WebGPU the page says so plainly', { timeout: 120000 }, async () =>
     const text = await page.textContent('#gpu-status');
     assert.match(text, /WebGPU/);
     assert.ok(await page.evaluate(() => document.getElementById('gpu-status').classList.contains('error')));
+  } finally {
+    await browser.close();
+    server.close();
+  }
+});
+
+test('settings above the adapter\'s buffer limits are refused before training, naming the fix', { timeout: 300000 }, async () => {
+  const server = await serve();
+  const browser = await launch('--enable-unsafe-webgpu');
+  try {
+    const page = await browser.newPage();
+    const pageErrors = [];
+    page.on('pageerror', (e) => pageErrors.push(e.message));
+    // An adapter with a small binding limit (64 MiB; WebGPU's default is 128 MiB), as seen by
+    // the page and by wgpu, which asks the device for the adapter's limits.
+    await page.addInitScript(() => {
+      Object.defineProperty(GPUSupportedLimits.prototype, 'maxStorageBufferBindingSize', { get: () => 64 * 1024 * 1024 });
+    });
+    await page.goto(`http://127.0.0.1:${server.address().port}/`);
+    await page.waitForFunction(() => window.appState && (window.appState.ready || window.appState.errors.length), null, { timeout: 120000 });
+    assert.deepEqual(await page.evaluate(() => window.appState.errors), []);
+    assert.equal(await page.evaluate(() => window.appState.adapter.limits.maxStorageBufferBindingSize), 64 * 1024 * 1024);
+    // The default recipe (width 1, batch 512) needs a 256 MiB buffer: refused before any data
+    // or model, with the batch size that fits.
+    await page.evaluate(() => document.getElementById('start').click());
+    await page.waitForFunction(() => window.appState.errors.length, null, { timeout: 60000 });
+    const text = await page.textContent('#train-status');
+    assert.match(text, /batch_size 512 at width 1 needs a 256 MiB buffer .*64 MiB per buffer binding: use a batch size of at most 128/);
+    assert.doesNotMatch(await page.textContent('#gpu-status'), /lost/, 'not reported as a lost device');
+    // At the batch size it named, the check passes and the next missing thing is reported.
+    await page.evaluate(() => { window.appState.errors = []; });
+    await page.fill('#batch-size', '128');
+    await page.evaluate(() => document.getElementById('start').click());
+    await page.waitForFunction(() => window.appState.errors.length, null, { timeout: 60000 });
+    assert.match(await page.textContent('#train-status'), /load CIFAR-10 first/);
+    assert.deepEqual(pageErrors, []);
   } finally {
     await browser.close();
     server.close();

@@ -19,7 +19,8 @@ use wasm_bindgen::prelude::*;
 use cifar_core::data::{self, CLASSES, Cifar10, IMAGE_BYTES};
 use cifar_core::io::weights;
 use cifar_core::model::{Model, ModelConfig};
-use cifar_core::train::driver::{Driver, EVAL_BATCH, Event};
+use cifar_core::train::driver::{Driver, Event};
+use cifar_core::train::limits::{self, BufferLimits};
 use cifar_core::train::lr_finder::{self, LrFinderConfig};
 use cifar_core::train::optim::OptimizerKind;
 use cifar_core::train::{self as training, Evaluation, Trainer, TrainingConfig};
@@ -32,6 +33,8 @@ pub fn start() {
 
 struct State {
     device: Device,
+    /// The adapter's buffer limits: every run is checked against them before it starts.
+    limits: BufferLimits,
     data: Option<Cifar10>,
     driver: Option<Driver>,
     /// Weights loaded from a file, used to start fine-tuning or to evaluate.
@@ -70,11 +73,14 @@ pub struct Session {
 
 #[wasm_bindgen]
 impl Session {
-    /// Initialises WebGPU (asynchronously: required in browsers before any tensor).
-    pub async fn create() -> Result<Session, JsError> {
+    /// Initialises WebGPU (asynchronously: required in browsers before any tensor). The
+    /// adapter's `maxStorageBufferBindingSize` and `maxBufferSize` (the device gets the
+    /// adapter's limits) bound the batch size and the test pass's batch.
+    pub async fn create(max_binding: f64, max_buffer: f64) -> Result<Session, JsError> {
         let device =
             Device::wgpu_options().init_async().await.map_err(|e| err(format!("WebGPU could not start: {e}")))?;
-        let state = State { device, data: None, driver: None, loaded: None, evaluation: None };
+        let limits = BufferLimits { max_binding: max_binding as u64, max_buffer: max_buffer as u64 };
+        let state = State { device, limits, data: None, driver: None, loaded: None, evaluation: None };
         Ok(Session { state: Rc::new(RefCell::new(state)) })
     }
 
@@ -121,14 +127,18 @@ impl Session {
     /// can draw it before training, and the configuration the run uses.
     pub fn start(&self, config: &str, fine_tune: bool, sync_every: usize) -> Result<String, JsError> {
         let mut s = self.state()?;
-        let config = TrainingConfig::from_json(config).map_err(|e| err(format!("settings: {e}")))?;
+        let mut config = TrainingConfig::from_json(config).map_err(|e| err(format!("settings: {e}")))?;
+        let loaded = if fine_tune { Some(s.loaded.clone().ok_or_else(|| err("load weights first"))?) } else { None };
+        if let Some((_, model_config)) = &loaded {
+            config.model = model_config.clone().with_dropout(config.model.dropout);
+        }
+        // Before anything is allocated: a tensor above the limits would lose the device.
+        limits::check(&config, &s.limits).map_err(|e| err(format!("settings: {e}")))?;
         let n = s.data.as_ref().ok_or_else(|| err("load CIFAR-10 first"))?.train.len();
-        let trainer = if fine_tune {
-            let (model, model_config) = s.loaded.clone().ok_or_else(|| err("load weights first"))?;
-            let config = TrainingConfig { model: model_config.with_dropout(config.model.dropout), ..config };
-            Trainer::with_model(config, model, &s.device, n)
-        } else {
-            Trainer::new(config, &s.device, n)
+        let eval_batch = limits::eval_batch(&config.model, &s.limits);
+        let trainer = match loaded {
+            Some((model, _)) => Trainer::with_model(config, model, &s.device, n),
+            None => Trainer::new(config, &s.device, n),
         }
         .map_err(err)?;
         let info = json!({
@@ -139,7 +149,7 @@ impl Session {
             "config": trainer.config,
         })
         .to_string();
-        s.driver = Some(Driver::new(trainer, sync_every));
+        s.driver = Some(Driver::new(trainer, sync_every).with_eval_batch(eval_batch));
         Ok(info)
     }
 
@@ -181,13 +191,14 @@ impl Session {
         let mut guard = self.state()?;
         let s = &mut *guard;
         let data = s.data.as_ref().ok_or_else(|| err("load CIFAR-10 first"))?;
-        let model = match (s.driver.as_ref().map(Driver::trainer), &s.loaded) {
-            (Some(t), _) => t.model.valid(),
-            (None, Some((m, _))) => m.valid(),
+        let (model, model_config) = match (s.driver.as_ref().map(Driver::trainer), &s.loaded) {
+            (Some(t), _) => (t.model.valid(), &t.config.model),
+            (None, Some((m, c))) => (m.valid(), c),
             _ => return Err(err("train or load weights first")),
         };
         let plain = s.device.clone().inner();
-        let eval = training::evaluate(&model, &data.test, EVAL_BATCH, &plain, tta).await.map_err(err)?;
+        let batch = limits::eval_batch(model_config, &s.limits);
+        let eval = training::evaluate(&model, &data.test, batch, &plain, tta).await.map_err(err)?;
         let out = json!({ "loss": eval.loss, "accuracy": eval.accuracy }).to_string();
         s.evaluation = Some(eval);
         Ok(out)
@@ -253,6 +264,7 @@ impl Session {
     pub async fn lr_find(&self, config: &str, num_iter: usize) -> Result<String, JsError> {
         let s = self.state()?;
         let config = TrainingConfig::from_json(config).map_err(|e| err(format!("settings: {e}")))?;
+        limits::check(&config, &s.limits).map_err(|e| err(format!("settings: {e}")))?;
         let data = s.data.as_ref().ok_or_else(|| err("load CIFAR-10 first"))?;
         let trainer = Trainer::new(config, &s.device, data.train.len()).map_err(err)?;
         let finder = LrFinderConfig::new().with_num_iter(num_iter);

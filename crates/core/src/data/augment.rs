@@ -11,6 +11,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::data::{IMAGE_BYTES, MEAN, STD};
 use crate::error::ConfigError;
+use crate::io::traffic::uploaded;
 use crate::rng::Rng;
 
 pub const SIDE: usize = 32;
@@ -80,27 +81,22 @@ fn reflect(offset: usize, i: usize, pad: usize) -> usize {
     p as usize
 }
 
-/// u8 CHW images (`n × 3072` bytes) → `[n, 3, 32, 32]` normalised with the CIFAR-10 mean/std.
-/// The bytes are uploaded as they are; scaling happens on the device (on the CPU backend, on
-/// the host: see [`batch`]).
+/// u8 CHW images (`n × 3072` bytes) → `[n, 3, 32, 32]` normalised with the CIFAR-10 mean/std,
+/// computed on the host and uploaded once (see [`batch`]).
 pub fn to_tensor(pixels: &[u8], device: &Device) -> Tensor<4> {
-    if crate::model::ops::is_host(device) {
-        return host_tensor(pixels, None, device);
-    }
-    normalised_by_ops(pixels, device)
+    host_tensor(pixels, None, device)
 }
 
-/// A training batch: [`augment`] of [`to_tensor`], the same values either way.
+/// A training batch: [`augment`] of [`to_tensor`], computed in one pass over the bytes on the
+/// host and uploaded once, on every device.
 ///
-/// On the CPU backend the "device" is the host the pixels are already on, and the tensor ops
-/// (a broadcast normalisation, two `gather`s through broadcast indices, a mask from a dozen
-/// comparisons) took 8.5 ms per batch of 128, 5 % of a training step at width 0.25; one host
-/// pass over the bytes takes under a millisecond (`cargo run --release --example profile_ops`).
+/// On the CPU backend the tensor ops (a broadcast normalisation, two `gather`s through
+/// broadcast indices, a mask from a dozen comparisons) took 8.5 ms per batch of 128, 5 % of a
+/// training step at width 0.25; the host pass takes under a millisecond (`cargo run --release
+/// --example profile_ops`). On a GPU the same ops cost 7 uploads per step against 1
+/// (`bench`'s counts, README).
 pub fn batch(pixels: &[u8], params: &[SampleAug], config: &AugmentConfig, device: &Device) -> Tensor<4> {
-    if crate::model::ops::is_host(device) {
-        return host_tensor(pixels, Some((params, config)), device);
-    }
-    augment(normalised_by_ops(pixels, device), params, config)
+    host_tensor(pixels, Some((params, config)), device)
 }
 
 /// [`batch`] (or [`to_tensor`] without augmentation) computed on the host, element by
@@ -137,15 +133,18 @@ fn host_tensor(pixels: &[u8], aug: Option<(&[SampleAug], &AugmentConfig)>, devic
             }
         }
     }
+    uploaded(out.len() * 4);
     Tensor::from_data(TensorData::new(out, [n, 3, SIDE, SIDE]), device)
 }
 
-/// [`to_tensor`] as device ops, the path GPUs take (public so that tests and the op profile can
-/// run it on the CPU backend too).
+/// [`to_tensor`] as device ops: the reference the host pass is tested against
+/// (`tests/integration/augment.rs`), and what GPUs ran before the host pass served them too.
 pub fn normalised_by_ops(pixels: &[u8], device: &Device) -> Tensor<4> {
     let n = pixels.len() / IMAGE_BYTES;
     let floats: Vec<f32> = pixels.iter().map(|&p| p as f32).collect();
+    uploaded(floats.len() * 4);
     let x = Tensor::<4>::from_data(TensorData::new(floats, [n, 3, SIDE, SIDE]), device);
+    (0..2).for_each(|_| uploaded(3 * 4));
     let mean = Tensor::<1>::from_floats(MEAN.map(|m| m * 255.0), device).reshape([1, 3, 1, 1]);
     let std = Tensor::<1>::from_floats(STD.map(|s| s * 255.0), device).reshape([1, 3, 1, 1]);
     (x - mean) / std
@@ -167,6 +166,7 @@ pub fn augment(x: Tensor<4>, params: &[SampleAug], config: &AugmentConfig) -> Te
             reflect(p.dx, j, config.pad) as i64
         }));
     }
+    (0..2).for_each(|_| uploaded(rows.len() * 8));
     let rows = Tensor::<4, Int>::from_data(TensorData::new(rows, [n, 1, SIDE, 1]), &device);
     let cols = Tensor::<4, Int>::from_data(TensorData::new(cols, [n, 1, 1, SIDE]), &device);
     let x = x.gather(2, rows.expand([n, c, SIDE, SIDE]));
@@ -187,6 +187,7 @@ fn keep_mask(corners: &[(usize, usize)], size: usize, n: usize, device: &Device)
     let ys: Vec<f32> = corners.iter().map(|c| c.0 as f32).collect();
     let xs: Vec<f32> = corners.iter().map(|c| c.1 as f32).collect();
     let full = [n, 1, SIDE, SIDE];
+    (0..2).for_each(|_| uploaded(n * 4));
     let y0 = Tensor::<4>::from_data(TensorData::new(ys, [n, 1, 1, 1]), device).expand(full);
     let x0 = Tensor::<4>::from_data(TensorData::new(xs, [n, 1, 1, 1]), device).expand(full);
     let coord = Tensor::<1, Int>::arange(0..SIDE as i64, device).float();

@@ -6,14 +6,13 @@
 use std::collections::BTreeMap;
 
 use burn::tensor::{Device, TensorData};
+use cifar_formats::checkpoint::META_KEY;
 use serde::{Deserialize, Serialize};
 
-use crate::io::weights::{ArrayData, FileError, NamedArray, SaveError, TensorFile, load_model, model_file};
+use crate::io::weights::{ArrayData, EncodeError, FileError, NamedArray, SaveError, load_model, model_file};
 use crate::rng::Rng;
 use crate::train::metrics::{EpochMetrics, RunningMean};
 use crate::train::{EpochCursor, Trainer, TrainingConfig};
-
-const META_KEY: &str = "checkpoint";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Meta {
@@ -68,19 +67,16 @@ pub async fn to_bytes(trainer: &Trainer, train_len: usize) -> Result<Vec<u8>, Sa
         }),
         train_len,
     };
-    file.metadata.insert(META_KEY.into(), serde_json::to_string(&meta).map_err(|e| SaveError::Encode(e.to_string()))?);
-    file.encode()
+    let json = serde_json::to_string(&meta).map_err(|e| SaveError::Encode(EncodeError(e.to_string())))?;
+    file.metadata.insert(META_KEY.into(), json);
+    Ok(file.encode()?)
 }
 
 /// Rebuilds the trainer saved by [`to_bytes`] on `device`.
 pub fn from_bytes(file_name: &str, bytes: &[u8], device: &Device, train_len: usize) -> Result<Trainer, FileError> {
-    let mut file = TensorFile::decode(file_name, bytes)?;
-    let meta: Meta = serde_json::from_str(
-        file.metadata
-            .get(META_KEY)
-            .ok_or_else(|| FileError::new(file_name, "no checkpoint metadata: this is not a checkpoint file"))?,
-    )
-    .map_err(|e| FileError::new(file_name, format!("checkpoint metadata is not valid ({e})")))?;
+    let (mut file, meta) = cifar_formats::checkpoint::read(file_name, bytes)?;
+    let meta: Meta = serde_json::from_value(serde_json::Value::Object(meta))
+        .map_err(|e| FileError::new(file_name, format!("checkpoint metadata is not valid ({e})")))?;
     if meta.train_len != train_len {
         return Err(FileError::new(
             file_name,

@@ -3,4 +3,5 @@
 
 pub mod checkpoint;
 pub mod readback;
+pub mod traffic;
 pub mod weights;

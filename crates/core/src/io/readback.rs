@@ -12,11 +12,13 @@ fn device_error(e: impl std::fmt::Debug) -> DeviceError {
 /// A float tensor's values, in row-major order.
 pub async fn f32s<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, DeviceError> {
     let data = t.into_data_async().await.map_err(device_error)?;
+    super::traffic::read_back(data.as_bytes().len());
     data.convert::<f32>().try_into_vec::<f32>().map_err(device_error)
 }
 
 /// An integer tensor's values, in row-major order.
 pub async fn i64s<const D: usize>(t: Tensor<D, Int>) -> Result<Vec<i64>, DeviceError> {
     let data = t.into_data_async().await.map_err(device_error)?;
+    super::traffic::read_back(data.as_bytes().len());
     data.convert::<i64>().try_into_vec::<i64>().map_err(device_error)
 }

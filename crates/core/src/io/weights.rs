@@ -13,146 +13,22 @@
 //! | `layer2.0`/`.2`, `layer3.0`/`.2`, `res3.0`/`.1`/`.4`/`.5` likewise                    |||
 //! | `fc.weight`                      | `fc.weight` transposed   | `[10, 512]`             |
 
-use std::collections::BTreeMap;
-
 use burn::module::{Param, RunningState};
 use burn::tensor::{Device, Tensor, TensorData};
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use thiserror::Error;
 
 use crate::error::DeviceError;
 use crate::model::{ConvBn, Model, ModelConfig};
 
-/// An error about one file read: `"{file}: {problem}"`.
-#[derive(Debug, Clone, PartialEq, Error)]
-#[error("{file}: {problem}")]
-pub struct FileError {
-    pub file: String,
-    pub problem: String,
-}
-
-impl FileError {
-    pub fn new(file: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self { file: file.into(), problem: problem.into() }
-    }
-}
+pub use cifar_formats::tensor_file::{ArrayData, EncodeError, FileError, NamedArray, TensorFile};
 
 /// Why weights or a checkpoint could not be turned into bytes.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum SaveError {
     #[error(transparent)]
     Device(#[from] DeviceError),
-    #[error("encoding safetensors: {0}")]
-    Encode(String),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum ArrayData {
-    F32(Vec<f32>),
-    I64(Vec<i64>),
-}
-
-/// A host-side tensor with a name, as stored in a safetensors file.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NamedArray {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub data: ArrayData,
-}
-
-/// The content of a safetensors file: arrays by name plus string metadata.
-#[derive(Debug, Clone, Default)]
-pub struct TensorFile {
-    pub arrays: BTreeMap<String, NamedArray>,
-    pub metadata: BTreeMap<String, String>,
-}
-
-impl TensorFile {
-    /// The file's bytes; the same content always gives the same bytes.
-    pub fn encode(&self) -> Result<Vec<u8>, SaveError> {
-        let bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = self
-            .arrays
-            .values()
-            .map(|a| {
-                let (dtype, raw) = match &a.data {
-                    ArrayData::F32(v) => (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-                    ArrayData::I64(v) => (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
-                };
-                (a.name.clone(), dtype, a.shape.clone(), raw)
-            })
-            .collect();
-        let views = bytes
-            .iter()
-            .map(|(name, dtype, shape, raw)| {
-                TensorView::new(*dtype, shape.clone(), raw)
-                    .map(|v| (name.clone(), v))
-                    .map_err(|e| SaveError::Encode(format!("tensor {name}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let metadata = (!self.metadata.is_empty()).then(|| self.metadata.clone().into_iter().collect());
-        let mut bytes = safetensors::serialize(views, metadata).map_err(|e| SaveError::Encode(e.to_string()))?;
-        self.sort_metadata(&mut bytes);
-        Ok(bytes)
-    }
-
-    /// safetensors writes `__metadata__` in a `HashMap`'s random order, so two identical runs
-    /// would differ in bytes. It is the header's first entry, written compactly: the sorted
-    /// object has the same length and replaces it in place.
-    fn sort_metadata(&self, bytes: &mut [u8]) {
-        const PREFIX: &[u8] = b"{\"__metadata__\":";
-        let Ok(sorted) = serde_json::to_vec(&self.metadata) else { return };
-        let start = 8 + PREFIX.len();
-        let Some(slot) = bytes.get(start..start + sorted.len()) else { return };
-        let same = serde_json::from_slice::<BTreeMap<String, String>>(slot).is_ok_and(|m| m == self.metadata);
-        if self.metadata.is_empty() || !bytes[8..].starts_with(PREFIX) || !same {
-            return;
-        }
-        bytes[start..start + sorted.len()].copy_from_slice(&sorted);
-    }
-
-    pub fn decode(file: &str, bytes: &[u8]) -> Result<Self, FileError> {
-        let bad = |p: String| FileError::new(file, p);
-        let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
-        let (_, meta) =
-            SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a valid safetensors file ({e})")))?;
-        let mut arrays = BTreeMap::new();
-        for (name, view) in st.tensors() {
-            let raw = view.data();
-            let data = match view.dtype() {
-                Dtype::F32 => {
-                    ArrayData::F32(raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect())
-                }
-                Dtype::I64 => {
-                    ArrayData::I64(raw.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect())
-                }
-                other => {
-                    return Err(bad(format!("tensor '{name}' has dtype {other:?}; only F32 and I64 are supported")));
-                }
-            };
-            arrays.insert(name.clone(), NamedArray { name, shape: view.shape().to_vec(), data });
-        }
-        Ok(Self { arrays, metadata: meta.metadata().clone().unwrap_or_default().into_iter().collect() })
-    }
-
-    /// Removes an f32 tensor, checking its shape.
-    pub fn take_f32(&mut self, file: &str, name: &str, shape: &[usize]) -> Result<TensorData, FileError> {
-        let a = self.arrays.remove(name).ok_or_else(|| FileError::new(file, format!("tensor '{name}' is missing")))?;
-        if a.shape != shape {
-            return Err(FileError::new(
-                file,
-                format!("tensor '{name}' has shape {:?}, the model expects {shape:?}", a.shape),
-            ));
-        }
-        match a.data {
-            ArrayData::F32(v) => {
-                if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                    return Err(FileError::new(file, format!("tensor '{name}' holds a non-finite value at index {i}")));
-                }
-                Ok(TensorData::new(v, shape.to_vec()))
-            }
-            ArrayData::I64(_) => Err(FileError::new(file, format!("tensor '{name}' is int64, expected float32"))),
-        }
-    }
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
 }
 
 /// The model's tensors in PyTorch names and layouts, still on the device (flattened).
@@ -216,7 +92,12 @@ pub fn model_config_of(file_name: &str, file: &TensorFile) -> Result<ModelConfig
     let (Some(&c0), Some(&classes)) = (prep.shape.first(), fc.shape.first()) else {
         return Err(FileError::new(file_name, "tensors 'prep.0.weight' and 'fc.weight' have no dimensions"));
     };
-    Ok(ModelConfig::new().with_width(c0 as f64 / 64.0).with_num_classes(classes))
+    let config = ModelConfig::new().with_width(c0 as f64 / 64.0).with_num_classes(classes);
+    // Checked before the model is built from it: a small file must not ask for a giant one.
+    config
+        .validate()
+        .map_err(|e| FileError::new(file_name, format!("tensor 'prep.0.weight' has {c0} output channels: {e}")))?;
+    Ok(config)
 }
 
 /// Moves the model's tensors out of `file` into `model` (strict: every tensor must be present
@@ -227,9 +108,10 @@ pub fn load_model(model: Model, file: &mut TensorFile, file_name: &str, device: 
         let w_shape = block.conv.weight.dims().to_vec();
         let c = block.bn.gamma.dims()[0];
         let w = file.take_f32(file_name, &format!("{conv}.weight"), &w_shape)?;
-        block.conv.weight = Param::from_tensor(Tensor::from_data(w, device));
+        block.conv.weight = Param::from_tensor(Tensor::from_data(TensorData::new(w, w_shape), device));
         let mut vector = |suffix: &str| {
-            file.take_f32(file_name, &format!("{bn}.{suffix}"), &[c]).map(|d| Tensor::<1>::from_data(d, device))
+            file.take_f32(file_name, &format!("{bn}.{suffix}"), &[c])
+                .map(|v| Tensor::<1>::from_data(TensorData::new(v, [c]), device))
         };
         block.bn.gamma = Param::from_tensor(vector("weight")?);
         block.bn.beta = Param::from_tensor(vector("bias")?);
@@ -242,7 +124,7 @@ pub fn load_model(model: Model, file: &mut TensorFile, file_name: &str, device: 
     let [d_in, d_out] = model.fc.weight.dims();
     let w = file.take_f32(file_name, "fc.weight", &[d_out, d_in])?;
     let mut model = model;
-    model.fc.weight = Param::from_tensor(Tensor::<2>::from_data(w, device).transpose());
+    model.fc.weight = Param::from_tensor(Tensor::<2>::from_data(TensorData::new(w, [d_out, d_in]), device).transpose());
     Ok(model)
 }
 
@@ -262,4 +144,31 @@ pub fn model_from_bytes(file_name: &str, bytes: &[u8], device: &Device) -> Resul
         ));
     }
     Ok((model, config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with(prep_channels: usize, classes: usize) -> TensorFile {
+        let mut file = TensorFile::default();
+        for (name, shape) in [("prep.0.weight", vec![prep_channels, 3, 3, 3]), ("fc.weight", vec![classes, 512])] {
+            // Only the shapes are read here.
+            file.arrays.insert(name.into(), NamedArray { name: name.into(), shape, data: ArrayData::F32(vec![]) });
+        }
+        file
+    }
+
+    #[test]
+    fn a_model_inferred_from_shapes_is_validated_before_it_is_built() {
+        assert_eq!(model_config_of("w", &file_with(64, 10)).unwrap().width, 1.0);
+        // 2^20 output channels would be a width-16384 model: refused, not allocated.
+        let e = model_config_of("w.safetensors", &file_with(1 << 20, 10)).unwrap_err().to_string();
+        assert!(
+            e.starts_with("w.safetensors: tensor 'prep.0.weight' has 1048576 output channels: width must be in"),
+            "{e}"
+        );
+        let e = model_config_of("w", &file_with(64, 0)).unwrap_err().to_string();
+        assert!(e.contains("num_classes must be at least 1"), "{e}");
+    }
 }

@@ -55,6 +55,9 @@ impl ModelConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(ConfigError::new("dropout", format!("must be in [0, 1), got {}", self.dropout)));
         }
+        if self.num_classes == 0 {
+            return Err(ConfigError::new("num_classes", "must be at least 1, got 0"));
+        }
         Ok(())
     }
 

@@ -15,7 +15,13 @@ use super::dropout::Dropout;
 /// Whether `device` is the host CPU (flex): the CPU kernels run there, and batches are built
 /// on the host without tensor ops (`data/augment.rs`).
 pub fn is_host(device: &Device) -> bool {
-    *device == Device::flex()
+    #[cfg(feature = "flex")]
+    return *device == Device::flex();
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = device;
+        false
+    }
 }
 
 /// Reseeds the host-side dropout masks of the CPU kernels (the backend RNG is reseeded by the

@@ -54,6 +54,7 @@ pub struct Driver {
     stop_at: Option<usize>,
     interrupter: Interrupter,
     test_pass: bool,
+    eval_batch: usize,
 }
 
 impl Driver {
@@ -66,7 +67,15 @@ impl Driver {
             stop_at: None,
             interrupter: Interrupter::default(),
             test_pass: true,
+            eval_batch: EVAL_BATCH,
         }
+    }
+
+    /// Test images per forward pass ([`EVAL_BATCH`] unless the device's buffers need fewer:
+    /// `limits::eval_batch`).
+    pub fn with_eval_batch(mut self, images: usize) -> Self {
+        self.eval_batch = images.max(1);
+        self
     }
 
     /// Epochs roll over without a test pass or a history record, and no [`Event::Epoch`] is
@@ -135,7 +144,7 @@ impl Driver {
         } else if progress.batch_in_epoch >= progress.batches_per_epoch {
             let start = Instant::now();
             let plain = t.device.clone().inner();
-            let evaluation = evaluate(&t.model.valid(), test, EVAL_BATCH, &plain, false).await?;
+            let evaluation = evaluate(&t.model.valid(), test, self.eval_batch, &plain, false).await?;
             t.check_health(&evaluation).await?;
             let metrics = t.finish_epoch(&evaluation, start.elapsed().as_secs_f64());
             events.push(Event::Epoch { metrics, evaluation });

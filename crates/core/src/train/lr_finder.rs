@@ -43,6 +43,34 @@ impl LrFinderConfig {
     }
 }
 
+/// The loss curve as the range test reads it: an exponential moving average of the step
+/// losses, bias-corrected (as Adam's moments are) so that the first points are not pulled
+/// towards zero, and the divergence rule.
+#[derive(Debug, Clone)]
+pub struct Smoother {
+    smoothing: f64,
+    diverge: f64,
+    avg: f64,
+    points: i32,
+    best: f64,
+}
+
+impl Smoother {
+    pub fn new(config: &LrFinderConfig) -> Self {
+        Self { smoothing: config.smoothing, diverge: config.diverge, avg: 0.0, points: 0, best: f64::INFINITY }
+    }
+
+    /// Adds one step's loss; returns the smoothed loss and whether the run has diverged (the
+    /// smoothed loss above `diverge` × the best so far; never on the first point).
+    pub fn add(&mut self, loss: f64) -> (f64, bool) {
+        self.avg = (1.0 - self.smoothing) * self.avg + self.smoothing * loss;
+        self.points += 1;
+        let smoothed = self.avg / (1.0 - (1.0 - self.smoothing).powi(self.points));
+        self.best = self.best.min(smoothed);
+        (smoothed, self.points > 1 && smoothed > self.diverge * self.best)
+    }
+}
+
 /// Steepest descent of `losses` against log LR, looked for only before the lowest loss: past
 /// the minimum the loss is diverging, and a spike there can fall faster than the real descent.
 /// The first few points are skipped (the moving average is still warming up).
@@ -74,7 +102,7 @@ pub async fn run(
     trainer.use_range_schedule(config.range(momentum));
     let mut driver = Driver::new(trainer, 1).without_test_pass().with_stop_at(Some(config.num_iter));
     let (mut lrs, mut losses) = (Vec::new(), Vec::new());
-    let (mut avg, mut best) = (0.0, f64::INFINITY);
+    let mut smoother = Smoother::new(config);
     let mut diverged = false;
     'steps: while !driver.stopped() {
         let events = match driver.advance(data, data).await {
@@ -88,14 +116,11 @@ pub async fn run(
         };
         for event in events {
             let Event::Steps { progress, steps: 1.., .. } = event else { continue };
-            let i = lrs.len();
-            avg = (1.0 - config.smoothing) * avg + config.smoothing * progress.recent_loss;
-            let smoothed = avg / (1.0 - (1.0 - config.smoothing).powi(i as i32 + 1));
+            let (smoothed, blew_up) = smoother.add(progress.recent_loss);
+            on_point(lrs.len(), progress.lr, smoothed);
             lrs.push(progress.lr);
             losses.push(smoothed);
-            on_point(i, progress.lr, smoothed);
-            best = best.min(smoothed);
-            if i > 0 && smoothed > config.diverge * best {
+            if blew_up {
                 diverged = true;
                 break 'steps;
             }
@@ -116,6 +141,52 @@ mod tests {
         for (got, want) in lrs.iter().zip([1e-4, 1e-3, 1e-2, 1e-1, 1.0]) {
             assert!((got / want - 1.0).abs() < 1e-9, "{lrs:?}");
         }
+    }
+
+    #[test]
+    fn smoothing_is_bias_corrected_and_follows_the_moving_average() {
+        let config = LrFinderConfig::new();
+        // A constant loss reads as itself from the first point: without the correction the
+        // first smoothed value would be 0.05 × 2.3.
+        let mut s = Smoother::new(&config);
+        for _ in 0..10 {
+            let (v, diverged) = s.add(2.3);
+            assert!((v - 2.3).abs() < 1e-12, "{v}");
+            assert!(!diverged);
+        }
+        // Then a jump to 1.0: the average moves 5 % of the way per point, the correction
+        // shrinking as (1 - 0.95^n).
+        let mut s = Smoother::new(&config);
+        s.add(2.0);
+        let (v, _) = s.add(1.0);
+        let avg = 0.95 * (0.05 * 2.0) + 0.05 * 1.0;
+        assert!((v - avg / (1.0 - 0.95f64.powi(2))).abs() < 1e-12, "{v}");
+        // A smoothing of 1 is the raw loss.
+        let mut raw = Smoother::new(&LrFinderConfig::new().with_smoothing(1.0));
+        assert_eq!(raw.add(3.0).0, 3.0);
+        assert_eq!(raw.add(7.0).0, 7.0);
+    }
+
+    #[test]
+    fn divergence_is_the_smoothed_loss_above_five_times_its_best() {
+        let mut s = Smoother::new(&LrFinderConfig::new().with_smoothing(1.0));
+        // The first point cannot diverge, however large.
+        assert!(!s.add(1e9).1);
+        let mut s = Smoother::new(&LrFinderConfig::new().with_smoothing(1.0));
+        assert!(!s.add(2.0).1);
+        assert!(!s.add(1.0).1, "a new best");
+        assert!(!s.add(5.0).1, "exactly 5 × best is not above it");
+        assert!(s.add(5.01).1);
+        // With the default smoothing a single spike is damped and does not stop the run.
+        let mut s = Smoother::new(&LrFinderConfig::new());
+        for _ in 0..20 {
+            s.add(1.0);
+        }
+        let (v, diverged) = s.add(10.0);
+        assert!(!diverged && (v - 1.682).abs() < 1e-3, "one spike of 10× reads as {v}");
+        // A loss that stays at 10× crosses the line on the 8th point.
+        let stopped = (0..100).position(|_| s.add(10.0).1);
+        assert_eq!(stopped, Some(7));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! and are fetched in one transfer by `sync`, as often as the shell asks for it.
 
 pub mod driver;
+pub mod limits;
 pub mod lr_finder;
 pub mod metrics;
 pub mod optim;
@@ -23,6 +24,7 @@ use crate::data::augment::{self, AugmentConfig};
 use crate::data::{IMAGE_BYTES, Split};
 use crate::error::{ConfigError, DeviceError};
 use crate::io::readback;
+use crate::io::traffic::uploaded;
 use crate::model::{Model, ModelConfig};
 use crate::rng::Rng;
 use metrics::{ConfusionMatrix, EpochMetrics, RunningMean};
@@ -307,6 +309,7 @@ impl Trainer {
         self.device.seed(seed);
         crate::model::ops::seed_host_masks(seed);
         let x = augment::batch(pixels, &params, &self.config.augment, &self.device);
+        uploaded(n * 8);
         let y = Tensor::<1, Int>::from_data(TensorData::new(labels.to_vec(), [n]), &self.device);
         let logits = self.model.forward(x);
         let correct = logits.clone().detach().argmax(1).reshape([n]).equal(y.clone()).int().sum();
@@ -324,17 +327,19 @@ impl Trainer {
         let mut recent = RunningMean::default();
         if !pending.is_empty() {
             let first_step = self.step - pending.len();
-            let losses: Vec<Tensor<1>> = pending.iter().map(|p| p.0.clone()).collect();
-            let correct: Vec<Tensor<1, Int>> = pending.iter().map(|p| p.1.clone()).collect();
-            let losses = readback::f32s(Tensor::cat(losses, 0)).await?;
-            let correct = readback::i64s(Tensor::cat(correct, 0)).await?;
-            for (i, ((loss, correct), (_, _, n))) in losses.iter().zip(&correct).zip(&pending).enumerate() {
-                let loss = *loss as f64;
+            // One read-back for all: the losses, then the correct counts (exact as f32: at
+            // most a batch).
+            let mut both: Vec<Tensor<1>> = pending.iter().map(|p| p.0.clone()).collect();
+            both.extend(pending.iter().map(|p| p.1.clone().float()));
+            let values = readback::f32s(Tensor::cat(both, 0)).await?;
+            let (losses, correct) = values.split_at(pending.len());
+            for (i, ((loss, correct), (_, _, n))) in losses.iter().zip(correct).zip(&pending).enumerate() {
+                let (loss, correct) = (*loss as f64, *correct as u64);
                 if !loss.is_finite() {
                     return Err(TrainError::NonFinite { step: first_step + i + 1, loss });
                 }
-                cursor.running.add(loss, *correct as u64, *n as u64);
-                recent.add(loss, *correct as u64, *n as u64);
+                cursor.running.add(loss, correct, *n as u64);
+                recent.add(loss, correct, *n as u64);
             }
         }
         Ok(Progress {
@@ -452,6 +457,7 @@ pub async fn evaluate(
         let (pixels, labels) = gather_batch(data, chunk);
         let n = labels.len();
         let probs = predict(model, &pixels, device, tta);
+        uploaded(n * 8);
         let y = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [n]), device);
         let nll = probs.clone().clamp_min(1e-12).log().gather(1, y.reshape([n, 1])).neg();
         let (conf, pred) = probs.max_dim_with_indices(1);
