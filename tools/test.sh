@@ -42,7 +42,12 @@ npm ci --prefix tools/web --no-audit --no-fund
 export PATH="$PWD/tools/web/node_modules/.bin:$PATH"
 # Fuzzing needs a nightly compiler (sanitizer flags) and cargo-fuzz; both pinned.
 nightly=nightly-2026-05-19
-rustup toolchain list | grep -q "^$nightly" || rustup toolchain install "$nightly" --profile minimal
+if ! rustup toolchain list | grep -q "^$nightly" && ! rustup toolchain install "$nightly" --profile minimal; then
+  # Without the Rust download server, a nightly already installed serves.
+  nightly=$(rustup toolchain list | sed -n 's/^\(nightly[^ ]*\).*/\1/p' | head -n 1)
+  [ -n "$nightly" ] || { echo "test.sh: no nightly toolchain for fuzzing (rustup toolchain install nightly)" >&2; exit 1; }
+  echo "test.sh: nightly-2026-05-19 could not be installed; fuzzing with $nightly" >&2
+fi
 if [ "$(cargo fuzz --version 2>/dev/null | cut -d' ' -f2)" != "0.13.1" ]; then
   cargo install cargo-fuzz --version 0.13.1 --locked
 fi
