@@ -70,6 +70,9 @@ test('the browser trains the shared model on WebGPU and its weights load nativel
     assert.deepEqual(await page.evaluate(() => window.appState.errors), [], 'page reported errors at start');
     const wasm = fs.readdirSync(dist).filter((f) => f.endsWith('.wasm')).map((f) => fs.statSync(path.join(dist, f)).size);
     console.log(`page ready (WebGPU started) ${((Date.now() - loadStart) / 1000).toFixed(1)} s after navigation; wasm ${wasm.map((b) => (b / 1e6).toFixed(1)).join(', ')} MB`);
+    // The bundle's budget (it was 47.5 MB before the web profile, no flex and wasm-opt).
+    assert.equal(wasm.length, 1);
+    assert.ok(wasm[0] <= 15e6, `the wasm bundle is ${wasm[0]} bytes, over 15 MB`);
 
     // The page names its adapter; headless Chromium's is SwiftShader, a CPU implementation,
     // which the page must say plainly.
