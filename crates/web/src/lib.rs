@@ -133,6 +133,7 @@ impl Session {
             config.model = model_config.clone().with_dropout(config.model.dropout);
         }
         // Before anything is allocated: a tensor above the limits would lose the device.
+        config.validate().map_err(|e| err(format!("settings: {e}")))?;
         limits::check(&config, &s.limits).map_err(|e| err(format!("settings: {e}")))?;
         let n = s.data.as_ref().ok_or_else(|| err("load CIFAR-10 first"))?.train.len();
         let eval_batch = limits::eval_batch(&config.model, &s.limits);
@@ -264,6 +265,7 @@ impl Session {
     pub async fn lr_find(&self, config: &str, num_iter: usize) -> Result<String, JsError> {
         let s = self.state()?;
         let config = TrainingConfig::from_json(config).map_err(|e| err(format!("settings: {e}")))?;
+        config.validate().map_err(|e| err(format!("settings: {e}")))?;
         limits::check(&config, &s.limits).map_err(|e| err(format!("settings: {e}")))?;
         let data = s.data.as_ref().ok_or_else(|| err("load CIFAR-10 first"))?;
         let trainer = Trainer::new(config, &s.device, data.train.len()).map_err(err)?;

@@ -39,7 +39,8 @@ impl BufferLimits {
 /// implicit GEMM and add no larger buffer.
 pub fn largest_tensor_bytes(model: &ModelConfig, batch: usize) -> u64 {
     let [_, layer1, _, _] = model.channels();
-    batch as u64 * layer1 as u64 * 32 * 32 * 4
+    // Saturating: an unvalidated width or batch must not wrap around to a size that fits.
+    (batch as u64).saturating_mul(layer1 as u64).saturating_mul(32 * 32 * 4)
 }
 
 /// The largest batch whose tensors fit in `limits` (0 if not even one image does).
@@ -129,6 +130,8 @@ mod tests {
         let limits = BufferLimits { max_binding: MIB, max_buffer: MIB };
         let e = check(&config(8.0, 1), &limits).unwrap_err();
         assert_eq!(e.setting, "model.width");
+        // Absurd settings saturate instead of wrapping into a size that fits.
+        assert!(check(&config(1e30, usize::MAX), &BufferLimits::WEBGPU_DEFAULT).is_err());
         assert_eq!(eval_batch(&ModelConfig::new().with_width(8.0), &limits), 1);
     }
 }
