@@ -1,7 +1,7 @@
 //! Device → host read-backs, written once. Asynchronous, the only kind the browser allows;
 //! native callers block on them (`pollster`).
 
-use burn::tensor::{Int, Tensor};
+use burn::tensor::Tensor;
 
 use crate::error::DeviceError;
 
@@ -14,11 +14,4 @@ pub async fn f32s<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, DeviceError>
     let data = t.into_data_async().await.map_err(device_error)?;
     super::traffic::read_back(data.as_bytes().len());
     data.convert::<f32>().try_into_vec::<f32>().map_err(device_error)
-}
-
-/// An integer tensor's values, in row-major order.
-pub async fn i64s<const D: usize>(t: Tensor<D, Int>) -> Result<Vec<i64>, DeviceError> {
-    let data = t.into_data_async().await.map_err(device_error)?;
-    super::traffic::read_back(data.as_bytes().len());
-    data.convert::<i64>().try_into_vec::<i64>().map_err(device_error)
 }
