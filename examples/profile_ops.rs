@@ -1,6 +1,6 @@
 //! Where a training step's time goes, op by op, at the network's real shapes.
 //!
-//! `cargo run --release --example profile_ops -- [flex|wgpu] [width] [batch]`
+//! `cargo run --release --example profile_ops -- [flex|wgpu] [width] [batch] [f32|bf16]`
 //!
 //! Each op runs forward + backward (autodiff) on its own, repeated; the table lists ms per
 //! call summed over the layers that use it, so the rows add up to roughly one step.
@@ -37,6 +37,11 @@ fn main() {
     };
     let width: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(0.25);
     let n: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(128);
+    let precision = match args.get(4).map(String::as_str) {
+        Some("bf16") => flex_kernels::Precision::Bf16,
+        _ => flex_kernels::Precision::F32,
+    };
+    flex_kernels::precision::set(precision).unwrap();
     let reps = 5;
     let plain = backend::device(backend).unwrap();
     let ad = plain.clone().autodiff();
@@ -112,9 +117,9 @@ fn main() {
                 };
                 let gf = |ms: f64| 2.0 * (co * ci * 9 * n * side * side) as f64 / ms / 1e6;
                 let (f, dx_, dw_) = (
-                    ms(&|| conv::forward(&xh, &wh, dims, co)),
-                    ms(&|| conv::input_grad(&dyh, &wh, dims, co)),
-                    ms(&|| conv::weight_grad(&xh, &dyh, dims, co)),
+                    ms(&|| conv::forward(precision, &xh, &wh, dims, co)),
+                    ms(&|| conv::input_grad(precision, &dyh, &wh, dims, co)),
+                    ms(&|| conv::weight_grad(precision, &xh, &dyh, dims, co)),
                 );
                 eprintln!(
                     "{ci:>4}->{co:<4} at {side:>2}: ours fwd {f:6.1} ({:3.0} GF/s) dx {dx_:6.1} ({:3.0}) dw {dw_:6.1} ({:3.0}) | Burn fwd {fwd:6.1} dx {:6.1} dw {:6.1}",

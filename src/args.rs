@@ -11,7 +11,7 @@ use cifar_core::model::ModelConfig;
 use cifar_core::train::TrainingConfig;
 use cifar_core::train::lr_finder::LrFinderConfig;
 use cifar_core::train::optim::OptimizerKind;
-use cifar_webgpu::backend::Backend;
+use cifar_webgpu::backend::{Backend, Precision};
 use cifar_webgpu::download;
 use cifar_webgpu::error::Error;
 
@@ -58,6 +58,10 @@ pub(crate) struct Common {
     /// config.json).
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     pub(crate) backend: Backend,
+    /// Arithmetic of the convolutions on flex: `auto` is bf16 (f32 sums, f32 weights) where
+    /// the CPU has AMX-BF16, else f32; `f32` is exact (printed, and recorded in config.json).
+    #[arg(long, value_enum, default_value_t = Precision::Auto)]
+    pub(crate) precision: Precision,
     /// Directory with the CIFAR-10 .bin files (default: $CIFAR10_DIR, else ./data/cifar-10-batches-bin).
     #[arg(long)]
     pub(crate) data_dir: Option<PathBuf>,
@@ -208,6 +212,10 @@ pub(crate) struct EvalArgs {
 pub(crate) struct BenchArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "flex,wgpu")]
     pub(crate) backend: Vec<Backend>,
+    /// Precisions to measure on flex (each resolved as `train --precision`; a repeat is
+    /// measured once; GPUs run f32).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "f32,auto")]
+    pub(crate) precision: Vec<Precision>,
     #[arg(long, value_delimiter = ',', default_value = "0.25,1.0")]
     pub(crate) width: Vec<f64>,
     #[arg(long, value_delimiter = ',', default_value = "128,512", value_parser = positive)]

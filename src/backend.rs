@@ -37,6 +37,27 @@ impl std::fmt::Display for Backend {
     }
 }
 
+/// The arithmetic of the CPU kernels' convolutions (`--precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    /// bf16 convolutions on flex where the CPU has AMX-BF16, f32 otherwise and on GPUs.
+    Auto,
+    /// Exact f32 everywhere.
+    F32,
+    /// bf16 operands with f32 sums in the convolutions (flex on a CPU with AMX-BF16 only).
+    Bf16,
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
 /// The device a run used, as printed at its start and recorded in `config.json`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct DeviceInfo {
@@ -50,6 +71,8 @@ pub struct DeviceInfo {
     pub driver: String,
     /// Graphics API (Vulkan, Metal, Dx12, Gl) for wgpu; empty otherwise.
     pub api: String,
+    /// The convolutions' arithmetic: `f32`, or `bf16` (flex with AMX-BF16; f32 sums).
+    pub precision: String,
     /// Why `--backend auto` chose this backend.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -68,6 +91,9 @@ impl std::fmt::Display for DeviceInfo {
             write!(f, ", driver {}", self.driver)?;
         }
         f.write_str(")")?;
+        if self.precision != "f32" {
+            write!(f, ", {} convolutions", self.precision)?;
+        }
         if let Some(r) = &self.reason {
             write!(f, ": {r}")?;
         }
@@ -95,6 +121,7 @@ fn flex_info(reason: Option<String>) -> DeviceInfo {
         device_type: "Cpu".into(),
         driver: String::new(),
         api: String::new(),
+        precision: "f32".into(),
         reason,
         limits: None,
     }
@@ -128,6 +155,7 @@ fn wgpu_device() -> Result<(Device, DeviceInfo), String> {
             device_type: format!("{:?}", a.device_type),
             driver,
             api: shader_api(a.backend),
+            precision: "f32".into(),
             reason: None,
             limits: Some(BufferLimits {
                 max_binding: setup.device.limits().max_storage_buffer_binding_size,
@@ -141,8 +169,34 @@ fn wgpu_device() -> Result<(Device, DeviceInfo), String> {
 
 /// The device for `backend` and what it is. `auto` picks wgpu on a real GPU adapter, flex
 /// otherwise, and says why. Every device is checked with a tiny computation so that a broken
-/// one is reported here rather than as a panic in the middle of training.
-pub fn select(backend: Backend) -> Result<(Device, DeviceInfo), Error> {
+/// one is reported here rather than as a panic in the middle of training. `precision` is then
+/// resolved and set for the process (the CPU kernels read it).
+pub fn select(backend: Backend, precision: Precision) -> Result<(Device, DeviceInfo), Error> {
+    // Refused before a GPU is started where the answer is known already.
+    if precision == Precision::Bf16 && !matches!(backend, Backend::Flex | Backend::Auto) {
+        return Err(bf16_off_host(&backend.to_string()));
+    }
+    let (device, mut info) = select_device(backend)?;
+    let on_host = info.backend == "flex";
+    let chosen = match precision {
+        Precision::Auto if on_host => flex_kernels::Precision::fastest(),
+        Precision::Auto | Precision::F32 => flex_kernels::Precision::F32,
+        Precision::Bf16 if on_host => flex_kernels::Precision::Bf16,
+        Precision::Bf16 => return Err(bf16_off_host(&info.backend)),
+    };
+    flex_kernels::precision::set(chosen).map_err(|e| Error::Backend(e.to_string()))?;
+    info.precision = chosen.name().into();
+    Ok((device, info))
+}
+
+fn bf16_off_host(backend: &str) -> Error {
+    Error::Backend(format!(
+        "--precision bf16 is implemented by the CPU kernels (flex) only; {backend} trains in f32 \
+         (--precision f32 or auto)"
+    ))
+}
+
+fn select_device(backend: Backend) -> Result<(Device, DeviceInfo), Error> {
     let (device, info) = match backend {
         Backend::Auto => match wgpu_device() {
             Ok((device, info)) if info.device_type != "Cpu" => {
@@ -175,6 +229,7 @@ pub fn select(backend: Backend) -> Result<(Device, DeviceInfo), Error> {
                 device_type: "DiscreteGpu".into(),
                 driver: String::new(),
                 api: "CUDA".into(),
+                precision: "f32".into(),
                 reason: None,
                 limits: None,
             },
@@ -186,9 +241,9 @@ pub fn select(backend: Backend) -> Result<(Device, DeviceInfo), Error> {
     Ok((device, info))
 }
 
-/// The device for `backend` (see [`select`]).
+/// The device for `backend` (see [`select`]), leaving the precision as it is.
 pub fn device(backend: Backend) -> Result<Device, Error> {
-    select(backend).map(|(device, _)| device)
+    select_device(backend).map(|(device, _)| device)
 }
 
 fn self_test(device: &Device, backend: &str) -> Result<(), Error> {

@@ -245,7 +245,7 @@ fn mib(bytes: u64) -> f64 {
 
 pub fn table(rows: &[BenchRow]) -> String {
     let mut out = format!(
-        "{:<8} {:>6} {:>6} {:>5} {:>13} {:>12} {:>12} {:>10} {:>13} {:>13} {:>10}\n",
+        "{:<10} {:>6} {:>6} {:>5} {:>13} {:>12} {:>12} {:>10} {:>13} {:>13} {:>10}\n",
         "backend",
         "width",
         "batch",
@@ -261,7 +261,7 @@ pub fn table(rows: &[BenchRow]) -> String {
     for r in rows {
         let work = |f: fn(&StepWork) -> f64| r.per_step.as_ref().map_or("-".to_string(), |w| format!("{:.1}", f(w)));
         out += &format!(
-            "{:<8} {:>6} {:>6} {:>5} {:>13.1} {:>12.1} {:>12.1} {:>10.0} {:>13} {:>13} {:>10}\n",
+            "{:<10} {:>6} {:>6} {:>5} {:>13.1} {:>12.1} {:>12.1} {:>10.0} {:>13} {:>13} {:>10}\n",
             r.backend,
             r.width,
             r.batch_size,
@@ -280,7 +280,7 @@ pub fn table(rows: &[BenchRow]) -> String {
 
 pub fn comparison_table(rows: &[Comparison]) -> String {
     let mut out = format!(
-        "{:<8} {:>6} {:>6} {:<18} {:>12} {:>12} {:>9} {:>12} {:>12} {:>9}\n",
+        "{:<10} {:>6} {:>6} {:<18} {:>12} {:>12} {:>9} {:>12} {:>12} {:>9}\n",
         "backend",
         "width",
         "batch",
@@ -294,7 +294,7 @@ pub fn comparison_table(rows: &[Comparison]) -> String {
     );
     for c in rows {
         out += &format!(
-            "{:<8} {:>6} {:>6} {:<18} {:>12.1} {:>12.1} {:>8.2}× {:>12.1} {:>12.1} {:>8.2}×\n",
+            "{:<10} {:>6} {:>6} {:<18} {:>12.1} {:>12.1} {:>8.2}× {:>12.1} {:>12.1} {:>8.2}×\n",
             c.ours.backend,
             c.ours.width,
             c.ours.batch_size,

@@ -24,11 +24,21 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), Error> {
     eprintln!("bench on {machine}");
     let mut rows = Vec::new();
     let mut devices = Vec::new();
+    // Each backend once per distinct precision it resolves to (GPUs: f32 only).
+    let mut runs: Vec<(backend::Backend, backend::Precision, String)> = Vec::new();
     for &b in &args.backend {
-        let (device, info) = backend::select(b)?;
+        for &p in &args.precision {
+            let (_, info) = backend::select(b, p)?;
+            if !runs.iter().any(|(_, _, label)| *label == label_of(&info)) {
+                runs.push((b, p, label_of(&info)));
+            }
+        }
+    }
+    for (b, p, label) in runs {
+        let (device, info) = backend::select(b, p)?;
         eprintln!("device: {info}");
         devices.push(info.clone());
-        let b = info.backend.clone();
+        let b = label;
         for &width in &args.width {
             for &batch in &args.batch_size {
                 if let Some(l) = &info.limits {
@@ -83,4 +93,10 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), Error> {
         save(path, serde_json::to_string_pretty(&report).expect("JSON values serialise").as_bytes())?;
     }
     Ok(())
+}
+
+/// A row's backend column: the backend, with the precision where it is not f32
+/// (`flex-bf16`).
+fn label_of(info: &backend::DeviceInfo) -> String {
+    if info.precision == "f32" { info.backend.clone() } else { format!("{}-{}", info.backend, info.precision) }
 }

@@ -76,6 +76,54 @@ fn auto_backend_names_its_device_and_reason() {
     assert!(s.contains(reason), "the reason is printed: {s}");
 }
 
+/// `--precision`: resolved, printed and recorded; bf16 runs where the CPU has AMX-BF16 and is
+/// refused with the reason elsewhere, and on a GPU backend before the GPU is started.
+#[test]
+fn precision_is_resolved_recorded_and_checked() {
+    let Some(_) = real_data("precision_is_resolved_recorded_and_checked") else { return };
+    let runs = scratch("precision");
+    let recorded = |name: &str| -> String {
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(runs.join(name).join("config.json")).unwrap()).unwrap();
+        config["device"]["precision"].as_str().unwrap().to_string()
+    };
+    let out = tiny_train(&runs, "f32", &["--precision", "f32"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(recorded("f32"), "f32");
+    assert!(!text(&out).contains("bf16"), "{}", text(&out));
+
+    let amx = flex_kernels::amx::available();
+    let out = tiny_train(&runs, "auto", &["--precision", "auto"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(recorded("auto"), if amx { "bf16" } else { "f32" });
+
+    let out = tiny_train(&runs, "bf16", &["--precision", "bf16"]);
+    if amx {
+        assert!(out.status.success(), "{}", text(&out));
+        assert_eq!(recorded("bf16"), "bf16");
+        assert!(text(&out).contains("bf16 convolutions"), "{}", text(&out));
+        // Same seed, same batches and masks: the losses differ by the rounding only.
+        let loss = |name: &str| -> f64 {
+            let metrics = std::fs::read_to_string(runs.join(name).join("metrics.jsonl")).unwrap();
+            let line: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+            line["train_loss"].as_f64().unwrap_or(f64::NAN)
+        };
+        let (exact, rounded) = (loss("f32"), loss("bf16"));
+        assert!((exact - rounded).abs() < 0.05, "train loss: f32 {exact}, bf16 {rounded}");
+        assert_ne!(exact, rounded, "bf16 gave f32's loss to the last bit: not computed in bf16");
+    } else {
+        assert!(!out.status.success());
+        assert!(text(&out).contains("AMX-BF16"), "{}", text(&out));
+        assert!(!runs.join("bf16").exists(), "a refused run leaves no directory");
+    }
+
+    let started = std::time::Instant::now();
+    let out = bin().args(["train", "--backend", "wgpu", "--precision", "bf16", "--no-download"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("CPU kernels (flex) only"), "{}", text(&out));
+    assert!(started.elapsed().as_secs() < 5, "refused before wgpu starts");
+}
+
 /// `train --resume dir` with the data limits the run was started with.
 fn resume(dir: &Path, train_limit: usize) -> Output {
     bin()

@@ -75,11 +75,14 @@ impl Backward<Flex, 2> for ConvBackward {
         let o = dims4(&w)[0];
         let (dy, w) = (values(&dy), values(&w));
         if let Some(node) = node_w {
-            let dw = conv::weight_grad(&values(&x), &dy, dims, o);
+            let dw = conv::weight_grad(crate::precision::current(), &values(&x), &dy, dims, o);
             grads.register::<Flex>(node.id, tensor(dw, vec![o, dims[1], 3, 3]));
         }
         if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, tensor(conv::input_grad(&dy, &w, dims, o), dims.to_vec()));
+            grads.register::<Flex>(
+                node.id,
+                tensor(conv::input_grad(crate::precision::current(), &dy, &w, dims, o), dims.to_vec()),
+            );
         }
     }
 }

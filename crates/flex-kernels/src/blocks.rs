@@ -5,6 +5,8 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use crate::precision::Precision;
+
 /// `[n, c, h, w]`.
 pub type Dims = [usize; 4];
 
@@ -81,9 +83,11 @@ pub fn sum_over_blocks(
         .unwrap_or_else(|| vec![0.0; len])
 }
 
-/// `dst (m × n) = [dst +] a (m × k) · b (k × n)`, all given by (row stride, column stride).
+/// `dst (m × n) = [dst +] a (m × k) · b (k × n)`, all given by (row stride, column stride); in
+/// bf16 on AMX for [`Precision::Bf16`] (every caller's operands are row-major).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
+    precision: Precision,
     [m, n, k]: [usize; 3],
     dst: &mut [f32],
     dst_strides: [usize; 2],
@@ -99,6 +103,10 @@ pub fn gemm(
     assert!(dst.len() >= last(m, n, dst_strides), "gemm: destination too small");
     assert!(a.len() >= last(m, k, a_strides), "gemm: left operand too small");
     assert!(b.len() >= last(k, n, b_strides), "gemm: right operand too small");
+    if precision == Precision::Bf16 && [dst_strides[1], a_strides[1], b_strides[1]] == [1, 1, 1] {
+        crate::amx::gemm([m, n, k], dst, dst_strides[0], accumulate, a, a_strides[0], b, b_strides[0]);
+        return;
+    }
     // SAFETY: the asserts above keep every index the strides reach inside the slices.
     unsafe {
         gemm::gemm(

@@ -19,10 +19,12 @@
 //! per tile and converts to and from NHWC around it; im2col copies 9× the input, this 3×.
 //! On maps under 16×16 the separator rows would waste 1/8 and more, so there `Plan::Taps` (a
 //! plain im2col, one GEMM) is used instead. Layers with 64 channels and more take Winograd
-//! (`winograd.rs`) in all three directions.
+//! (`winograd.rs`) in all three directions. In bf16 (`amx.rs`) every layer takes `Rows`:
+//! there the GEMMs are cheap and the copies are what costs.
 
+use crate::Precision;
 use crate::blocks::{Dims, capped_for_threads, gemm, par_images, resize_for_overwrite, sum_over_blocks, tuning};
-use crate::winograd;
+use crate::{amx, winograd};
 
 /// A block's shifted input is about this many floats (1 MiB: half of this CPU's L2), so the
 /// GEMMs find it in cache...
@@ -75,14 +77,15 @@ impl Plan {
         }
     }
 
-    /// The plan for `h × w` maps.
-    pub fn for_map(h: usize, w: usize) -> Plan {
+    /// The plan for `h × w` maps. In bf16 always `Rows`: the separator rows' wasted columns
+    /// cost less on the tile unit than the im2col's nine copies.
+    pub fn for_map(p: Precision, h: usize, w: usize) -> Plan {
         match tuning().plan.as_deref() {
             Some("rows") => return Plan::Rows,
             Some("taps") => return Plan::Taps,
             _ => {}
         }
-        if h * w >= TAPS_BELOW_PIXELS { Plan::Rows } else { Plan::Taps }
+        if p == Precision::Bf16 || h * w >= TAPS_BELOW_PIXELS { Plan::Rows } else { Plan::Taps }
     }
 }
 
@@ -168,6 +171,19 @@ fn offset(plan: Plan, g: usize, w: usize) -> usize {
     }
 }
 
+/// For bf16: `count` left operands of `o × k` each, packed for AMX once per call.
+pub(crate) fn packed_lefts(p: Precision, a: &[f32], count: usize, o: usize, k: usize) -> Option<Vec<amx::Left>> {
+    (p == Precision::Bf16).then(|| {
+        (0..count)
+            .map(|i| {
+                let mut left = amx::Left::default();
+                left.pack(&a[i * o * k..][..o * k], k, o, k);
+                left
+            })
+            .collect()
+    })
+}
+
 /// Weights `[o, c, 3, 3]` as `plan.gemms()` matrices `o × taps·c`: `[g][o][t·c + ci]`.
 fn weights_for(plan: Plan, wt: &[f32], o: usize, c: usize) -> Vec<f32> {
     let k = plan.taps() * c;
@@ -187,11 +203,11 @@ fn weights_for(plan: Plan, wt: &[f32], o: usize, c: usize) -> Vec<f32> {
 
 /// The forward convolution: `x [n, c, h, w]`, `wt [o, c, 3, 3]` → `[n, o, h, w]`. Winograd
 /// where there are enough channels for its transforms to pay, else the GEMMs of a [`Plan`].
-pub fn forward(x: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec<f32> {
-    if use_winograd(dims, o) {
-        return winograd::forward(x, wt, dims, o);
+pub fn forward(p: Precision, x: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec<f32> {
+    if use_winograd(p, dims, o) {
+        return winograd::forward(p, x, wt, dims, o);
     }
-    forward_with(Plan::for_map(dims[2], dims[3]), x, wt, dims, o)
+    forward_with(p, Plan::for_map(p, dims[2], dims[3]), x, wt, dims, o)
 }
 
 /// Channels (input and output) from which Winograd beats the GEMMs, measured per layer with
@@ -200,31 +216,44 @@ pub fn forward(x: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec<f32> {
 /// width 0.25 the 16- and 32-channel layers are faster without it (16→32: 15 against 10 ms).
 const WINOGRAD_MIN_CHANNELS: usize = 64;
 
-fn use_winograd([_, c, h, w]: Dims, o: usize) -> bool {
+fn use_winograd(p: Precision, [_, c, h, w]: Dims, o: usize) -> bool {
     match tuning().winograd {
         Some(false) => return false,
         Some(true) => return winograd::fits(h, w),
         None => {}
     }
-    winograd::fits(h, w) && c.min(o) >= WINOGRAD_MIN_CHANNELS
+    // bf16: the GEMMs are so fast that Winograd's transforms cost more than they save.
+    p == Precision::F32 && winograd::fits(h, w) && c.min(o) >= WINOGRAD_MIN_CHANNELS
 }
 
-pub fn forward_with(plan: Plan, x: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec<f32> {
+pub fn forward_with(p: Precision, plan: Plan, x: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec<f32> {
     let [n, c, h, w] = dims;
     let hw = h * w;
     assert_eq!(x.len(), n * c * hw, "conv3x3: input has the wrong size");
     assert_eq!(wt.len(), o * c * 9, "conv3x3: weight has the wrong size");
     let kc = plan.taps() * c;
     let weights = weights_for(plan, wt, o, c);
+    // bf16: the weights packed once for all blocks.
+    let packed = packed_lefts(p, &weights, plan.gemms(), o, kc);
     par_images(n, o * hw, images_per_block(plan, dims), |b0, dst, [s, acc, _]| {
         let k = dst.len() / (o * hw);
         shift_block(plan, x, dims, b0, k, s);
         let (stride, cols) = (stride(plan, k, h, w), columns(plan, k, h, w));
         // The first GEMM overwrites it.
         resize_for_overwrite(acc, o * cols);
-        for g in 0..plan.gemms() {
-            let a = &weights[g * o * kc..][..o * kc];
-            gemm([o, cols, kc], acc, [cols, 1], g > 0, a, [kc, 1], &s[offset(plan, g, w)..], [stride, 1]);
+        if let Some(lefts) = &packed {
+            // The shifted input packed once; each kernel row's GEMM starts at its own column.
+            amx::with_scratch(|_, right| {
+                right.pack(s, stride, kc, stride);
+                for (g, left) in lefts.iter().enumerate() {
+                    amx::product(left, 0, right, [0, offset(plan, g, w)], [o, cols, kc], acc, cols, g > 0);
+                }
+            });
+        } else {
+            for g in 0..plan.gemms() {
+                let a = &weights[g * o * kc..][..o * kc];
+                gemm(p, [o, cols, kc], acc, [cols, 1], g > 0, a, [kc, 1], &s[offset(plan, g, w)..], [stride, 1]);
+            }
         }
         for i in 0..k {
             for oc in 0..o {
@@ -237,12 +266,12 @@ pub fn forward_with(plan: Plan, x: &[f32], wt: &[f32], dims: Dims, o: usize) -> 
 
 /// The input gradient: the forward convolution of `dy [n, o, h, w]` by the weights flipped in
 /// both spatial axes with input and output channels swapped → `[n, c, h, w]`.
-pub fn input_grad(dy: &[f32], wt: &[f32], [n, c, h, w]: Dims, o: usize) -> Vec<f32> {
-    forward(dy, &flipped(wt, o, c), [n, o, h, w], c)
+pub fn input_grad(p: Precision, dy: &[f32], wt: &[f32], [n, c, h, w]: Dims, o: usize) -> Vec<f32> {
+    forward(p, dy, &flipped(wt, o, c), [n, o, h, w], c)
 }
 
-pub fn input_grad_with(plan: Plan, dy: &[f32], wt: &[f32], [n, c, h, w]: Dims, o: usize) -> Vec<f32> {
-    forward_with(plan, dy, &flipped(wt, o, c), [n, o, h, w], c)
+pub fn input_grad_with(p: Precision, plan: Plan, dy: &[f32], wt: &[f32], [n, c, h, w]: Dims, o: usize) -> Vec<f32> {
+    forward_with(p, plan, dy, &flipped(wt, o, c), [n, o, h, w], c)
 }
 
 /// `[o, c, 3, 3]` → `[c, o, 3, 3]`, each kernel rotated by 180°.
@@ -266,14 +295,14 @@ fn flipped(wt: &[f32], o: usize, c: usize) -> Vec<f32> {
 /// packs 1.3–5× faster than a transposed right operand (`dY · Sᵀ`, the first version: 20–50
 /// GFLOP/s on one thread at this network's shapes against 105–113). Each thread sums its own
 /// blocks, then the partial sums are added.
-pub fn weight_grad(x: &[f32], dy: &[f32], dims: Dims, o: usize) -> Vec<f32> {
-    if use_winograd(dims, o) {
-        return winograd::weight_grad(x, dy, dims, o);
+pub fn weight_grad(p: Precision, x: &[f32], dy: &[f32], dims: Dims, o: usize) -> Vec<f32> {
+    if use_winograd(p, dims, o) {
+        return winograd::weight_grad(p, x, dy, dims, o);
     }
-    weight_grad_with(Plan::for_map(dims[2], dims[3]), x, dy, dims, o)
+    weight_grad_with(p, Plan::for_map(p, dims[2], dims[3]), x, dy, dims, o)
 }
 
-pub fn weight_grad_with(plan: Plan, x: &[f32], dy: &[f32], dims: Dims, o: usize) -> Vec<f32> {
+pub fn weight_grad_with(p: Precision, plan: Plan, x: &[f32], dy: &[f32], dims: Dims, o: usize) -> Vec<f32> {
     let [n, c, h, w] = dims;
     let hw = h * w;
     assert_eq!(x.len(), n * c * hw, "conv3x3 weight grad: input has the wrong size");
@@ -283,9 +312,21 @@ pub fn weight_grad_with(plan: Plan, x: &[f32], dy: &[f32], dims: Dims, o: usize)
         shift_block(plan, x, dims, b0, k, s);
         let (stride, cols) = (stride(plan, k, h, w), columns(plan, k, h, w));
         transposed_block(plan, dy, [n, o, h, w], b0, k, gt);
+        if p == Precision::Bf16 {
+            // Both packed once; each kernel row's GEMM starts at its own column of the input.
+            amx::with_scratch(|left, right| {
+                left.pack(s, stride, kc, stride);
+                right.pack(gt, o, cols, o);
+                for gi in 0..plan.gemms() {
+                    let d = &mut dw[gi * kc * o..][..kc * o];
+                    amx::product(left, offset(plan, gi, w), right, [0, 0], [kc, o, cols], d, o, true);
+                }
+            });
+            return;
+        }
         for gi in 0..plan.gemms() {
             let d = &mut dw[gi * kc * o..][..kc * o];
-            gemm([kc, o, cols], d, [o, 1], true, &s[offset(plan, gi, w)..], [stride, 1], gt, [o, 1]);
+            gemm(p, [kc, o, cols], d, [o, 1], true, &s[offset(plan, gi, w)..], [stride, 1], gt, [o, 1]);
         }
     });
     let mut out = vec![0.0f32; o * c * 9];
@@ -334,6 +375,7 @@ fn transposed_block(plan: Plan, dy: &[f32], [_, o, h, w]: Dims, b0: usize, k: us
 #[cfg(test)]
 mod tests {
     use super::*;
+    use Precision::F32;
 
     /// A small LCG: the crate has no RNG of its own but the masks'.
     struct TestRng(u64);
@@ -428,14 +470,76 @@ mod tests {
             );
             for plan in [Plan::Rows, Plan::Taps] {
                 let what = format!("{plan:?}, {n}×{c}→{o} at {h}×{w}");
-                close(&format!("forward {what}"), &forward_with(plan, &x, &wt, dims, o), &fwd);
-                close(&format!("dx {what}"), &input_grad_with(plan, &dy, &wt, dims, o), &dx);
-                close(&format!("dw {what}"), &weight_grad_with(plan, &x, &dy, dims, o), &dw);
+                close(&format!("forward {what}"), &forward_with(F32, plan, &x, &wt, dims, o), &fwd);
+                close(&format!("dx {what}"), &input_grad_with(F32, plan, &dy, &wt, dims, o), &dx);
+                close(&format!("dw {what}"), &weight_grad_with(F32, plan, &x, &dy, dims, o), &dw);
             }
             if winograd::fits(h, w) {
                 let what = format!("Winograd, {n}×{c}→{o} at {h}×{w}");
-                close(&format!("forward {what}"), &winograd::forward(&x, &wt, dims, o), &fwd);
-                close(&format!("dw {what}"), &winograd::weight_grad(&x, &dy, dims, o), &dw);
+                close(&format!("forward {what}"), &winograd::forward(F32, &x, &wt, dims, o), &fwd);
+                close(&format!("dw {what}"), &winograd::weight_grad(F32, &x, &dy, dims, o), &dw);
+            }
+        }
+    }
+
+    /// bf16 operands (8 significant bits) with f32 sums. The direct GEMMs multiply the
+    /// rounded inputs themselves, so they match the definition computed on rounded inputs
+    /// closely; Winograd rounds transformed values, so it is held to bf16's relative error over
+    /// the whole output. Neither may be bit-identical to f32 (the AMX GEMMs did run).
+    #[test]
+    fn bf16_paths_match_the_definition_within_rounding() {
+        if !crate::amx::available() {
+            eprintln!("skipped: this CPU has no AMX-BF16");
+            return;
+        }
+        let rounded = |v: &[f32]| v.iter().map(|x| crate::amx::f32_of(crate::amx::bf16(*x))).collect::<Vec<f32>>();
+        let rms = |v: &[f32]| (v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+        let relative_rms = |got: &[f32], want: &[f32]| {
+            let diff: Vec<f32> = got.iter().zip(want).map(|(g, w)| g - w).collect();
+            rms(&diff) / rms(want)
+        };
+        let differs = |what: &str, got: &[f32], exact: &[f32]| {
+            assert!(got.iter().zip(exact).any(|(g, f)| g != f), "{what}: identical to f32, so not computed in bf16");
+        };
+        let mut rng = TestRng(5);
+        let mut rand = |len: usize| (0..len).map(|_| rng.below(2001) as f32 / 1000.0 - 1.0).collect::<Vec<f32>>();
+        for (n, c, o, h, w) in [(3, 2, 4, 5, 7), (6, 3, 11, 5, 6), (4, 40, 70, 8, 8), (2, 64, 33, 16, 16)] {
+            let dims = [n, c, h, w];
+            let (x, wt, dy) = (rand(n * c * h * w), rand(o * c * 9), rand(n * o * h * w));
+            let (xr, wr, dyr) = (rounded(&x), rounded(&wt), rounded(&dy));
+            let on_rounded = [
+                naive_forward(&xr, &wr, dims, o),
+                naive_input_grad(&dyr, &wr, dims, o),
+                naive_weight_grad(&xr, &dyr, dims, o),
+            ];
+            let exact = [
+                naive_forward(&x, &wt, dims, o),
+                naive_input_grad(&dy, &wt, dims, o),
+                naive_weight_grad(&x, &dy, dims, o),
+            ];
+            for plan in [Plan::Rows, Plan::Taps] {
+                let got = [
+                    forward_with(Precision::Bf16, plan, &x, &wt, dims, o),
+                    input_grad_with(Precision::Bf16, plan, &dy, &wt, dims, o),
+                    weight_grad_with(Precision::Bf16, plan, &x, &dy, dims, o),
+                ];
+                for (i, name) in ["forward", "dx", "dw"].into_iter().enumerate() {
+                    let what = format!("{name} {plan:?} {n}×{c}→{o} at {h}×{w}");
+                    close(&what, &got[i], &on_rounded[i]);
+                    differs(&what, &got[i], &exact[i]);
+                }
+            }
+            if winograd::fits(h, w) {
+                let got = [
+                    winograd::forward(Precision::Bf16, &x, &wt, dims, o),
+                    winograd::weight_grad(Precision::Bf16, &x, &dy, dims, o),
+                ];
+                for (g, (name, want)) in got.iter().zip([("forward", &exact[0]), ("dw", &exact[2])]) {
+                    let what = format!("Winograd {name} {n}×{c}→{o} at {h}×{w}");
+                    let err = relative_rms(g, want);
+                    assert!(err < 1.0 / 64.0, "{what}: relative RMS error {err}");
+                    differs(&what, g, want);
+                }
             }
         }
     }

@@ -36,6 +36,9 @@ impl CpuOps for Flex {
     fn conv3x3(x: FlexTensor, w: FlexTensor) -> FlexTensor {
         let dims = dims4(&x);
         let o = dims4(&w)[0];
-        tensor(conv::forward(&values(&x), &values(&w), dims, o), vec![dims[0], o, dims[2], dims[3]])
+        tensor(
+            conv::forward(crate::precision::current(), &values(&x), &values(&w), dims, o),
+            vec![dims[0], o, dims[2], dims[3]],
+        )
     }
 }

@@ -15,18 +15,22 @@
 //! This crate depends on Burn only. Files: `lib.rs` the op trait and the tensor-level API,
 //! `forward.rs` / `backward.rs` the ops on flex and under autodiff, `kernels.rs` the
 //! BatchNorm and pooling kernels, `conv.rs` / `winograd.rs` / `blocks.rs` the convolution,
-//! `mask.rs` the dropout-mask generator, `simd.rs` the run-time AVX dispatch.
+//! `mask.rs` the dropout-mask generator, `simd.rs` the run-time AVX dispatch, `precision.rs` /
+//! `amx.rs` the bf16 GEMMs on CPUs with AMX.
 
+pub mod amx;
 mod backward;
 mod blocks;
 pub mod conv;
 mod forward;
 mod kernels;
 pub mod mask;
+pub mod precision;
 mod simd;
 pub mod winograd;
 
 pub use blocks::{Dims, Tuning, tuning};
+pub use precision::Precision;
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Dispatch, backend_extension};

@@ -11,6 +11,7 @@
 
 use crate::blocks::{Dims, capped_for_threads, gemm, par_images, resize_for_overwrite, sum_over_blocks};
 use crate::simd::simd_fn;
+use crate::{Precision, amx};
 
 /// A block's transformed input is about this many floats...
 const BLOCK_FLOATS: usize = 1 << 18;
@@ -181,7 +182,7 @@ pub fn fits(h: usize, w: usize) -> bool {
 
 /// The forward convolution `x [n, c, h, w]` by `wt [o, c, 3, 3]` → `[n, o, h, w]`; `h` and `w`
 /// even.
-pub fn forward(x: &[f32], wt: &[f32], [n, c, h, w]: Dims, o: usize) -> Vec<f32> {
+pub fn forward(p: Precision, x: &[f32], wt: &[f32], [n, c, h, w]: Dims, o: usize) -> Vec<f32> {
     assert!(fits(h, w), "Winograd F(2×2, 3×3) needs even map sides, got {h}×{w}");
     let hw = h * w;
     assert_eq!(x.len(), n * c * hw, "conv3x3: input has the wrong size");
@@ -189,6 +190,7 @@ pub fn forward(x: &[f32], wt: &[f32], [n, c, h, w]: Dims, o: usize) -> Vec<f32> 
     let (th, tw) = (h / 2, w / 2);
     let tiles_per_image = th * tw;
     let u = transform_weights(wt, o, c);
+    let packed = crate::conv::packed_lefts(p, &u, 16, o, c);
     par_images(n, o * hw, images_per_block([n, c, h, w]), |b0, dst, [v, m, padded]| {
         let k = dst.len() / (o * hw);
         let t = k * tiles_per_image;
@@ -198,9 +200,19 @@ pub fn forward(x: &[f32], wt: &[f32], [n, c, h, w]: Dims, o: usize) -> Vec<f32> 
         // M and V are [channel][ξ][tile], so that a tile row's 16 runs sit together for the
         // transforms (as [ξ][channel][tile] they were 16 far-apart cache lines per tile row:
         // the output transform took 12% of a step).
-        for xi in 0..16 {
-            let ux = &u[xi * o * c..][..o * c];
-            gemm([o, t, c], &mut m[xi * t..], [16 * t, 1], false, ux, [c, 1], &v[xi * t..], [16 * t, 1]);
+        if let Some(lefts) = &packed {
+            // V packed once (c × 16·tiles); position ξ's GEMM starts at its column.
+            amx::with_scratch(|_, right| {
+                right.pack(v, 16 * t, c, 16 * t);
+                for (xi, left) in lefts.iter().enumerate() {
+                    amx::product(left, 0, right, [0, xi * t], [o, t, c], &mut m[xi * t..], 16 * t, false);
+                }
+            });
+        } else {
+            for xi in 0..16 {
+                let ux = &u[xi * o * c..][..o * c];
+                gemm(p, [o, t, c], &mut m[xi * t..], [16 * t, 1], false, ux, [c, 1], &v[xi * t..], [16 * t, 1]);
+            }
         }
         transform_output(m, [k, o, h, w], dst);
     })
@@ -209,7 +221,7 @@ pub fn forward(x: &[f32], wt: &[f32], [n, c, h, w]: Dims, o: usize) -> Vec<f32> 
 /// The weight gradient `[o, c, 3, 3]` of [`forward`]: with `M = U ⊙ V` per tile, `dM = A dY Aᵀ`,
 /// so `dU_ξ (c × o, transposed) = Σ_tiles V_ξ (c × tiles) · dM_ξᵀ (tiles × o)`, 16 GEMMs over
 /// the tiles with both operands row-major, then `dW = Gᵀ dU G` per channel pair.
-pub fn weight_grad(x: &[f32], dy: &[f32], [n, c, h, w]: Dims, o: usize) -> Vec<f32> {
+pub fn weight_grad(p: Precision, x: &[f32], dy: &[f32], [n, c, h, w]: Dims, o: usize) -> Vec<f32> {
     assert!(fits(h, w), "Winograd F(2×2, 3×3) needs even map sides, got {h}×{w}");
     let hw = h * w;
     assert_eq!(x.len(), n * c * hw, "conv3x3 weight grad: input has the wrong size");
@@ -219,9 +231,21 @@ pub fn weight_grad(x: &[f32], dy: &[f32], [n, c, h, w]: Dims, o: usize) -> Vec<f
         let t = k * tiles_per_image;
         transform_input(x, [n, c, h, w], b0, k, v, padded);
         transform_gradient(dy, [n, o, h, w], b0, k, dm);
+        // bf16 with an even tile count (every map of this network): V and dM packed once,
+        // position ξ's GEMM starting at row ξ·t of both (pairs of rows: `ξ·t` even).
+        if p == Precision::Bf16 && t % 2 == 0 {
+            amx::with_scratch(|left, right| {
+                left.pack(v, 16 * t, c, 16 * t);
+                right.pack(dm, o, 16 * t, o);
+                for xi in 0..16 {
+                    amx::product(left, xi * t, right, [xi * t, 0], [c, o, t], &mut du[xi * c * o..][..c * o], o, true);
+                }
+            });
+            return;
+        }
         for xi in 0..16 {
             let d = &mut du[xi * c * o..][..c * o];
-            gemm([c, o, t], d, [o, 1], true, &v[xi * t..], [16 * t, 1], &dm[xi * t * o..][..t * o], [o, 1]);
+            gemm(p, [c, o, t], d, [o, 1], true, &v[xi * t..], [16 * t, 1], &dm[xi * t * o..][..t * o], [o, 1]);
         }
     });
     // Gᵀ dU G, G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]: the same three combinations
