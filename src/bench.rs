@@ -310,6 +310,39 @@ pub fn comparison_table(rows: &[Comparison]) -> String {
     out
 }
 
+/// Each of our rows against the fastest PyTorch mode measured at its shape (by training
+/// speed): the ratio that says whether we beat PyTorch at its best on this machine.
+pub fn fastest_table(rows: &[Comparison]) -> String {
+    let mut out = format!(
+        "{:<10} {:>6} {:>6} {:>12} {:<18} {:>12} {:>9}\n",
+        "backend", "width", "batch", "train img/s", "fastest PyTorch", "train img/s", "ours/PT"
+    );
+    let mut seen: Vec<(&str, f64, usize, usize)> = Vec::new();
+    for c in rows {
+        let key = (c.ours.backend.as_str(), c.ours.width, c.ours.batch_size, c.ours.sync_every);
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        let best = rows
+            .iter()
+            .filter(|d| (d.ours.backend.as_str(), d.ours.width, d.ours.batch_size, d.ours.sync_every) == key)
+            .max_by(|a, b| a.pytorch.train_images_per_sec.total_cmp(&b.pytorch.train_images_per_sec))
+            .expect("c itself matches");
+        out += &format!(
+            "{:<10} {:>6} {:>6} {:>12.1} {:<18} {:>12.1} {:>8.2}×\n",
+            c.ours.backend,
+            c.ours.width,
+            c.ours.batch_size,
+            c.ours.train_images_per_sec,
+            best.pytorch.mode.as_deref().unwrap_or("fp32"),
+            best.pytorch.train_images_per_sec,
+            best.train_ratio
+        );
+    }
+    out
+}
+
 /// How `bench --pytorch` runs the reference: which Python, script, device and modes.
 pub struct PytorchRun<'a> {
     pub python: &'a str,

@@ -75,6 +75,8 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), Error> {
                 comparison = Comparison::pair(&rows, &pytorch);
                 println!();
                 print!("{}", bench::comparison_table(&comparison));
+                println!();
+                print!("{}", bench::fastest_table(&comparison));
             }
             Err(e) => eprintln!("PyTorch comparison skipped: {e}"),
         }

@@ -392,7 +392,9 @@ fn bench_compares_with_pytorch_rows_and_writes_json() {
         &fake,
         "#!/bin/sh\ncase \"$*\" in *'--threads 1'*) ;; *) echo \"wrong args: $*\" >&2; exit 3;; esac\n\
          echo '[{\"backend\": \"pytorch\", \"width\": 0.0625, \"batch_size\": 8, \"first_step_s\": 0.5, \
-         \"train_images_per_sec\": 100.0, \"infer_images_per_sec\": 400.0, \"peak_bytes\": 1048576}]'\n",
+         \"train_images_per_sec\": 100.0, \"infer_images_per_sec\": 400.0, \"peak_bytes\": 1048576, \"mode\": \"fp32\"}, \
+         {\"backend\": \"pytorch\", \"width\": 0.0625, \"batch_size\": 8, \"first_step_s\": 0.5, \
+         \"train_images_per_sec\": 150.0, \"infer_images_per_sec\": 300.0, \"peak_bytes\": 1048576, \"mode\": \"channels_last\"}]'\n",
     )
     .unwrap();
     let mut perms = std::fs::metadata(&fake).unwrap().permissions();
@@ -421,6 +423,18 @@ fn bench_compares_with_pytorch_rows_and_writes_json() {
     assert!((row["train_ratio"].as_f64().unwrap() - ours / 100.0).abs() < 1e-9, "{row}");
     assert!(row["ours"]["peak_bytes"].as_u64().unwrap() > 0, "peak memory measured: {row}");
     assert_eq!(report["threads"], 1);
+    // Each of our rows once more, against PyTorch's fastest mode at its shape.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let fastest: Vec<&str> =
+        stdout.lines().skip_while(|l| !l.contains("fastest PyTorch")).skip(1).take_while(|l| !l.is_empty()).collect();
+    assert!(!fastest.is_empty(), "{s}");
+    for line in &fastest {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols[4], "channels_last", "{line}");
+        let ratio: f64 = cols[6].trim_end_matches('×').parse().unwrap();
+        let ours: f64 = cols[3].parse().unwrap();
+        assert!((ratio - ours / 150.0).abs() < 0.01, "{line}");
+    }
 
     // No PyTorch: our table still prints, with a note saying why there is no comparison.
     let out = bin()
