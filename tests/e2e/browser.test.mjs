@@ -202,7 +202,9 @@ test('the browser trains the shared model on WebGPU and its weights load nativel
     await download.saveAs(weights);
     const preds = path.join(tmp, 'predictions.txt');
     const exe = path.join(targetDir, 'release', 'cifar-webgpu');
-    const out = execFileSync(exe, ['eval', '--backend', 'flex', '--no-download', '--test-limit', String(TEST), '--weights', weights, '--predictions', preds], { env: process.env }).toString();
+    // f32 natively as on the page: predictions are compared class for class, and bf16
+    // convolutions (the default on CPUs with AMX) may flip a near tie.
+    const out = execFileSync(exe, ['eval', '--backend', 'flex', '--precision', 'f32', '--no-download', '--test-limit', String(TEST), '--weights', weights, '--predictions', preds], { env: process.env }).toString();
     console.log(out.trim().split('\n').pop());
     const native = fs.readFileSync(preds, 'utf8').trim().split('\n').map(Number);
     const web = s.predictions.map((p) => p[0]);
@@ -218,7 +220,7 @@ test('the browser trains the shared model on WebGPU and its weights load nativel
     const nativeWeights = path.join(runs, 'native', 'model.safetensors');
     await page.setInputFiles('#weights-file', nativeWeights);
     await page.waitForFunction(() => /parameters loaded/.test(document.getElementById('weights-status').textContent), null, { timeout: 60000 });
-    const evalOut = execFileSync(exe, ['eval', '--backend', 'flex', '--no-download', '--test-limit', String(TEST), '--weights', nativeWeights, '--predictions', preds], { env: process.env }).toString();
+    const evalOut = execFileSync(exe, ['eval', '--backend', 'flex', '--precision', 'f32', '--no-download', '--test-limit', String(TEST), '--weights', nativeWeights, '--predictions', preds], { env: process.env }).toString();
     const nativePreds = fs.readFileSync(preds, 'utf8').trim().split('\n').map(Number);
     const pagePreds = await page.evaluate(async () => {
       const r = JSON.parse(await window.appState.session.evaluate(false));
