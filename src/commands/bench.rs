@@ -24,7 +24,10 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), Error> {
     eprintln!("bench on {machine}");
     let mut rows = Vec::new();
     let mut devices = Vec::new();
-    // Each backend once per distinct precision it resolves to (GPUs: f32 only).
+    // Each backend once per distinct precision it resolves to (GPUs: f32 only). Every
+    // combination is resolved before anything is measured, so a refused one stops the bench
+    // before its first row; each run then selects again, which sets the process's precision
+    // for its rows.
     let mut runs: Vec<(backend::Backend, backend::Precision, String)> = Vec::new();
     for &b in &args.backend {
         for &p in &args.precision {

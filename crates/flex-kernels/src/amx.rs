@@ -355,9 +355,10 @@ mod imp {
         };
         // SAFETY: configures this thread's tiles for the loop below (a thread's own state).
         unsafe { asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly)) };
-        // Whole blocks k chunk by k chunk: a chunk of the right operand's column pair (32 KiB)
-        // stays in L1 while the left one streams past. Without the chunks, tile loads from
-        // L2 were half of the time (`perf annotate`).
+        // Whole blocks k chunk by k chunk, so that a chunk of the right operand's column pair
+        // (32 KiB) can stay in L1 while the left one streams past: without chunks, tile loads
+        // were half of the products' samples (`perf annotate`). Whether chunking helps could
+        // not be separated from this machine's noise (README, "bf16 on AMX").
         let (whole_rows, whole_cols) = (m / (2 * TILE) * 2, n / (2 * TILE) * 2);
         for chunk in (0..steps).step_by(K_CHUNK_STEPS) {
             let js = chunk..(chunk + K_CHUNK_STEPS).min(steps);
