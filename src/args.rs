@@ -8,9 +8,10 @@ use cifar_core::data::Cifar10;
 use cifar_core::data::augment::AugmentConfig;
 use cifar_core::error::ConfigError;
 use cifar_core::model::ModelConfig;
-use cifar_core::train::TrainingConfig;
+use cifar_core::train::ema::EmaConfig;
 use cifar_core::train::lr_finder::LrFinderConfig;
-use cifar_core::train::optim::OptimizerKind;
+use cifar_core::train::optim::{OptimizerConfig, OptimizerKind};
+use cifar_core::train::{Recipe, TrainingConfig};
 use cifar_webgpu::backend::{Backend, Precision};
 use cifar_webgpu::download;
 use cifar_webgpu::error::Error;
@@ -99,17 +100,36 @@ pub(crate) struct TrainArgs {
     pub(crate) epochs: usize,
     #[arg(long, default_value_t = recipe().batch_size)]
     pub(crate) batch_size: usize,
+    /// The recipe the other options start from: `seed` is the original notebook's (Adam, no
+    /// label smoothing, no averaging); `best` trains with SGD-Nesterov, label smoothing 0.2, a
+    /// moving average of the weights (0.99 every 5 steps) and flip TTA at the end.
+    #[arg(long, default_value = "seed", value_parser = parse_recipe)]
+    pub(crate) recipe: Recipe,
     /// Peak LR of the one-cycle schedule, or `auto` to run the LR finder first
     /// [default: 0.01 for adam, 0.2 for sgd].
     #[arg(long)]
     pub(crate) max_lr: Option<String>,
-    #[arg(long, default_value_t = recipe().optimizer.kind, value_parser = parse_optimizer)]
-    pub(crate) optimizer: OptimizerKind,
+    /// adam or sgd (Nesterov) [default: the recipe's: adam (seed), sgd (best)].
+    #[arg(long, value_parser = parse_optimizer)]
+    pub(crate) optimizer: Option<OptimizerKind>,
     /// L2 weight decay [default: 1e-4 for adam, 5e-4 for sgd].
     #[arg(long)]
     pub(crate) weight_decay: Option<f64>,
-    #[arg(long, default_value_t = recipe().label_smoothing)]
-    pub(crate) label_smoothing: f64,
+    /// [default: the recipe's: 0 (seed), 0.2 (best)]
+    #[arg(long)]
+    pub(crate) label_smoothing: Option<f64>,
+    /// Moving average of the weights, tested and saved instead of them: the old average's
+    /// weight at each update, 0 for none [default: the recipe's: 0 (seed), 0.99 (best)].
+    #[arg(long)]
+    pub(crate) ema_decay: Option<f64>,
+    /// Steps between two updates of the moving average [default: 5].
+    #[arg(long, value_parser = positive)]
+    pub(crate) ema_every: Option<usize>,
+    /// Also test the last epoch with flip TTA [default: the recipe's: off (seed), on (best)].
+    #[arg(long, conflicts_with = "no_tta")]
+    pub(crate) tta: bool,
+    #[arg(long)]
+    pub(crate) no_tta: bool,
     /// Epoch of the LR peak, as a fraction of all epochs.
     #[arg(long, default_value_t = recipe().schedule.pct_start)]
     pub(crate) pct_start: f64,
@@ -144,13 +164,18 @@ pub(crate) struct TrainArgs {
 }
 
 /// The options that make up a run's recipe: a resumed run keeps its checkpoint's.
-pub(crate) const RECIPE_OPTIONS: [&str; 12] = [
+pub(crate) const RECIPE_OPTIONS: [&str; 17] = [
     "epochs",
     "batch_size",
+    "recipe",
     "max_lr",
     "optimizer",
     "weight_decay",
     "label_smoothing",
+    "ema_decay",
+    "ema_every",
+    "tta",
+    "no_tta",
     "pct_start",
     "seed",
     "no_augment",
@@ -264,6 +289,10 @@ pub(crate) fn parse_optimizer(s: &str) -> Result<OptimizerKind, String> {
     s.parse().map_err(|e: ConfigError| e.problem)
 }
 
+fn parse_recipe(s: &str) -> Result<Recipe, String> {
+    s.parse().map_err(|e: ConfigError| e.problem)
+}
+
 pub(crate) fn load_data(c: &Common) -> Result<Cifar10, Error> {
     let dir = download::resolve_data_dir(c.data_dir.clone());
     let mut data = download::load(&dir, !c.no_download, !c.no_verify)?;
@@ -280,25 +309,41 @@ pub(crate) fn model_config(m: &ModelArgs) -> ModelConfig {
     ModelConfig::new().with_width(m.width).with_dropout(m.dropout)
 }
 
+/// `--recipe` with `--optimizer` applied: another optimizer brings its own LR and weight decay.
+pub(crate) fn base_recipe(a: &TrainArgs) -> TrainingConfig {
+    let base = a.recipe.config(model_config(&a.model));
+    match a.optimizer {
+        Some(kind) if kind != base.optimizer.kind => base.with_optimizer(OptimizerConfig::new(kind)),
+        _ => base,
+    }
+}
+
 pub(crate) fn training_config(a: &TrainArgs, max_lr: f64) -> TrainingConfig {
     let augment = if a.no_augment {
         AugmentConfig::new().with_pad(0).with_flip(false).with_cutout(0)
     } else {
         AugmentConfig::new()
     };
-    let recipe = TrainingConfig::recipe(model_config(&a.model), a.optimizer);
+    let recipe = base_recipe(a);
     let optimizer = recipe.optimizer.clone().with_max_lr(max_lr);
     let optimizer = match a.weight_decay {
         Some(w) => optimizer.with_weight_decay(w),
         None => optimizer,
     };
     let schedule = recipe.schedule.clone().with_pct_start(a.pct_start);
+    let ema = EmaConfig::new()
+        .with_decay(a.ema_decay.unwrap_or(recipe.ema.decay))
+        .with_every(a.ema_every.unwrap_or(recipe.ema.every));
+    let tta = (recipe.tta || a.tta) && !a.no_tta;
+    let label_smoothing = a.label_smoothing.unwrap_or(recipe.label_smoothing);
     recipe
         .with_augment(augment)
         .with_optimizer(optimizer)
         .with_schedule(schedule)
         .with_epochs(a.epochs)
         .with_batch_size(a.batch_size)
-        .with_label_smoothing(a.label_smoothing)
+        .with_label_smoothing(label_smoothing)
+        .with_ema(ema)
+        .with_tta(tta)
         .with_seed(a.seed)
 }

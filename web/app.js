@@ -147,23 +147,31 @@ function config() {
     model: { ...RECIPE.model, width: num('width'), dropout: num('dropout') },
     optimizer: { ...RECIPE.optimizer, kind: $('optimizer').value, max_lr: num('max-lr'), weight_decay: num('weight-decay') },
     epochs: num('epochs'), batch_size: num('batch-size'), label_smoothing: num('label-smoothing'), seed: num('seed'),
+    ema: { ...RECIPE.ema, decay: num('ema-decay') }, tta: $('tta').checked,
   };
 }
 
-// The form shows the recipe for the chosen optimizer; choosing another switches max LR and
-// weight decay to its defaults (the other fields keep what the user typed).
-function useRecipe(b, optimizer, all) {
-  RECIPE = JSON.parse(b.recipe(optimizer));
-  $('max-lr').value = RECIPE.optimizer.max_lr;
-  $('weight-decay').value = RECIPE.optimizer.weight_decay;
-  if (!all) return;
+// The form shows a named recipe (`seed` or `best`, as `train --recipe`); choosing another
+// optimizer switches max LR and weight decay to its defaults (the other fields keep what the
+// user typed).
+function useRecipe(b, name) {
+  RECIPE = JSON.parse(b.named_recipe(name));
   $('optimizer').value = RECIPE.optimizer.kind;
+  useOptimizer(b, RECIPE.optimizer.kind);
   $('epochs').value = RECIPE.epochs;
   $('batch-size').value = RECIPE.batch_size;
   $('width').value = RECIPE.model.width;
   $('dropout').value = RECIPE.model.dropout;
   $('label-smoothing').value = RECIPE.label_smoothing;
+  $('ema-decay').value = RECIPE.ema.decay;
+  $('tta').checked = RECIPE.tta;
   $('seed').value = RECIPE.seed;
+}
+
+function useOptimizer(b, optimizer) {
+  RECIPE = { ...RECIPE, optimizer: JSON.parse(b.recipe(optimizer)).optimizer };
+  $('max-lr').value = RECIPE.optimizer.max_lr;
+  $('weight-decay').value = RECIPE.optimizer.weight_decay;
 }
 
 function drawCharts() {
@@ -266,7 +274,13 @@ async function train() {
         state.epochs.push(m);
         await showResults();
         say('train-status', `epoch ${m.epoch}: test accuracy ${(100 * m.test_acc).toFixed(2)}%, test loss ${m.test_loss.toFixed(4)}`);
-        if (r.finished) { state.finished = true; say('train-status', `done: test accuracy ${(100 * m.test_acc).toFixed(2)}%`); drawCharts(); break; }
+        if (r.finished) {
+          state.finished = true;
+          const tta = m.test_acc_tta != null ? `, with flip TTA ${(100 * m.test_acc_tta).toFixed(2)}%` : '';
+          say('train-status', `done: test accuracy ${(100 * m.test_acc).toFixed(2)}%${tta}`);
+          drawCharts();
+          break;
+        }
       }
       drawCharts();
       await new Promise((r) => setTimeout(r, 0)); // let the page repaint and handle clicks
@@ -349,8 +363,9 @@ async function main() {
   const b = await bindings();
   CLASSES = JSON.parse(b.classes());
   FILES = JSON.parse(b.data_files());
-  useRecipe(b, 'adam', true);
-  $('optimizer').onchange = (e) => useRecipe(b, e.target.value, false);
+  useRecipe(b, $('recipe').value);
+  $('recipe').onchange = (e) => useRecipe(b, e.target.value);
+  $('optimizer').onchange = (e) => useOptimizer(b, e.target.value);
   state.adapter = await describeAdapter();
   // Without an adapter wgpu fails below and says so; WebGPU's default limits stand in.
   const lim = state.adapter ? state.adapter.limits : { maxStorageBufferBindingSize: 2 ** 27, maxBufferSize: 2 ** 28 };

@@ -17,7 +17,7 @@ use cifar_webgpu::error::Error;
 use cifar_webgpu::plots::{self, LabelledImage};
 
 use super::save;
-use crate::args::{LrFindArgs, TrainArgs, load_data, training_config};
+use crate::args::{LrFindArgs, TrainArgs, base_recipe, load_data, training_config};
 
 /// Files a run writes into its directory (`--force` removes them first).
 const RUN_FILES: [&str; 8] = [
@@ -35,7 +35,7 @@ pub(crate) fn train(args: TrainArgs) -> Result<(), Error> {
     // Everything that can be checked without data is checked before any is loaded.
     // `auto` (None): the LR finder sets it once the data is loaded; the optimizer's default
     // stands in until then, so that the rest of the recipe is validated now.
-    let default_lr = args.optimizer.default_max_lr();
+    let default_lr = base_recipe(&args).optimizer.max_lr;
     let max_lr = match args.max_lr.as_deref() {
         Some("auto") => None,
         Some(v) => Some(
@@ -96,7 +96,7 @@ pub(crate) fn train(args: TrainArgs) -> Result<(), Error> {
                 common: args.common.clone(),
                 model: args.model.clone(),
                 batch_size: args.batch_size,
-                optimizer: args.optimizer,
+                optimizer: config.optimizer.kind,
                 start_lr: LrFinderConfig::new().start_lr,
                 end_lr: LrFinderConfig::new().end_lr,
                 num_iter: LrFinderConfig::new().num_iter,
@@ -125,11 +125,12 @@ pub(crate) fn train(args: TrainArgs) -> Result<(), Error> {
     recorded["device"] = serde_json::to_value(&device_info).expect("the device info serialises");
     save(&run_dir.join("config.json"), serde_json::to_string_pretty(&recorded).expect("JSON serialises").as_bytes())?;
     println!(
-        "training {} params (width {}) on {} with {}, {} epochs × {} steps, batch {}, max LR {:.3e} → {}",
+        "training {} params (width {}) on {} with {}{}, {} epochs × {} steps, batch {}, max LR {:.3e} → {}",
         trainer.model.trainable_params(),
         trainer.config.model.width,
         device_info.backend,
         trainer.config.optimizer.kind,
+        recipe_extras(&trainer.config),
         trainer.config.epochs,
         trainer.steps_per_epoch,
         trainer.config.batch_size,
@@ -187,7 +188,7 @@ pub(crate) fn train(args: TrainArgs) -> Result<(), Error> {
                         ));
                     }
                 }
-                Event::Epoch { metrics: m, evaluation } => {
+                Event::Epoch { metrics: m, evaluation, tta } => {
                     b.finish_and_clear();
                     epoch_done = true;
                     let t = driver.trainer();
@@ -205,7 +206,7 @@ pub(crate) fn train(args: TrainArgs) -> Result<(), Error> {
                     );
                     write_epoch_outputs(t, &run_dir, n_train)?;
                     if t.finished() {
-                        write_final_outputs(t, &evaluation, &data, &run_dir)?;
+                        write_final_outputs(t, &evaluation, tta.as_ref(), &data, &run_dir)?;
                     }
                 }
             }
@@ -302,10 +303,35 @@ fn write_epoch_outputs(trainer: &Trainer, dir: &Path, n_train: usize) -> Result<
     save(&path, &bytes)
 }
 
-fn write_final_outputs(trainer: &Trainer, eval: &Evaluation, data: &Cifar10, dir: &Path) -> Result<(), Error> {
+/// The parts of the recipe the progress line would not show otherwise.
+fn recipe_extras(c: &TrainingConfig) -> String {
+    let mut s = String::new();
+    if c.label_smoothing > 0.0 {
+        s += &format!(", label smoothing {}", c.label_smoothing);
+    }
+    if c.ema.enabled() {
+        s += &format!(", weight average {} every {} steps (tested and saved)", c.ema.decay, c.ema.every);
+    }
+    if c.tta {
+        s += ", flip TTA at the end";
+    }
+    s
+}
+
+/// The tested model (the weight average when the recipe has one), its mistakes and confusion
+/// matrix (of the flip-TTA pass when there is one: the run's final accuracy).
+fn write_final_outputs(
+    trainer: &Trainer,
+    plain: &Evaluation,
+    tta: Option<&Evaluation>,
+    data: &Cifar10,
+    dir: &Path,
+) -> Result<(), Error> {
     let path = dir.join("model.safetensors");
-    let file = pollster::block_on(weights::model_file(&trainer.model, &trainer.config.model, trainer.step as u64))?;
+    let model = trainer.eval_model();
+    let file = pollster::block_on(weights::model_file(&model, &trainer.config.model, trainer.step as u64))?;
     save(&path, &file.encode().map_err(|e| Error::Save { path: path.clone(), source: e.into() })?)?;
+    let eval = tta.unwrap_or(plain);
     let samples: Vec<LabelledImage> = eval
         .misclassified(&data.test, 40)
         .into_iter()
@@ -323,6 +349,14 @@ fn write_final_outputs(trainer: &Trainer, eval: &Evaluation, data: &Cifar10, dir
     let png = plots::confusion_png(&eval.confusion, &CLASSES)?;
     save(&dir.join("confusion.png"), &png)?;
     println!("\n{}", eval.confusion.to_table(&CLASSES));
-    println!("final test accuracy {:.2}% — results in {}", 100.0 * eval.accuracy, dir.display());
+    match tta {
+        Some(tta) => println!(
+            "final test accuracy {:.2}%, with flip TTA {:.2}% — results in {}",
+            100.0 * plain.accuracy,
+            100.0 * tta.accuracy,
+            dir.display()
+        ),
+        None => println!("final test accuracy {:.2}% — results in {}", 100.0 * plain.accuracy, dir.display()),
+    }
     Ok(())
 }

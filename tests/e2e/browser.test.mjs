@@ -91,6 +91,15 @@ test('the browser trains the shared model on WebGPU and its weights load nativel
     assert.deepEqual(await form(), [0.2, 5e-4, 24, 512], 'SGD recipe on the form');
     await page.selectOption('#optimizer', 'adam');
     assert.deepEqual(await form(), [0.01, 1e-4, 24, 512], 'back to Adam');
+    // The best recipe fills every part of the form (as `train --recipe best`), and back.
+    const parts = () => page.evaluate(() => [document.getElementById('optimizer').value,
+      ...['max-lr', 'label-smoothing', 'ema-decay'].map((id) => Number(document.getElementById(id).value)),
+      document.getElementById('tta').checked]);
+    assert.deepEqual(await parts(), ['adam', 0.01, 0, 0, false], 'the seed recipe on the form');
+    await page.selectOption('#recipe', 'best');
+    assert.deepEqual(await parts(), ['sgd', 0.2, 0.2, 0.99, true], 'the best recipe on the form');
+    await page.selectOption('#recipe', 'seed');
+    assert.deepEqual(await parts(), ['adam', 0.01, 0, 0, false], 'back to the seed recipe');
 
     // "Load from server": the files `trunk serve` serves from data/ (copied as trunk would).
     const served = path.join(dist, 'data', 'cifar-10-batches-bin');

@@ -239,6 +239,72 @@ fn train_writes_the_run_directory_and_eval_agrees() {
     let _ = std::fs::remove_dir_all(&runs);
 }
 
+/// `--recipe best` is one flag; each of its parts stays a flag of its own, and the run tests
+/// and saves the weight average, with and without flip TTA.
+#[test]
+fn the_best_recipe_is_one_flag_and_each_part_its_own() {
+    let Some(_) = real_data("the_best_recipe_is_one_flag_and_each_part_its_own") else { return };
+    let runs = scratch("best");
+    let read_json = |path: PathBuf| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    };
+    let last_metrics = |dir: &Path| -> serde_json::Value {
+        let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+        serde_json::from_str(metrics.lines().last().unwrap()).unwrap()
+    };
+    let out = tiny_train(&runs, "best", &["--recipe", "best", "--ema-every", "2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let dir = runs.join("best");
+    let c = read_json(dir.join("config.json"));
+    assert_eq!(
+        (&c["optimizer"]["kind"], &c["optimizer"]["max_lr"], &c["label_smoothing"], &c["ema"]["decay"], &c["tta"]),
+        (&"sgd".into(), &0.2.into(), &0.2.into(), &0.99.into(), &true.into()),
+        "{c}"
+    );
+    assert_eq!(c["ema"]["every"], 2);
+    assert!(text(&out).contains("label smoothing 0.2, weight average 0.99 every 2 steps"), "{}", text(&out));
+    let m = last_metrics(&dir);
+    let (plain, tta) = (100.0 * m["test_acc"].as_f64().unwrap(), 100.0 * m["test_acc_tta"].as_f64().unwrap());
+    assert!(
+        text(&out).contains(&format!("final test accuracy {plain:.2}%, with flip TTA {tta:.2}%")),
+        "{}",
+        text(&out)
+    );
+    // The saved model is the one tested: eval gives both accuracies back.
+    for (flag, acc) in [(None, plain), (Some("--tta"), tta)] {
+        let out = bin()
+            .args(["eval", "--backend", "flex", "--no-download", "--test-limit", "128", "--weights"])
+            .arg(dir.join("model.safetensors"))
+            .args(flag)
+            .output()
+            .unwrap();
+        assert!(text(&out).contains(&format!("test accuracy {acc:.2}%")), "expected {acc:.2}% in {}", text(&out));
+    }
+
+    // Every part can be changed on its own; another optimizer brings its own LR and decay.
+    let parts = ["--recipe", "best", "--optimizer", "adam", "--ema-decay", "0", "--no-tta", "--label-smoothing", "0.1"];
+    let out = tiny_train(&runs, "parts", &parts);
+    assert!(out.status.success(), "{}", text(&out));
+    let c = read_json(runs.join("parts").join("config.json"));
+    assert_eq!(
+        (&c["optimizer"]["kind"], &c["optimizer"]["max_lr"], &c["label_smoothing"], &c["ema"]["decay"], &c["tta"]),
+        (&"adam".into(), &0.01.into(), &0.1.into(), &0.0.into(), &false.into()),
+        "{c}"
+    );
+    assert!(last_metrics(&runs.join("parts")).get("test_acc_tta").is_none());
+
+    // A resumed run keeps its checkpoint's recipe.
+    let out = bin().args(["train", "--no-download", "--recipe", "seed", "--resume"]).arg(&dir).output().unwrap();
+    assert!(!out.status.success() && text(&out).contains("--recipe cannot change it"), "{}", text(&out));
+    let out = tiny_train(&runs, "bad", &["--ema-decay", "1"]);
+    assert!(
+        !out.status.success() && text(&out).contains("ema.decay must be in [0, 1) (0: off), got 1"),
+        "{}",
+        text(&out)
+    );
+    let _ = std::fs::remove_dir_all(&runs);
+}
+
 #[test]
 fn stop_and_resume_through_the_cli() {
     let Some(_) = real_data("stop_and_resume_through_the_cli") else { return };

@@ -4,7 +4,8 @@ use burn::module::Module;
 use burn::tensor::{Distribution, Tensor};
 use cifar_core::io::checkpoint;
 use cifar_core::io::weights::{ArrayData, NamedArray, TensorFile, model_file, model_from_bytes};
-use cifar_core::model::ModelConfig;
+use cifar_core::model::{Model, ModelConfig};
+use cifar_core::train::ema::EmaConfig;
 use cifar_core::train::lr_finder::{self, LrFinderConfig};
 use cifar_core::train::optim::{OptimizerConfig, OptimizerKind};
 use cifar_core::train::schedule::OneCycleConfig;
@@ -126,14 +127,23 @@ fn bad_weight_files_give_clear_errors() {
 #[test]
 fn resume_after_interruption_equals_an_uninterrupted_run() {
     let _rng = rng_lock();
+    // Plain, and with a weight average (updated every 3 steps: the interruption at step 6
+    // falls between two updates) and TTA at the end.
+    let averaged = tiny_config().with_ema(EmaConfig::new().with_decay(0.5).with_every(3)).with_tta(true);
+    for config in [tiny_config(), averaged] {
+        resume_equals_uninterrupted(config);
+    }
+}
+
+fn resume_equals_uninterrupted(config: TrainingConfig) {
     let train = synthetic(64, 3);
     let test = synthetic(16, 4);
-    let whole = Trainer::new(tiny_config(), &flex(), train.len()).unwrap();
+    let whole = Trainer::new(config.clone(), &flex(), train.len()).unwrap();
     let whole = run(whole, &train, &test, None);
     assert_eq!(whole.step, 8);
 
     // Interrupted mid-epoch 2 (as Ctrl-C does), saved, restored in a "new process".
-    let first = Trainer::new(tiny_config(), &flex(), train.len()).unwrap();
+    let first = Trainer::new(config.clone(), &flex(), train.len()).unwrap();
     let first = run(first, &train, &test, Some(6));
     let bytes = pollster::block_on(checkpoint::to_bytes(&first, train.len())).unwrap();
     drop(first);
@@ -146,18 +156,33 @@ fn resume_after_interruption_equals_an_uninterrupted_run() {
         assert!((a.train_loss - b.train_loss).abs() < 1e-5, "{a:?} vs {b:?}");
         assert!((a.test_loss - b.test_loss).abs() < 1e-5, "{a:?} vs {b:?}");
         assert_eq!(a.test_acc, b.test_acc);
+        assert_eq!(a.test_acc_tta, b.test_acc_tta);
     }
-    let w = |t: &Trainer| pollster::block_on(model_file(&t.model, &t.config.model, 0)).unwrap();
-    let (a, b) = (w(&whole), w(&resumed));
-    for (name, x) in &a.arrays {
-        if let (ArrayData::F32(x), ArrayData::F32(y)) = (&x.data, &b.arrays[name].data) {
-            let diff = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
-            assert!(diff < 1e-5, "{name}: max difference {diff}");
+    let last = &whole.history[1];
+    assert_eq!(last.test_acc_tta.is_some(), config.tta, "{last:?}");
+    // The weights and the tested model (the average, when there is one) both match.
+    let w = |m: &Model| pollster::block_on(model_file(m, &config.model, 0)).unwrap();
+    for (a, b) in [(w(&whole.model), w(&resumed.model)), (w(&whole.eval_model()), w(&resumed.eval_model()))] {
+        for (name, x) in &a.arrays {
+            if let (ArrayData::F32(x), ArrayData::F32(y)) = (&x.data, &b.arrays[name].data) {
+                let diff = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+                assert!(diff < 1e-5, "{name}: max difference {diff}");
+            }
         }
     }
+    let (live, tested) = (w(&whole.model), w(&whole.eval_model()));
+    let differs = live.arrays.iter().any(|(name, x)| x.data != tested.arrays[name].data);
+    assert_eq!(differs, config.ema.enabled(), "the tested model is the average exactly when there is one");
     // A checkpoint from another dataset size is refused.
     let err = checkpoint::from_bytes("c.safetensors", &bytes, &flex(), 65).err().unwrap().to_string();
     assert!(err.contains("trained on 64 images"), "{err}");
+    if config.ema.enabled() {
+        // A checkpoint whose recipe has an average must hold it.
+        let mut file = TensorFile::decode("c", &bytes).unwrap();
+        file.arrays.remove("ema.fc.weight");
+        let e = checkpoint::from_bytes("c.safetensors", &file.encode().unwrap(), &flex(), 64).err().unwrap();
+        assert_eq!(e.to_string(), "c.safetensors: tensor 'ema.fc.weight' is missing");
+    }
 }
 
 #[test]
@@ -182,6 +207,9 @@ fn a_diverging_loss_is_reported_with_its_step() {
 /// The recipe as checkpoints stored it before the optimizer and schedule were nested.
 fn flatten_config(config: &serde_json::Value) -> serde_json::Value {
     let mut flat = config.as_object().unwrap().clone();
+    // Nor had they a weight average or TTA.
+    flat.remove("ema");
+    flat.remove("tta");
     let optimizer = flat.remove("optimizer").unwrap();
     let schedule = flat.remove("schedule").unwrap();
     for (k, v) in optimizer.as_object().unwrap().iter().chain(schedule.as_object().unwrap()) {

@@ -23,7 +23,7 @@ use cifar_core::train::driver::{Driver, Event};
 use cifar_core::train::limits::{self, BufferLimits};
 use cifar_core::train::lr_finder::{self, LrFinderConfig};
 use cifar_core::train::optim::OptimizerKind;
-use cifar_core::train::{self as training, Evaluation, Trainer, TrainingConfig};
+use cifar_core::train::{self as training, Evaluation, Recipe, Trainer, TrainingConfig};
 
 /// Panics reach the browser's console instead of an opaque "unreachable".
 #[wasm_bindgen(start)]
@@ -52,6 +52,13 @@ fn err(e: impl std::fmt::Display) -> JsError {
 pub fn recipe(optimizer: &str) -> Result<String, JsError> {
     let kind: OptimizerKind = optimizer.parse().map_err(err)?;
     serde_json::to_string(&TrainingConfig::recipe(ModelConfig::new(), kind)).map_err(err)
+}
+
+/// A named recipe (`seed` or `best`, as `train --recipe`) as a `TrainingConfig` in JSON.
+#[wasm_bindgen]
+pub fn named_recipe(name: &str) -> Result<String, JsError> {
+    let recipe: Recipe = name.parse().map_err(err)?;
+    serde_json::to_string(&recipe.config(ModelConfig::new())).map_err(err)
 }
 
 /// The class names, in label order, as JSON.
@@ -177,9 +184,9 @@ impl Session {
                         "recent_loss": p.recent_loss,
                     });
                 }
-                Event::Epoch { metrics, evaluation } => {
+                Event::Epoch { metrics, evaluation, tta } => {
                     out["epoch"] = serde_json::to_value(&metrics).map_err(err)?;
-                    s.evaluation = Some(evaluation);
+                    s.evaluation = Some(tta.unwrap_or(evaluation));
                 }
             }
         }
@@ -193,7 +200,7 @@ impl Session {
         let s = &mut *guard;
         let data = s.data.as_ref().ok_or_else(|| err("load CIFAR-10 first"))?;
         let (model, model_config) = match (s.driver.as_ref().map(Driver::trainer), &s.loaded) {
-            (Some(t), _) => (t.model.valid(), &t.config.model),
+            (Some(t), _) => (t.eval_model(), &t.config.model),
             (None, Some((m, c))) => (m.valid(), c),
             _ => return Err(err("train or load weights first")),
         };
@@ -253,7 +260,7 @@ impl Session {
     pub async fn weights(&self) -> Result<Vec<u8>, JsError> {
         let s = self.state()?;
         let file = match (s.driver.as_ref().map(Driver::trainer), &s.loaded) {
-            (Some(t), _) => weights::model_file(&t.model, &t.config.model, t.step as u64).await,
+            (Some(t), _) => weights::model_file(&t.eval_model(), &t.config.model, t.step as u64).await,
             (None, Some((m, c))) => weights::model_file(m, c, 0).await,
             _ => return Err(err("train or load weights first")),
         }
@@ -282,7 +289,7 @@ impl Session {
             return Err(err(format!("expected 32×32 RGB ({IMAGE_BYTES} bytes), got {}", rgb.len())));
         }
         let model = match (s.driver.as_ref().map(Driver::trainer), &s.loaded) {
-            (Some(t), _) => t.model.valid(),
+            (Some(t), _) => t.eval_model(),
             (None, Some((m, _))) => m.valid(),
             _ => return Err(err("train or load weights first")),
         };

@@ -1,5 +1,6 @@
 //! A checkpoint is one safetensors file: the model (PyTorch names, as `model.safetensors`),
-//! the optimizer state (`optim.<module path>.first|second`), the current epoch's shuffled order,
+//! the optimizer state (`optim.<module path>.first|second`), the moving average of the weights
+//! when the recipe has one (`ema.<PyTorch name>`), the current epoch's shuffled order,
 //! and the rest (config, step, RNG state, history) as JSON metadata. Resuming from it continues
 //! the exact same run: same batches, augmentations and dropout masks.
 
@@ -47,6 +48,12 @@ pub async fn to_bytes(trainer: &Trainer, train_len: usize) -> Result<Vec<u8>, Sa
         let name = format!("optim.{name}");
         let n = t.dims()[0];
         let data = ArrayData::F32(crate::io::readback::f32s(t).await?);
+        file.arrays.insert(name.clone(), NamedArray { name, shape: vec![n], data });
+    }
+    for (name, t) in trainer.ema.iter().flat_map(|e| &e.tensors) {
+        let name = format!("ema.{name}");
+        let n = t.dims()[0];
+        let data = ArrayData::F32(crate::io::readback::f32s(t.clone()).await?);
         file.arrays.insert(name.clone(), NamedArray { name, shape: vec![n], data });
     }
     if let Some(c) = &trainer.cursor {
@@ -100,6 +107,14 @@ pub fn from_bytes(file_name: &str, bytes: &[u8], device: &Device, train_len: usi
         .optim
         .import(&meta.optimizer_steps, &mut take, &ad.clone().inner())
         .map_err(|e| FileError::new(file_name, e.to_string()))?;
+    if let Some(ema) = trainer.ema.as_mut() {
+        let plain = ad.clone().inner();
+        for (name, t) in &mut ema.tensors {
+            let n = t.dims()[0];
+            let v = file.take_f32(file_name, &format!("ema.{name}"), &[n])?;
+            *t = burn::tensor::Tensor::from_data(TensorData::new(v, [n]), &plain);
+        }
+    }
     trainer.step = meta.step;
     trainer.rng = meta.rng;
     trainer.history = meta.history;

@@ -100,31 +100,53 @@ pub fn model_config_of(file_name: &str, file: &TensorFile) -> Result<ModelConfig
     Ok(config)
 }
 
+/// Rebuilds `model` with new tensors, visited in [`model_tensors`] order and layout: `f` gets
+/// each tensor's name, shape (PyTorch layout) and current value, flattened, and returns its
+/// replacement, flattened. Parameters get new ids: for loading and for evaluation copies.
+pub fn try_map_tensors<E>(
+    model: Model,
+    mut f: impl FnMut(&str, &[usize], Tensor<1>) -> Result<Tensor<1>, E>,
+) -> Result<Model, E> {
+    let mut model = model.try_map_blocks(|conv, bn, block: ConvBn| {
+        let mut block = block;
+        let w = block.conv.weight.val();
+        let w_shape = w.dims();
+        let n: usize = w_shape.iter().product();
+        let w = f(&format!("{conv}.weight"), &w_shape, w.reshape([n]))?;
+        block.conv.weight = Param::from_tensor(w.reshape(w_shape));
+        let c = block.bn.gamma.dims()[0];
+        block.bn.gamma = Param::from_tensor(f(&format!("{bn}.weight"), &[c], block.bn.gamma.val())?);
+        block.bn.beta = Param::from_tensor(f(&format!("{bn}.bias"), &[c], block.bn.beta.val())?);
+        let mean = f(&format!("{bn}.running_mean"), &[c], block.bn.running_mean.value_sync())?;
+        block.bn.running_mean = RunningState::new(mean);
+        let var = f(&format!("{bn}.running_var"), &[c], block.bn.running_var.value_sync())?;
+        block.bn.running_var = RunningState::new(var);
+        Ok(block)
+    })?;
+    // Burn stores [in, out]; PyTorch's nn.Linear stores [out, in].
+    let [d_in, d_out] = model.fc.weight.dims();
+    let w = model.fc.weight.val().transpose().reshape([d_out * d_in]);
+    let w = f("fc.weight", &[d_out, d_in], w)?;
+    model.fc.weight = Param::from_tensor(w.reshape([d_out, d_in]).transpose());
+    Ok(model)
+}
+
+/// [`try_map_tensors`] for replacements that cannot fail.
+pub fn map_tensors(model: Model, mut f: impl FnMut(&str, &[usize], Tensor<1>) -> Tensor<1>) -> Model {
+    try_map_tensors(model, |name, shape, t| Ok::<_, std::convert::Infallible>(f(name, shape, t)))
+        .unwrap_or_else(|e| match e {})
+}
+
 /// Moves the model's tensors out of `file` into `model` (strict: every tensor must be present
 /// with the right shape). Other tensors stay in `file` for the caller (e.g. optimizer state).
 pub fn load_model(model: Model, file: &mut TensorFile, file_name: &str, device: &Device) -> Result<Model, FileError> {
-    let model = model.try_map_blocks(|conv, bn, block: ConvBn| {
-        let mut block = block;
-        let w_shape = block.conv.weight.dims().to_vec();
-        let c = block.bn.gamma.dims()[0];
-        let w = file.take_f32(file_name, &format!("{conv}.weight"), &w_shape)?;
-        block.conv.weight = Param::from_tensor(Tensor::from_data(TensorData::new(w, w_shape), device));
-        let mut vector = |suffix: &str| {
-            file.take_f32(file_name, &format!("{bn}.{suffix}"), &[c])
-                .map(|v| Tensor::<1>::from_data(TensorData::new(v, [c]), device))
-        };
-        block.bn.gamma = Param::from_tensor(vector("weight")?);
-        block.bn.beta = Param::from_tensor(vector("bias")?);
-        block.bn.running_mean = RunningState::new(vector("running_mean")?);
-        let var = vector("running_var")?;
-        block.bn.running_var = RunningState::new(var);
-        file.arrays.remove(&format!("{bn}.num_batches_tracked"));
-        Ok(block)
+    let model = try_map_tensors(model, |name, shape, _| {
+        let n = shape.iter().product::<usize>();
+        file.take_f32(file_name, name, shape).map(|v| Tensor::<1>::from_data(TensorData::new(v, [n]), device))
     })?;
-    let [d_in, d_out] = model.fc.weight.dims();
-    let w = file.take_f32(file_name, "fc.weight", &[d_out, d_in])?;
-    let mut model = model;
-    model.fc.weight = Param::from_tensor(Tensor::<2>::from_data(TensorData::new(w, [d_out, d_in]), device).transpose());
+    for (_, bn, _) in model.blocks() {
+        file.arrays.remove(&format!("{bn}.num_batches_tracked"));
+    }
     Ok(model)
 }
 

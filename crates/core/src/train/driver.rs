@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use burn::module::Module;
 use web_time::Instant;
 
 use super::metrics::EpochMetrics;
@@ -44,8 +43,9 @@ pub enum Event {
     /// Training steps and their read-back: `progress` as of the last step, `steps` taken in
     /// `seconds`.
     Steps { progress: Progress, steps: usize, seconds: f64 },
-    /// An epoch closed with its test pass.
-    Epoch { metrics: EpochMetrics, evaluation: Evaluation },
+    /// An epoch closed with its test pass (of [`Trainer::eval_model`]); `tta` is the same
+    /// model's flip-TTA pass, on the last epoch of a recipe with `tta`.
+    Epoch { metrics: EpochMetrics, evaluation: Evaluation, tta: Option<Evaluation> },
 }
 
 pub struct Driver {
@@ -144,10 +144,16 @@ impl Driver {
         } else if progress.batch_in_epoch >= progress.batches_per_epoch {
             let start = Instant::now();
             let plain = t.device.clone().inner();
-            let evaluation = evaluate(&t.model.valid(), test, self.eval_batch, &plain, false).await?;
+            let model = t.eval_model();
+            let evaluation = evaluate(&model, test, self.eval_batch, &plain, false).await?;
             t.check_health(&evaluation).await?;
-            let metrics = t.finish_epoch(&evaluation, start.elapsed().as_secs_f64());
-            events.push(Event::Epoch { metrics, evaluation });
+            let last = t.history.len() + 1 == t.config.epochs;
+            let tta = match last && t.config.tta {
+                true => Some(evaluate(&model, test, self.eval_batch, &plain, true).await?),
+                false => None,
+            };
+            let metrics = t.finish_epoch(&evaluation, tta.as_ref(), start.elapsed().as_secs_f64());
+            events.push(Event::Epoch { metrics, evaluation, tta });
         }
         Ok(events)
     }

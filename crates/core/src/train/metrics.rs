@@ -20,6 +20,9 @@ pub struct EpochMetrics {
     pub test_loss: f64,
     #[serde(deserialize_with = "nan_if_null")]
     pub test_acc: f64,
+    /// Test accuracy with flip TTA: the last epoch of a recipe with `tta`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_acc_tta: Option<f64>,
     /// Wall-clock seconds of the epoch (training + test pass).
     #[serde(deserialize_with = "nan_if_null")]
     pub seconds: f64,
@@ -112,6 +115,7 @@ mod tests {
             train_acc: 0.1,
             test_loss: f64::INFINITY,
             test_acc: 0.1,
+            test_acc_tta: None,
             seconds: 1.0,
             images_per_sec: 2.0,
         };
