@@ -737,6 +737,7 @@ mod tests {
                     test_loss: 1.6 * (-3.0 * t).exp() + 0.25,
                     test_acc: 0.94 - 0.55 * (-3.0 * t).exp(),
                     test_acc_tta: None,
+                    test_acc_weights: None,
                     seconds: 10.0,
                     images_per_sec: 5000.0,
                 }

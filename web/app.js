@@ -123,6 +123,37 @@ function loadWeightBytes(name, bytes) {
   $('width').value = info.width;
 }
 
+// The model shipped with the project (pretrained/, written by tools/ship_model.py): its bytes
+// must have the SHA-256 recorded beside them. With the test images loaded it is evaluated at
+// once (accuracy, mistakes, confusion matrix); "start from the loaded weights" fine-tunes it.
+async function loadPretrained() {
+  const get = async (file) => {
+    const res = await fetch(`pretrained/${file}`);
+    if (!res.ok) throw new Error(`pretrained/${file}: HTTP ${res.status}`);
+    return res;
+  };
+  const meta = await (await get('model.json')).json();
+  say('weights-status', `downloading pretrained/${meta.file} (${meta.bytes.toLocaleString()} bytes)…`);
+  const bytes = new Uint8Array(await (await get(meta.file)).arrayBuffer());
+  const digest = [...new Uint8Array(await crypto.subtle.digest('SHA-256', bytes))].map((b) => b.toString(16).padStart(2, '0')).join('');
+  if (digest !== meta.sha256) throw new Error(`pretrained/${meta.file}: SHA-256 ${digest}, expected ${meta.sha256}`);
+  loadWeightBytes(meta.file, bytes);
+  const c = meta.config;
+  $('pretrained-info').textContent =
+    `Pretrained: width ${c.model.width}, ${meta.run.epochs} epochs of the ${c.optimizer.kind} recipe, stored as ${meta.dtype}; ` +
+    `recorded test accuracy ${(100 * meta.test_acc).toFixed(2)}% (flip TTA ${(100 * meta.test_acc_tta).toFixed(2)}%) on all ${meta.test_images.toLocaleString()} test images.`;
+  $('fine-tune').checked = true;
+  if (!state.data) {
+    say('weights-status', `${$('weights-status').textContent} Load CIFAR-10 to evaluate it here.`);
+    return;
+  }
+  say('weights-status', 'evaluating the pretrained model…');
+  const r = JSON.parse(await state.session.evaluate($('tta').checked));
+  const tta = $('tta').checked ? ', flip TTA' : '';
+  say('weights-status', `pretrained model: test accuracy ${(100 * r.accuracy).toFixed(2)}% on ${state.data.test.toLocaleString()} test images${tta}, loss ${r.loss.toFixed(4)}`);
+  await showResults();
+}
+
 async function download() {
   const bytes = await state.session.weights();
   const a = document.createElement('a');
@@ -147,7 +178,7 @@ function config() {
     model: { ...RECIPE.model, width: num('width'), dropout: num('dropout') },
     optimizer: { ...RECIPE.optimizer, kind: $('optimizer').value, max_lr: num('max-lr'), weight_decay: num('weight-decay') },
     epochs: num('epochs'), batch_size: num('batch-size'), label_smoothing: num('label-smoothing'), seed: num('seed'),
-    ema: { ...RECIPE.ema, decay: num('ema-decay') }, tta: $('tta').checked,
+    ema: { ...RECIPE.ema, decay: num('ema-decay') }, tta: $('train-tta').checked,
   };
 }
 
@@ -164,7 +195,7 @@ function useRecipe(b, name) {
   $('dropout').value = RECIPE.model.dropout;
   $('label-smoothing').value = RECIPE.label_smoothing;
   $('ema-decay').value = RECIPE.ema.decay;
-  $('tta').checked = RECIPE.tta;
+  $('train-tta').checked = RECIPE.tta;
   $('seed').value = RECIPE.seed;
 }
 
@@ -334,6 +365,7 @@ function wire() {
     const f = e.target.files[0];
     loadWeightBytes(f.name, new Uint8Array(await f.arrayBuffer()));
   });
+  $('load-pretrained').onclick = () => guarded('weights-status', loadPretrained);
   $('weights-url-load').onclick = () => guarded('weights-status', async () => {
     const url = $('weights-url').value.trim();
     const res = await fetch(url);

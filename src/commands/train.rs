@@ -349,6 +349,9 @@ fn write_final_outputs(
     let png = plots::confusion_png(&eval.confusion, &CLASSES)?;
     save(&dir.join("confusion.png"), &png)?;
     println!("\n{}", eval.confusion.to_table(&CLASSES));
+    if let Some(weights) = trainer.history.last().and_then(|m| m.test_acc_weights) {
+        println!("the weights themselves test at {:.2}%, their moving average (saved) below", 100.0 * weights);
+    }
     match tta {
         Some(tta) => println!(
             "final test accuracy {:.2}%, with flip TTA {:.2}% — results in {}",

@@ -94,7 +94,7 @@ test('the browser trains the shared model on WebGPU and its weights load nativel
     // The best recipe fills every part of the form (as `train --recipe best`), and back.
     const parts = () => page.evaluate(() => [document.getElementById('optimizer').value,
       ...['max-lr', 'label-smoothing', 'ema-decay'].map((id) => Number(document.getElementById(id).value)),
-      document.getElementById('tta').checked]);
+      document.getElementById('train-tta').checked]);
     assert.deepEqual(await parts(), ['adam', 0.01, 0, 0, false], 'the seed recipe on the form');
     await page.selectOption('#recipe', 'best');
     assert.deepEqual(await parts(), ['sgd', 0.2, 0.2, 0.99, true], 'the best recipe on the form');
@@ -279,6 +279,30 @@ test('the browser trains the shared model on WebGPU and its weights load nativel
     // Your own image: a PNG the native run wrote, classified into a top-3 list.
     await page.setInputFiles('#image-file', path.join(runs, 'native', 'misclassified.png'));
     await page.waitForFunction(() => document.querySelectorAll('#top3 li').length === 3, null, { timeout: 120000 });
+
+    // The pretrained model: downloaded, its SHA-256 checked, evaluated at once on the loaded
+    // test images with its mistakes and confusion matrix, predicting class for class what the
+    // native eval predicts, and well above chance (its recorded accuracy is on all 10,000).
+    const shipped = JSON.parse(fs.readFileSync(path.join(root, 'pretrained', 'model.json'), 'utf8'));
+    await page.evaluate(() => { window.appState.predictions = null; window.appState.confusion = null; });
+    await page.evaluate(() => document.getElementById('load-pretrained').click());
+    await page.waitForFunction(() => /pretrained model: test accuracy/.test(document.getElementById('weights-status').textContent) || window.appState.errors.length, null, { timeout: 300000, polling: 500 });
+    assert.deepEqual(await page.evaluate(() => window.appState.errors), []);
+    const info = await page.textContent('#pretrained-info');
+    assert.ok(info.includes(`recorded test accuracy ${(100 * shipped.test_acc).toFixed(2)}%`), info);
+    const pre = await page.evaluate(() => ({
+      predictions: window.appState.predictions.map((p) => p[0]), confusion: window.appState.confusion,
+      mistakes: window.appState.misclassified, fineTune: document.getElementById('fine-tune').checked,
+      status: document.getElementById('weights-status').textContent,
+    }));
+    const preOut = execFileSync(exe, ['eval', '--backend', 'flex', '--precision', 'f32', '--no-download', '--test-limit', String(TEST),
+      '--weights', path.join(root, 'pretrained', 'model.safetensors'), '--predictions', preds], { env: process.env }).toString();
+    assert.deepEqual(pre.predictions, fs.readFileSync(preds, 'utf8').trim().split('\n').map(Number), 'the pretrained model predicts differently in the page');
+    const preAcc = Number(/test accuracy ([0-9.]+)%/.exec(pre.status)[1]);
+    assert.ok(preOut.includes(`test accuracy ${preAcc.toFixed(2)}%`), `${pre.status} vs ${preOut}`);
+    assert.ok(preAcc >= 100 * shipped.test_acc - 5, `${preAcc}% on ${TEST} images, recorded ${100 * shipped.test_acc}%`);
+    assert.ok(pre.mistakes > 0 && pre.confusion, 'mistakes grid and confusion matrix shown');
+    assert.ok(pre.fineTune, 'fine-tuning starts from the pretrained model');
 
     // LR range test: a few iterations draw the curve.
     await page.fill('#lr-iters', '12');

@@ -291,7 +291,8 @@ fn the_best_recipe_is_one_flag_and_each_part_its_own() {
         (&"adam".into(), &0.01.into(), &0.1.into(), &0.0.into(), &false.into()),
         "{c}"
     );
-    assert!(last_metrics(&runs.join("parts")).get("test_acc_tta").is_none());
+    let m = last_metrics(&runs.join("parts"));
+    assert!(m.get("test_acc_tta").is_none() && m.get("test_acc_weights").is_none(), "{m}");
 
     // A resumed run keeps its checkpoint's recipe.
     let out = bin().args(["train", "--no-download", "--recipe", "seed", "--resume"]).arg(&dir).output().unwrap();
@@ -615,4 +616,30 @@ fn data_errors_are_readable() {
     let line = s.lines().find(|l| l.starts_with("error:")).unwrap_or_default();
     assert!(line.chars().all(|c| !c.is_control()) && line.is_ascii(), "raw bytes in: {line:?}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The shipped model (`pretrained/`, written by tools/ship_model.py) has the SHA-256 and the
+/// test accuracies recorded beside it, as `eval` measures them on all 10,000 test images.
+#[test]
+fn the_shipped_model_gives_its_recorded_accuracy() {
+    let Some(_) = real_data("the_shipped_model_gives_its_recorded_accuracy") else { return };
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("pretrained");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("model.json")).unwrap()).unwrap();
+    let weights = dir.join(meta["file"].as_str().unwrap());
+    let sum = Command::new("sha256sum").arg(&weights).output().unwrap();
+    let sum = String::from_utf8_lossy(&sum.stdout);
+    assert_eq!(sum.split_whitespace().next(), meta["sha256"].as_str(), "{}", weights.display());
+    assert_eq!(std::fs::metadata(&weights).unwrap().len(), meta["bytes"].as_u64().unwrap());
+    for (flag, key) in [(None, "test_acc"), (Some("--tta"), "test_acc_tta")] {
+        let out = bin()
+            .args(["eval", "--backend", "flex", "--precision", "f32", "--no-download", "--weights"])
+            .arg(&weights)
+            .args(flag)
+            .output()
+            .unwrap();
+        let acc = 100.0 * meta[key].as_f64().unwrap();
+        let want = format!("test accuracy {acc:.2}% (10000 images");
+        assert!(out.status.success() && text(&out).contains(&want), "expected {want} in {}", text(&out));
+    }
 }

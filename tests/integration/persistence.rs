@@ -157,9 +157,12 @@ fn resume_equals_uninterrupted(config: TrainingConfig) {
         assert!((a.test_loss - b.test_loss).abs() < 1e-5, "{a:?} vs {b:?}");
         assert_eq!(a.test_acc, b.test_acc);
         assert_eq!(a.test_acc_tta, b.test_acc_tta);
+        assert_eq!(a.test_acc_weights, b.test_acc_weights);
     }
     let last = &whole.history[1];
     assert_eq!(last.test_acc_tta.is_some(), config.tta, "{last:?}");
+    assert_eq!(last.test_acc_weights.is_some(), config.ema.enabled(), "{last:?}");
+    assert!(whole.history[0].test_acc_tta.is_none() && whole.history[0].test_acc_weights.is_none());
     // The weights and the tested model (the average, when there is one) both match.
     let w = |m: &Model| pollster::block_on(model_file(m, &config.model, 0)).unwrap();
     for (a, b) in [(w(&whole.model), w(&resumed.model)), (w(&whole.eval_model()), w(&resumed.eval_model()))] {

@@ -6,10 +6,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use burn::module::Module;
 use web_time::Instant;
 
 use super::metrics::EpochMetrics;
-use super::{Evaluation, Progress, TrainError, Trainer, evaluate};
+use super::{Evaluation, LastPasses, Progress, TrainError, Trainer, evaluate};
 use crate::data::Split;
 
 /// Test images per forward pass at the end of an epoch (and for `eval`): large enough to keep
@@ -147,13 +148,17 @@ impl Driver {
             let model = t.eval_model();
             let evaluation = evaluate(&model, test, self.eval_batch, &plain, false).await?;
             t.check_health(&evaluation).await?;
-            let last = t.history.len() + 1 == t.config.epochs;
-            let tta = match last && t.config.tta {
-                true => Some(evaluate(&model, test, self.eval_batch, &plain, true).await?),
-                false => None,
-            };
-            let metrics = t.finish_epoch(&evaluation, tta.as_ref(), start.elapsed().as_secs_f64());
-            events.push(Event::Epoch { metrics, evaluation, tta });
+            let mut last = LastPasses::default();
+            if t.history.len() + 1 == t.config.epochs {
+                if t.config.tta {
+                    last.tta = Some(evaluate(&model, test, self.eval_batch, &plain, true).await?);
+                }
+                if t.ema.is_some() {
+                    last.weights = Some(evaluate(&t.model.valid(), test, self.eval_batch, &plain, false).await?);
+                }
+            }
+            let metrics = t.finish_epoch(&evaluation, &last, start.elapsed().as_secs_f64());
+            events.push(Event::Epoch { metrics, evaluation, tta: last.tta });
         }
         Ok(events)
     }

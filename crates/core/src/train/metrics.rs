@@ -23,6 +23,10 @@ pub struct EpochMetrics {
     /// Test accuracy with flip TTA: the last epoch of a recipe with `tta`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_acc_tta: Option<f64>,
+    /// Test accuracy of the trained weights themselves, when the run tests their moving
+    /// average (`test_acc`): the last epoch of a recipe with `ema`, so each run shows its effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_acc_weights: Option<f64>,
     /// Wall-clock seconds of the epoch (training + test pass).
     #[serde(deserialize_with = "nan_if_null")]
     pub seconds: f64,
@@ -116,6 +120,7 @@ mod tests {
             test_loss: f64::INFINITY,
             test_acc: 0.1,
             test_acc_tta: None,
+            test_acc_weights: None,
             seconds: 1.0,
             images_per_sec: 2.0,
         };

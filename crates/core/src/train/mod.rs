@@ -459,9 +459,9 @@ impl Trainer {
         Ok(())
     }
 
-    /// Closes the epoch with its test result (and, on the last epoch of a recipe with TTA, the
-    /// flip-TTA result); `test_seconds` is the test passes' duration.
-    pub fn finish_epoch(&mut self, test: &Evaluation, tta: Option<&Evaluation>, test_seconds: f64) -> EpochMetrics {
+    /// Closes the epoch with its test result (of [`Self::eval_model`]); `last` holds the extra
+    /// passes of the last epoch; `test_seconds` is all the test passes' duration.
+    pub fn finish_epoch(&mut self, test: &Evaluation, last: &LastPasses, test_seconds: f64) -> EpochMetrics {
         let cursor = self.cursor.take().expect("an epoch in progress");
         let images = (cursor.next_batch * self.config.batch_size) as f64;
         let m = EpochMetrics {
@@ -471,13 +471,22 @@ impl Trainer {
             train_acc: cursor.running.accuracy(),
             test_loss: test.loss,
             test_acc: test.accuracy,
-            test_acc_tta: tta.map(|e| e.accuracy),
+            test_acc_tta: last.tta.as_ref().map(|e| e.accuracy),
+            test_acc_weights: last.weights.as_ref().map(|e| e.accuracy),
             seconds: cursor.seconds + test_seconds,
             images_per_sec: if cursor.seconds > 0.0 { images / cursor.seconds } else { 0.0 },
         };
         self.history.push(m.clone());
         m
     }
+}
+
+/// The test passes only the last epoch runs: the tested model with flip TTA (recipes with
+/// `tta`), and the weights themselves when the tested model is their moving average.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LastPasses {
+    pub tta: Option<Evaluation>,
+    pub weights: Option<Evaluation>,
 }
 
 /// A test pass: loss, accuracy, confusion matrix, and each image's prediction.
