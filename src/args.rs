@@ -101,8 +101,8 @@ pub(crate) struct TrainArgs {
     #[arg(long, default_value_t = recipe().batch_size)]
     pub(crate) batch_size: usize,
     /// The recipe the other options start from: `seed` is the original notebook's (Adam, no
-    /// label smoothing, no averaging); `best` trains with SGD-Nesterov, label smoothing 0.2, a
-    /// moving average of the weights (0.99 every 5 steps) and flip TTA at the end.
+    /// label smoothing); `best` trains with SGD-Nesterov and label smoothing 0.2, and tests
+    /// the last epoch with flip TTA too.
     #[arg(long, default_value = "seed", value_parser = parse_recipe)]
     pub(crate) recipe: Recipe,
     /// Peak LR of the one-cycle schedule, or `auto` to run the LR finder first
@@ -119,7 +119,7 @@ pub(crate) struct TrainArgs {
     #[arg(long)]
     pub(crate) label_smoothing: Option<f64>,
     /// Moving average of the weights, tested and saved instead of them: the old average's
-    /// weight at each update, 0 for none [default: the recipe's: 0 (seed), 0.99 (best)].
+    /// weight at each update, 0 for none (Page's: 0.99 with --ema-every 5) [default: 0].
     #[arg(long)]
     pub(crate) ema_decay: Option<f64>,
     /// Steps between two updates of the moving average [default: 5].

@@ -252,7 +252,7 @@ fn the_best_recipe_is_one_flag_and_each_part_its_own() {
         let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
         serde_json::from_str(metrics.lines().last().unwrap()).unwrap()
     };
-    let out = tiny_train(&runs, "best", &["--recipe", "best", "--ema-every", "2"]);
+    let out = tiny_train(&runs, "best", &["--recipe", "best", "--ema-decay", "0.99", "--ema-every", "2"]);
     assert!(out.status.success(), "{}", text(&out));
     let dir = runs.join("best");
     let c = read_json(dir.join("config.json"));

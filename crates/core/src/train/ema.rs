@@ -25,11 +25,6 @@ pub struct EmaConfig {
 }
 
 impl EmaConfig {
-    /// Page's setting.
-    pub fn page() -> Self {
-        Self::new().with_decay(0.99).with_every(5)
-    }
-
     pub fn enabled(&self) -> bool {
         self.decay > 0.0
     }
