@@ -44,16 +44,11 @@ struct CursorMeta {
 pub async fn to_bytes(trainer: &Trainer, train_len: usize) -> Result<Vec<u8>, SaveError> {
     let mut file = model_file(&trainer.model, &trainer.config.model, trainer.step as u64).await?;
     let (tensors, optimizer_steps) = trainer.optim.export();
-    for (name, t) in tensors {
-        let name = format!("optim.{name}");
+    let optim = tensors.into_iter().map(|(name, t)| (format!("optim.{name}"), t));
+    let ema = trainer.ema.iter().flat_map(|e| &e.tensors).map(|(name, t)| (format!("ema.{name}"), t.clone()));
+    for (name, t) in optim.chain(ema) {
         let n = t.dims()[0];
         let data = ArrayData::F32(crate::io::readback::f32s(t).await?);
-        file.arrays.insert(name.clone(), NamedArray { name, shape: vec![n], data });
-    }
-    for (name, t) in trainer.ema.iter().flat_map(|e| &e.tensors) {
-        let name = format!("ema.{name}");
-        let n = t.dims()[0];
-        let data = ArrayData::F32(crate::io::readback::f32s(t.clone()).await?);
         file.arrays.insert(name.clone(), NamedArray { name, shape: vec![n], data });
     }
     if let Some(c) = &trainer.cursor {
