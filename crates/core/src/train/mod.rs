@@ -83,13 +83,6 @@ impl Recipe {
             Self::Best => TrainingConfig::recipe(model, OptimizerKind::Sgd).with_label_smoothing(0.2).with_tta(true),
         }
     }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Seed => "seed",
-            Self::Best => "best",
-        }
-    }
 }
 
 impl std::str::FromStr for Recipe {
