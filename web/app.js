@@ -175,7 +175,7 @@ function config() {
   };
   return {
     ...RECIPE,
-    model: { ...RECIPE.model, width: num('width'), dropout: num('dropout') },
+    model: { ...RECIPE.model, width: num('width'), dropout: num('dropout'), logit_scale: num('logit-scale') },
     optimizer: { ...RECIPE.optimizer, kind: $('optimizer').value, max_lr: num('max-lr'), weight_decay: num('weight-decay') },
     epochs: num('epochs'), batch_size: num('batch-size'), label_smoothing: num('label-smoothing'), seed: num('seed'),
     ema: { ...RECIPE.ema, decay: num('ema-decay') }, tta: $('train-tta').checked,
@@ -193,6 +193,7 @@ function useRecipe(b, name) {
   $('batch-size').value = RECIPE.batch_size;
   $('width').value = RECIPE.model.width;
   $('dropout').value = RECIPE.model.dropout;
+  $('logit-scale').value = RECIPE.model.logit_scale;
   $('label-smoothing').value = RECIPE.label_smoothing;
   $('ema-decay').value = RECIPE.ema.decay;
   $('train-tta').checked = RECIPE.tta;

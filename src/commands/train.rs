@@ -306,6 +306,9 @@ fn write_epoch_outputs(trainer: &Trainer, dir: &Path, n_train: usize) -> Result<
 /// The parts of the recipe the progress line would not show otherwise.
 fn recipe_extras(c: &TrainingConfig) -> String {
     let mut s = String::new();
+    if c.model.logit_scale != 1.0 {
+        s += &format!(", logits × {}", c.model.logit_scale);
+    }
     if c.label_smoothing > 0.0 {
         s += &format!(", label smoothing {}", c.label_smoothing);
     }

@@ -93,13 +93,13 @@ test('the browser trains the shared model on WebGPU and its weights load nativel
     assert.deepEqual(await form(), [0.01, 1e-4, 24, 512], 'back to Adam');
     // The best recipe fills every part of the form (as `train --recipe best`), and back.
     const parts = () => page.evaluate(() => [document.getElementById('optimizer').value,
-      ...['max-lr', 'label-smoothing', 'ema-decay'].map((id) => Number(document.getElementById(id).value)),
+      ...['max-lr', 'label-smoothing', 'logit-scale', 'ema-decay'].map((id) => Number(document.getElementById(id).value)),
       document.getElementById('train-tta').checked]);
-    assert.deepEqual(await parts(), ['adam', 0.01, 0, 0, false], 'the seed recipe on the form');
+    assert.deepEqual(await parts(), ['adam', 0.01, 0, 1, 0, false], 'the seed recipe on the form');
     await page.selectOption('#recipe', 'best');
-    assert.deepEqual(await parts(), ['sgd', 0.2, 0.2, 0, true], 'the best recipe on the form');
+    assert.deepEqual(await parts(), ['sgd', 0.2, 0.2, 0.125, 0, true], 'the best recipe on the form');
     await page.selectOption('#recipe', 'seed');
-    assert.deepEqual(await parts(), ['adam', 0.01, 0, 0, false], 'back to the seed recipe');
+    assert.deepEqual(await parts(), ['adam', 0.01, 0, 1, 0, false], 'back to the seed recipe');
 
     // "Load from server": the files `trunk serve` serves from data/ (copied as trunk would).
     const served = path.join(dist, 'data', 'cifar-10-batches-bin');

@@ -261,8 +261,9 @@ fn the_best_recipe_is_one_flag_and_each_part_its_own() {
         (&"sgd".into(), &0.2.into(), &0.2.into(), &0.99.into(), &true.into()),
         "{c}"
     );
-    assert_eq!(c["ema"]["every"], 2);
-    assert!(text(&out).contains("label smoothing 0.2, weight average 0.99 every 2 steps"), "{}", text(&out));
+    assert_eq!((&c["ema"]["every"], &c["model"]["logit_scale"]), (&2.into(), &0.125.into()), "{c}");
+    let parts = "logits × 0.125, label smoothing 0.2, weight average 0.99 every 2 steps";
+    assert!(text(&out).contains(parts), "{}", text(&out));
     let m = last_metrics(&dir);
     let (plain, tta) = (100.0 * m["test_acc"].as_f64().unwrap(), 100.0 * m["test_acc_tta"].as_f64().unwrap());
     assert!(
@@ -283,7 +284,7 @@ fn the_best_recipe_is_one_flag_and_each_part_its_own() {
 
     // Every part can be changed on its own; another optimizer brings its own LR and decay.
     let parts = ["--recipe", "best", "--optimizer", "adam", "--ema-decay", "0", "--no-tta", "--label-smoothing", "0.1"];
-    let out = tiny_train(&runs, "parts", &parts);
+    let out = tiny_train(&runs, "parts", &[&parts[..], &["--logit-scale", "0.5"]].concat());
     assert!(out.status.success(), "{}", text(&out));
     let c = read_json(runs.join("parts").join("config.json"));
     assert_eq!(
@@ -291,6 +292,7 @@ fn the_best_recipe_is_one_flag_and_each_part_its_own() {
         (&"adam".into(), &0.01.into(), &0.1.into(), &0.0.into(), &false.into()),
         "{c}"
     );
+    assert_eq!(c["model"]["logit_scale"], 0.5, "{c}");
     let m = last_metrics(&runs.join("parts"));
     assert!(m.get("test_acc_tta").is_none() && m.get("test_acc_weights").is_none(), "{m}");
 

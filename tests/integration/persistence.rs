@@ -76,6 +76,38 @@ fn weights_use_pytorch_names_and_round_trip() {
     assert_eq!(b, logits(&again, x));
 }
 
+/// A model with a logit scale saves `fc.weight` with the scale folded in: its file loads back
+/// into the same function, and read as a file without our metadata (as PyTorch's are) into a
+/// plain model it computes the same logits too.
+#[test]
+fn a_logit_scale_is_folded_into_the_saved_classifier() {
+    let _rng = rng_lock();
+    let train = synthetic(64, 1);
+    let config = tiny_config().with_epochs(1);
+    let config = TrainingConfig { model: config.model.clone().with_logit_scale(0.125), ..config };
+    let trainer = Trainer::new(config, &flex(), train.len()).unwrap();
+    let trainer = run(trainer, &train, &synthetic(16, 2), None);
+    let file = pollster::block_on(model_file(&trainer.model, &trainer.config.model, trainer.step as u64)).unwrap();
+    let fc: Vec<f32> = trainer.model.fc.weight.val().transpose().into_data().try_into_vec().unwrap();
+    let ArrayData::F32(saved) = &file.arrays["fc.weight"].data else { panic!("fc.weight is not f32") };
+    assert!(fc.iter().zip(saved).all(|(w, s)| *s == 0.125 * w), "fc.weight is not the weight × 0.125");
+
+    let x = Tensor::<4>::random([4, 3, 32, 32], Distribution::Normal(0.0, 1.0), &flex());
+    let want = logits(&trainer.model, x.clone());
+    let (loaded, config) = model_from_bytes("model.safetensors", &file.encode().unwrap(), &flex()).unwrap();
+    assert_eq!(config.logit_scale, 0.125);
+    let mut plain_file = file.clone();
+    plain_file.metadata.clear();
+    let (plain, plain_config) =
+        model_from_bytes("pytorch.safetensors", &plain_file.encode().unwrap(), &flex()).unwrap();
+    assert_eq!(plain_config.logit_scale, 1.0);
+    for (what, model) in [("reloaded", &loaded), ("plain", &plain)] {
+        let got = logits(model, x.clone());
+        let diff = want.iter().zip(&got).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
+        assert!(diff < 1e-6, "{what}: logits differ by {diff}");
+    }
+}
+
 #[test]
 fn bad_weight_files_give_clear_errors() {
     let model = ModelConfig::new().with_width(0.125).init(&flex());
@@ -128,8 +160,10 @@ fn bad_weight_files_give_clear_errors() {
 fn resume_after_interruption_equals_an_uninterrupted_run() {
     let _rng = rng_lock();
     // Plain, and with a weight average (updated every 3 steps: the interruption at step 6
-    // falls between two updates) and TTA at the end.
+    // falls between two updates), TTA at the end and a logit scale (folded into the saved
+    // classifier, so the checkpoint and the average must unfold it).
     let averaged = tiny_config().with_ema(EmaConfig::new().with_decay(0.5).with_every(3)).with_tta(true);
+    let averaged = TrainingConfig { model: averaged.model.clone().with_logit_scale(0.125), ..averaged };
     for config in [tiny_config(), averaged] {
         resume_equals_uninterrupted(config);
     }
@@ -210,9 +244,10 @@ fn a_diverging_loss_is_reported_with_its_step() {
 /// The recipe as checkpoints stored it before the optimizer and schedule were nested.
 fn flatten_config(config: &serde_json::Value) -> serde_json::Value {
     let mut flat = config.as_object().unwrap().clone();
-    // Nor had they a weight average or TTA.
+    // Nor had they a weight average, TTA or a logit scale.
     flat.remove("ema");
     flat.remove("tta");
+    flat["model"].as_object_mut().unwrap().remove("logit_scale");
     let optimizer = flat.remove("optimizer").unwrap();
     let schedule = flat.remove("schedule").unwrap();
     for (k, v) in optimizer.as_object().unwrap().iter().chain(schedule.as_object().unwrap()) {

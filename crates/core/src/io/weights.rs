@@ -11,7 +11,11 @@
 //! | `layer1.0`, `layer1.2` (conv, BN; `layer1.1` is the MaxPool)                          |||
 //! | `res1.0`, `res1.1`, `res1.4`, `res1.5` (conv, BN, conv, BN)                           |||
 //! | `layer2.0`/`.2`, `layer3.0`/`.2`, `res3.0`/`.1`/`.4`/`.5` likewise                    |||
-//! | `fc.weight`                      | `fc.weight` transposed   | `[10, 512]`             |
+//! | `fc.weight`                      | `fc.weight` transposed, × `logit_scale` | `[10, 512]` |
+//!
+//! The logit scale is folded into `fc.weight` here, in both directions, so every file (and the
+//! weight average, which averages these tensors) holds the function a plain PyTorch model
+//! computes; a power of two folds and unfolds exactly.
 
 use burn::module::{Param, RunningState};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -49,7 +53,9 @@ pub fn model_tensors(model: &Model) -> Vec<(String, Vec<usize>, Tensor<1>)> {
     // Burn stores [in, out]; PyTorch's nn.Linear stores [out, in].
     let w = model.fc.weight.val().transpose();
     let shape = w.dims().to_vec();
-    out.push(("fc.weight".into(), shape.clone(), w.reshape([shape[0] * shape[1]])));
+    let w = w.reshape([shape[0] * shape[1]]);
+    let w = if model.logit_scale == 1.0 { w } else { w.mul_scalar(model.logit_scale) };
+    out.push(("fc.weight".into(), shape.clone(), w));
     out
 }
 
@@ -80,7 +86,8 @@ impl ModelConfig {
 /// we wrote), otherwise inferred from the tensor shapes (files written by PyTorch).
 pub fn model_config_of(file_name: &str, file: &TensorFile) -> Result<ModelConfig, FileError> {
     if let Some(json) = file.metadata.get("model_config") {
-        let config: ModelConfig = serde_json::from_str(json)
+        let config = serde_json::from_str(json)
+            .and_then(ModelConfig::from_value)
             .map_err(|e| FileError::new(file_name, format!("metadata model_config is not valid ({e})")))?;
         config.validate().map_err(|e| FileError::new(file_name, format!("metadata model_config: {e}")))?;
         return Ok(config);
@@ -125,8 +132,10 @@ pub fn try_map_tensors<E>(
     })?;
     // Burn stores [in, out]; PyTorch's nn.Linear stores [out, in].
     let [d_in, d_out] = model.fc.weight.dims();
+    let scale = model.logit_scale;
     let w = model.fc.weight.val().transpose().reshape([d_out * d_in]);
-    let w = f("fc.weight", &[d_out, d_in], w)?;
+    let w = f("fc.weight", &[d_out, d_in], if scale == 1.0 { w } else { w.mul_scalar(scale) })?;
+    let w = if scale == 1.0 { w } else { w.div_scalar(scale) };
     model.fc.weight = Param::from_tensor(w.reshape([d_out, d_in]).transpose());
     Ok(model)
 }

@@ -6,7 +6,7 @@
 //! layer1  conv 64→128   maxpool 2       BN ReLU Dropout   + res1 (2 × conv128)
 //! layer2  conv 128→256  maxpool 2       BN ReLU Dropout
 //! layer3  conv 256→512  maxpool 2       BN ReLU Dropout   + res3 (2 × conv512)
-//! pool    maxpool 4 → flatten → fc 512→10 (no bias)
+//! pool    maxpool 4 → flatten → fc 512→10 (no bias) → × logit_scale (1 in the original)
 //! ```
 //!
 //! Field names are chosen so that every parameter maps to one `state_dict` name of the
@@ -39,6 +39,12 @@ pub struct ModelConfig {
     pub dropout: f64,
     #[config(default = 10)]
     pub num_classes: usize,
+    /// The logits are multiplied by this (no parameter). David Page's ResNet-9 has 0.125:
+    /// without it the classifier's curvature is 64× higher, and SGD at his peak LR is unstable
+    /// there (README, "The recipe's evidence"). Weight files hold `fc.weight` with the scale
+    /// folded in, so they compute the same function in a model without it (and in PyTorch).
+    #[config(default = 1.0)]
+    pub logit_scale: f64,
 }
 
 impl ModelConfig {
@@ -58,7 +64,19 @@ impl ModelConfig {
         if self.num_classes == 0 {
             return Err(ConfigError::new("num_classes", "must be at least 1, got 0"));
         }
+        if !(self.logit_scale.is_finite() && self.logit_scale > 0.0 && self.logit_scale <= 1e3) {
+            return Err(ConfigError::new("logit_scale", format!("must be in (0, 1000], got {}", self.logit_scale)));
+        }
         Ok(())
+    }
+
+    /// Reads a model configuration saved by any version of this program (those before
+    /// `logit_scale` existed had none: 1).
+    pub fn from_value(mut value: serde_json::Value) -> Result<Self, serde_json::Error> {
+        if let Some(o) = value.as_object_mut() {
+            o.entry("logit_scale").or_insert(1.0.into());
+        }
+        serde_json::from_value(value)
     }
 
     pub fn init(&self, device: &Device) -> Model {
@@ -74,6 +92,7 @@ impl ModelConfig {
             fc: LinearConfig::new(c3, self.num_classes).with_bias(false).init(device),
             pool2: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
             pool4: MaxPool2dConfig::new([4, 4]).with_strides([4, 4]).init(),
+            logit_scale: self.logit_scale,
         }
     }
 }
@@ -134,6 +153,7 @@ pub struct Model {
     pub fc: Linear,
     pub pool2: MaxPool2d,
     pub pool4: MaxPool2d,
+    pub logit_scale: f64,
 }
 
 impl Model {
@@ -147,7 +167,8 @@ impl Model {
         let x = self.res3.forward(x);
         let x = self.pool4.forward(x);
         let [b, c, h, w] = x.dims();
-        self.fc.forward(x.reshape([b, c * h * w]))
+        let logits = self.fc.forward(x.reshape([b, c * h * w]));
+        if self.logit_scale == 1.0 { logits } else { logits.mul_scalar(self.logit_scale) }
     }
 
     /// Parameters a PyTorch user would count (`Module::num_params` also counts BatchNorm's
