@@ -106,7 +106,7 @@ pub(crate) struct TrainArgs {
     #[arg(long, default_value = "seed", value_parser = parse_recipe)]
     pub(crate) recipe: Recipe,
     /// Peak LR of the one-cycle schedule, or `auto` to run the LR finder first
-    /// [default: 0.01 for adam, 0.2 for sgd].
+    /// [default: 0.01 for adam, 0.4 for sgd].
     #[arg(long)]
     pub(crate) max_lr: Option<String>,
     /// adam or sgd (Nesterov) [default: the recipe's: adam (seed), sgd (best)].

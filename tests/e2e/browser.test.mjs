@@ -88,7 +88,7 @@ test('the browser trains the shared model on WebGPU and its weights load nativel
     const form = () => page.evaluate(() => ['max-lr', 'weight-decay', 'epochs', 'batch-size'].map((id) => Number(document.getElementById(id).value)));
     assert.deepEqual(await form(), [0.01, 1e-4, 24, 512], 'Adam recipe on the form');
     await page.selectOption('#optimizer', 'sgd');
-    assert.deepEqual(await form(), [0.2, 5e-4, 24, 512], 'SGD recipe on the form');
+    assert.deepEqual(await form(), [0.4, 5e-4, 24, 512], 'SGD recipe on the form');
     await page.selectOption('#optimizer', 'adam');
     assert.deepEqual(await form(), [0.01, 1e-4, 24, 512], 'back to Adam');
     // The best recipe fills every part of the form (as `train --recipe best`), and back.
@@ -97,7 +97,7 @@ test('the browser trains the shared model on WebGPU and its weights load nativel
       document.getElementById('train-tta').checked]);
     assert.deepEqual(await parts(), ['adam', 0.01, 0, 1, 0, false], 'the seed recipe on the form');
     await page.selectOption('#recipe', 'best');
-    assert.deepEqual(await parts(), ['sgd', 0.2, 0.2, 0.125, 0, true], 'the best recipe on the form');
+    assert.deepEqual(await parts(), ['sgd', 0.4, 0.2, 0.125, 0, true], 'the best recipe on the form');
     await page.selectOption('#recipe', 'seed');
     assert.deepEqual(await parts(), ['adam', 0.01, 0, 1, 0, false], 'back to the seed recipe');
 
@@ -260,7 +260,7 @@ test('the browser trains the shared model on WebGPU and its weights load nativel
     await page.waitForFunction(() => window.appState.stepLoss.length >= 1, null, { timeout: 300000, polling: 200 });
     const used = await page.evaluate(() => window.appState.info.config);
     const o = used.optimizer;
-    assert.deepEqual([o.kind, o.max_lr, o.weight_decay], ['sgd', 0.2, 5e-4], 'the run uses SGD\'s recipe');
+    assert.deepEqual([o.kind, o.max_lr, o.weight_decay], ['sgd', 0.4, 5e-4], 'the run uses SGD\'s recipe');
     await page.evaluate(() => document.getElementById('pause').click());
     // Once the step in flight has finished (the first SGD steps compile new kernels).
     await page.waitForFunction(() => window.appState.waiting, null, { timeout: 300000, polling: 200 });

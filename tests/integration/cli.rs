@@ -258,7 +258,7 @@ fn the_best_recipe_is_one_flag_and_each_part_its_own() {
     let c = read_json(dir.join("config.json"));
     assert_eq!(
         (&c["optimizer"]["kind"], &c["optimizer"]["max_lr"], &c["label_smoothing"], &c["ema"]["decay"], &c["tta"]),
-        (&"sgd".into(), &0.2.into(), &0.2.into(), &0.99.into(), &true.into()),
+        (&"sgd".into(), &0.4.into(), &0.2.into(), &0.99.into(), &true.into()),
         "{c}"
     );
     assert_eq!((&c["ema"]["every"], &c["model"]["logit_scale"]), (&2.into(), &0.125.into()), "{c}");

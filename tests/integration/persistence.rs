@@ -101,7 +101,10 @@ fn a_logit_scale_is_folded_into_the_saved_classifier() {
     let (plain, plain_config) =
         model_from_bytes("pytorch.safetensors", &plain_file.encode().unwrap(), &flex()).unwrap();
     assert_eq!(plain_config.logit_scale, 1.0);
-    for (what, model) in [("reloaded", &loaded), ("plain", &plain)] {
+    // Fine-tuning a plain file with the scale: the same function, rescaled.
+    let rescaled = plain.clone().with_logit_scale(0.125);
+    assert_eq!(rescaled.logit_scale, 0.125);
+    for (what, model) in [("reloaded", &loaded), ("plain", &plain), ("rescaled", &rescaled)] {
         let got = logits(model, x.clone());
         let diff = want.iter().zip(&got).map(|(p, q)| (p - q).abs()).fold(0.0f32, f32::max);
         assert!(diff < 1e-6, "{what}: logits differ by {diff}");

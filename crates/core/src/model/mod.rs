@@ -13,7 +13,7 @@
 //! equivalent PyTorch `nn.Module` (see [`Model::blocks`] and the README).
 
 use burn::config::Config;
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d, Relu};
@@ -169,6 +169,17 @@ impl Model {
         let [b, c, h, w] = x.dims();
         let logits = self.fc.forward(x.reshape([b, c * h * w]));
         if self.logit_scale == 1.0 { logits } else { logits.mul_scalar(self.logit_scale) }
+    }
+
+    /// The same function with another logit scale: `fc.weight` rescaled to make up for it
+    /// (fine-tuning with another recipe's scale starts from the model's predictions).
+    pub fn with_logit_scale(mut self, scale: f64) -> Self {
+        if scale != self.logit_scale {
+            let w = self.fc.weight.val().mul_scalar(self.logit_scale / scale);
+            self.fc.weight = Param::from_tensor(w);
+            self.logit_scale = scale;
+        }
+        self
     }
 
     /// Parameters a PyTorch user would count (`Module::num_params` also counts BatchNorm's

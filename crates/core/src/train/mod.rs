@@ -277,6 +277,7 @@ impl Trainer {
         train_len: usize,
     ) -> Result<Self, TrainError> {
         config.validate()?;
+        let model = model.with_logit_scale(config.model.logit_scale);
         if train_len < config.batch_size {
             return Err(ConfigError::new(
                 "batch_size",
@@ -584,7 +585,8 @@ mod tests {
             "max_lr":0.2,"pct_start":0.20833333333333334,"div_factor":25.0,"final_div_factor":10000.0,
             "weight_decay":0.0005,"label_smoothing":0.0,"base_momentum":0.85,"max_momentum":0.95,
             "beta2":0.999,"eps":1e-8,"seed":42}"#;
-        assert_eq!(TrainingConfig::from_json(old).unwrap(), sgd);
+        // (with SGD's max LR of then, and no logit scale: 1)
+        assert_eq!(TrainingConfig::from_json(old).unwrap(), sgd.with_max_lr(0.2));
         let e = TrainingConfig::from_json(r#"{"model":{"width":1}}"#).unwrap_err().to_string();
         assert!(e.contains("missing field"), "{e}");
     }
@@ -594,7 +596,7 @@ mod tests {
         let adam = TrainingConfig::recipe(ModelConfig::new(), OptimizerKind::Adam);
         let sgd = TrainingConfig::recipe(ModelConfig::new(), OptimizerKind::Sgd);
         assert_eq!((adam.optimizer.max_lr, adam.optimizer.weight_decay), (0.01, 1e-4));
-        assert_eq!((sgd.optimizer.max_lr, sgd.optimizer.weight_decay), (0.2, 5e-4));
+        assert_eq!((sgd.optimizer.max_lr, sgd.optimizer.weight_decay), (0.4, 5e-4));
         assert_eq!(TrainingConfig::new(ModelConfig::new()), adam, "Adam is the default recipe");
         assert_eq!(adam.schedule, sgd.schedule);
     }
