@@ -119,7 +119,7 @@ pub(crate) struct TrainArgs {
     #[arg(long)]
     pub(crate) label_smoothing: Option<f64>,
     /// Multiplies the logits (no parameter; folded into `fc.weight` in saved files): Page's
-    /// 0.125 keeps SGD stable at the classifier [default: the recipe's: 1 (seed), 0.125 (best)]
+    /// 0.125 keeps SGD stable at the classifier [default: the optimizer's: 1 (adam), 0.125 (sgd)]
     #[arg(long)]
     pub(crate) logit_scale: Option<f64>,
     /// Moving average of the weights, tested and saved instead of them: the old average's
@@ -318,7 +318,10 @@ pub(crate) fn model_config(m: &ModelArgs) -> ModelConfig {
 pub(crate) fn base_recipe(a: &TrainArgs) -> TrainingConfig {
     let base = a.recipe.config(model_config(&a.model));
     match a.optimizer {
-        Some(kind) if kind != base.optimizer.kind => base.with_optimizer(OptimizerConfig::new(kind)),
+        Some(kind) if kind != base.optimizer.kind => {
+            let model = base.model.clone().with_logit_scale(kind.default_logit_scale());
+            TrainingConfig { model, ..base.with_optimizer(OptimizerConfig::new(kind)) }
+        }
         _ => base,
     }
 }

@@ -183,8 +183,8 @@ function config() {
 }
 
 // The form shows a named recipe (`seed` or `best`, as `train --recipe`); choosing another
-// optimizer switches max LR and weight decay to its defaults (the other fields keep what the
-// user typed).
+// optimizer switches max LR, weight decay and logit scale to its defaults (the other fields
+// keep what the user typed).
 function useRecipe(b, name) {
   RECIPE = JSON.parse(b.named_recipe(name));
   $('optimizer').value = RECIPE.optimizer.kind;
@@ -201,9 +201,11 @@ function useRecipe(b, name) {
 }
 
 function useOptimizer(b, optimizer) {
-  RECIPE = { ...RECIPE, optimizer: JSON.parse(b.recipe(optimizer)).optimizer };
+  const r = JSON.parse(b.recipe(optimizer));
+  RECIPE = { ...RECIPE, optimizer: r.optimizer };
   $('max-lr').value = RECIPE.optimizer.max_lr;
   $('weight-decay').value = RECIPE.optimizer.weight_decay;
+  $('logit-scale').value = r.model.logit_scale;
 }
 
 function drawCharts() {

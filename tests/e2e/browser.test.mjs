@@ -83,14 +83,14 @@ test('the browser trains the shared model on WebGPU and its weights load nativel
     assert.ok(await page.isVisible('#gpu-warning'), 'the CPU-adapter warning is shown');
     assert.match(await page.textContent('#gpu-warning'), /CPU implementation of WebGPU/);
 
-    // The form holds the core's recipe; choosing SGD switches max LR and weight decay to SGD's
-    // defaults, and back.
-    const form = () => page.evaluate(() => ['max-lr', 'weight-decay', 'epochs', 'batch-size'].map((id) => Number(document.getElementById(id).value)));
-    assert.deepEqual(await form(), [0.01, 1e-4, 24, 512], 'Adam recipe on the form');
+    // The form holds the core's recipe; choosing SGD switches max LR, weight decay and logit
+    // scale to SGD's defaults, and back.
+    const form = () => page.evaluate(() => ['max-lr', 'weight-decay', 'logit-scale', 'epochs', 'batch-size'].map((id) => Number(document.getElementById(id).value)));
+    assert.deepEqual(await form(), [0.01, 1e-4, 1, 24, 512], 'Adam recipe on the form');
     await page.selectOption('#optimizer', 'sgd');
-    assert.deepEqual(await form(), [0.4, 5e-4, 24, 512], 'SGD recipe on the form');
+    assert.deepEqual(await form(), [0.4, 5e-4, 0.125, 24, 512], 'SGD recipe on the form');
     await page.selectOption('#optimizer', 'adam');
-    assert.deepEqual(await form(), [0.01, 1e-4, 24, 512], 'back to Adam');
+    assert.deepEqual(await form(), [0.01, 1e-4, 1, 24, 512], 'back to Adam');
     // The best recipe fills every part of the form (as `train --recipe best`), and back.
     const parts = () => page.evaluate(() => [document.getElementById('optimizer').value,
       ...['max-lr', 'label-smoothing', 'logit-scale', 'ema-decay'].map((id) => Number(document.getElementById(id).value)),
@@ -239,7 +239,8 @@ test('the browser trains the shared model on WebGPU and its weights load nativel
     assert.ok(evalOut.includes(`test accuracy ${(100 * pagePreds.accuracy).toFixed(2)}%`), evalOut);
 
     // A fine-tuning run starts from the loaded weights: before its first step it predicts what
-    // they predict (the session evaluates the run's model once a run exists).
+    // they predict (the session evaluates the run's model once a run exists), also with SGD's
+    // logit scale, which the file (scale 1) does not have: its fc.weight is rescaled.
     const startEval = await page.evaluate(async () => {
       const s = window.appState.session;
       const cfg = JSON.parse(window.wasmBindings.recipe('sgd'));
@@ -260,7 +261,7 @@ test('the browser trains the shared model on WebGPU and its weights load nativel
     await page.waitForFunction(() => window.appState.stepLoss.length >= 1, null, { timeout: 300000, polling: 200 });
     const used = await page.evaluate(() => window.appState.info.config);
     const o = used.optimizer;
-    assert.deepEqual([o.kind, o.max_lr, o.weight_decay], ['sgd', 0.4, 5e-4], 'the run uses SGD\'s recipe');
+    assert.deepEqual([o.kind, o.max_lr, o.weight_decay, used.model.logit_scale], ['sgd', 0.4, 5e-4, 0.125], 'the run uses SGD\'s recipe');
     await page.evaluate(() => document.getElementById('pause').click());
     // Once the step in flight has finished (the first SGD steps compile new kernels).
     await page.waitForFunction(() => window.appState.waiting, null, { timeout: 300000, polling: 200 });

@@ -284,7 +284,7 @@ fn the_best_recipe_is_one_flag_and_each_part_its_own() {
 
     // Every part can be changed on its own; another optimizer brings its own LR and decay.
     let parts = ["--recipe", "best", "--optimizer", "adam", "--ema-decay", "0", "--no-tta", "--label-smoothing", "0.1"];
-    let out = tiny_train(&runs, "parts", &[&parts[..], &["--logit-scale", "0.5"]].concat());
+    let out = tiny_train(&runs, "parts", &parts);
     assert!(out.status.success(), "{}", text(&out));
     let c = read_json(runs.join("parts").join("config.json"));
     assert_eq!(
@@ -292,7 +292,11 @@ fn the_best_recipe_is_one_flag_and_each_part_its_own() {
         (&"adam".into(), &0.01.into(), &0.1.into(), &0.0.into(), &false.into()),
         "{c}"
     );
-    assert_eq!(c["model"]["logit_scale"], 0.5, "{c}");
+    assert_eq!(c["model"]["logit_scale"], 1.0, "Adam brings its own logit scale: {c}");
+    let out = tiny_train(&runs, "scaled", &["--optimizer", "sgd", "--logit-scale", "0.5"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let c = read_json(runs.join("scaled").join("config.json"));
+    assert_eq!((&c["optimizer"]["kind"], &c["model"]["logit_scale"]), (&"sgd".into(), &0.5.into()), "{c}");
     let m = last_metrics(&runs.join("parts"));
     assert!(m.get("test_acc_tta").is_none() && m.get("test_acc_weights").is_none(), "{m}");
 

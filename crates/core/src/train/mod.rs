@@ -81,9 +81,7 @@ impl Recipe {
     pub fn config(self, model: ModelConfig) -> TrainingConfig {
         match self {
             Self::Seed => TrainingConfig::recipe(model, OptimizerKind::Adam),
-            Self::Best => TrainingConfig::recipe(model.with_logit_scale(0.125), OptimizerKind::Sgd)
-                .with_label_smoothing(0.2)
-                .with_tta(true),
+            Self::Best => TrainingConfig::recipe(model, OptimizerKind::Sgd).with_label_smoothing(0.2).with_tta(true),
         }
     }
 }
@@ -100,10 +98,10 @@ impl std::str::FromStr for Recipe {
 }
 
 impl TrainingConfig {
-    /// The recipe with `kind` and that optimizer's defaults: what the CLI's flags and the
-    /// page's form start from.
+    /// The recipe with `kind` and that optimizer's defaults, the logit scale its max LR
+    /// assumes included: what the CLI's flags and the page's form start from.
     pub fn recipe(model: ModelConfig, kind: OptimizerKind) -> Self {
-        Self::new(model).with_optimizer(OptimizerConfig::new(kind))
+        Self::new(model.with_logit_scale(kind.default_logit_scale())).with_optimizer(OptimizerConfig::new(kind))
     }
 
     /// The peak LR, kept with the optimizer's other settings.
@@ -577,6 +575,7 @@ mod tests {
     #[test]
     fn config_json_round_trips_and_reads_the_old_flat_layout() {
         let sgd = TrainingConfig::recipe(ModelConfig::new().with_width(0.5), OptimizerKind::Sgd).with_epochs(3);
+        let sgd = TrainingConfig { model: sgd.model.clone().with_logit_scale(1.0), ..sgd };
         let json = serde_json::to_string(&sgd).unwrap();
         assert_eq!(TrainingConfig::from_json(&json).unwrap(), sgd);
         // config.json as written before the recipe was nested (session 6).
@@ -597,6 +596,8 @@ mod tests {
         let sgd = TrainingConfig::recipe(ModelConfig::new(), OptimizerKind::Sgd);
         assert_eq!((adam.optimizer.max_lr, adam.optimizer.weight_decay), (0.01, 1e-4));
         assert_eq!((sgd.optimizer.max_lr, sgd.optimizer.weight_decay), (0.4, 5e-4));
+        assert_eq!((adam.model.logit_scale, sgd.model.logit_scale), (1.0, 0.125));
+        assert_eq!(Recipe::Best.config(ModelConfig::new()).model.logit_scale, 0.125);
         assert_eq!(TrainingConfig::new(ModelConfig::new()), adam, "Adam is the default recipe");
         assert_eq!(adam.schedule, sgd.schedule);
     }

@@ -34,6 +34,16 @@ impl OptimizerKind {
         }
     }
 
+    /// The logit scale the max LR assumes (`ModelConfig::logit_scale`): Page's 0.125 for SGD,
+    /// without which SGD is unstable at the classifier (README); Adam, which normalises each
+    /// parameter's step, trains the original network (1).
+    pub fn default_logit_scale(self) -> f64 {
+        match self {
+            Self::Adam => 1.0,
+            Self::Sgd => 0.125,
+        }
+    }
+
     /// The recipe's L2 weight decay for this optimizer (PyTorch `weight_decay`).
     pub fn default_weight_decay(self) -> f64 {
         match self {
