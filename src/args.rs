@@ -10,7 +10,7 @@ use cifar_core::error::ConfigError;
 use cifar_core::model::ModelConfig;
 use cifar_core::train::ema::EmaConfig;
 use cifar_core::train::lr_finder::LrFinderConfig;
-use cifar_core::train::optim::{OptimizerConfig, OptimizerKind};
+use cifar_core::train::optim::OptimizerKind;
 use cifar_core::train::{Recipe, TrainingConfig};
 use cifar_webgpu::backend::{Backend, Precision};
 use cifar_webgpu::download;
@@ -319,8 +319,8 @@ pub(crate) fn base_recipe(a: &TrainArgs) -> TrainingConfig {
     let base = a.recipe.config(model_config(&a.model));
     match a.optimizer {
         Some(kind) if kind != base.optimizer.kind => {
-            let model = base.model.clone().with_logit_scale(kind.default_logit_scale());
-            TrainingConfig { model, ..base.with_optimizer(OptimizerConfig::new(kind)) }
+            let own = TrainingConfig::recipe(base.model.clone(), kind);
+            TrainingConfig { model: own.model, optimizer: own.optimizer, ..base }
         }
         _ => base,
     }

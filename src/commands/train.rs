@@ -112,9 +112,7 @@ pub(crate) fn train(args: TrainArgs) -> Result<(), Error> {
             Some(w) => {
                 let bytes = fs::read(w).map_err(Error::io(w, "read"))?;
                 let (model, model_config) = weights::model_from_bytes(&w.display().to_string(), &bytes, &device)?;
-                // The file's network with this run's dropout and logit scale.
-                let scale = config.model.logit_scale;
-                config.model = model_config.with_dropout(args.model.dropout).with_logit_scale(scale);
+                config.model = config.model.with_network_of(&model_config);
                 Trainer::with_model(config, model, &device, n_train)
             }
             None => Trainer::new(config, &device, n_train),

@@ -137,9 +137,7 @@ impl Session {
         let mut config = TrainingConfig::from_json(config).map_err(|e| err(format!("settings: {e}")))?;
         let loaded = if fine_tune { Some(s.loaded.clone().ok_or_else(|| err("load weights first"))?) } else { None };
         if let Some((_, model_config)) = &loaded {
-            // The file's network with this run's dropout and logit scale.
-            let (dropout, scale) = (config.model.dropout, config.model.logit_scale);
-            config.model = model_config.clone().with_dropout(dropout).with_logit_scale(scale);
+            config.model = config.model.with_network_of(model_config);
         }
         // Before anything is allocated: a tensor above the limits would lose the device.
         config.validate().map_err(|e| err(format!("settings: {e}")))?;

@@ -53,8 +53,7 @@ pub fn model_tensors(model: &Model) -> Vec<(String, Vec<usize>, Tensor<1>)> {
     // Burn stores [in, out]; PyTorch's nn.Linear stores [out, in].
     let w = model.fc.weight.val().transpose();
     let shape = w.dims().to_vec();
-    let w = w.reshape([shape[0] * shape[1]]);
-    let w = if model.logit_scale == 1.0 { w } else { w.mul_scalar(model.logit_scale) };
+    let w = w.reshape([shape[0] * shape[1]]).mul_scalar(model.logit_scale);
     out.push(("fc.weight".into(), shape.clone(), w));
     out
 }
@@ -134,8 +133,7 @@ pub fn try_map_tensors<E>(
     let [d_in, d_out] = model.fc.weight.dims();
     let scale = model.logit_scale;
     let w = model.fc.weight.val().transpose().reshape([d_out * d_in]);
-    let w = f("fc.weight", &[d_out, d_in], if scale == 1.0 { w } else { w.mul_scalar(scale) })?;
-    let w = if scale == 1.0 { w } else { w.div_scalar(scale) };
+    let w = f("fc.weight", &[d_out, d_in], w.mul_scalar(scale))?.div_scalar(scale);
     model.fc.weight = Param::from_tensor(w.reshape([d_out, d_in]).transpose());
     Ok(model)
 }

@@ -79,6 +79,12 @@ impl ModelConfig {
         serde_json::from_value(value)
     }
 
+    /// Fine-tuning loaded weights: the file's network (width, classes) with this run's
+    /// dropout and logit scale.
+    pub fn with_network_of(&self, file: &ModelConfig) -> Self {
+        Self { width: file.width, num_classes: file.num_classes, ..self.clone() }
+    }
+
     pub fn init(&self, device: &Device) -> Model {
         let [c0, c1, c2, c3] = self.channels();
         let block = |i, o| ConvBn::new(i, o, self.dropout, device);

@@ -70,10 +70,10 @@ pub enum Recipe {
     /// The original notebook: Adam, one-cycle peaking at epoch 5, CutOut, no label smoothing.
     Seed,
     /// The seed recipe's network, data and schedule shape with the fast CIFAR-10 trainers'
-    /// training: Page's logit scale 0.125, SGD-Nesterov, label smoothing 0.2, flip TTA at the
-    /// end. Without a weight
-    /// average: Page's (0.99 every 5 steps) cost 3.4 points at width 0.25 under this schedule,
-    /// which anneals the LR to nearly 0 itself (README, "The recipe's evidence").
+    /// training: SGD-Nesterov (with Page's max LR and logit scale), label smoothing 0.2, flip
+    /// TTA at the end. Without a weight average: Page's (0.99 every 5 steps) cost 3.4 points at
+    /// width 0.25 under this schedule, which anneals the LR to nearly 0 itself (README, "The
+    /// recipe's evidence").
     Best,
 }
 
