@@ -12,7 +12,7 @@ use cifar_core::train::ema::EmaConfig;
 use cifar_core::train::lr_finder::LrFinderConfig;
 use cifar_core::train::optim::OptimizerKind;
 use cifar_core::train::{Recipe, TrainingConfig};
-use cifar_webgpu::backend::{Backend, Precision};
+use cifar_webgpu::backend::{Backend, GpuConv, Precision};
 use cifar_webgpu::download;
 use cifar_webgpu::error::Error;
 
@@ -63,6 +63,11 @@ pub(crate) struct Common {
     /// the CPU has AMX-BF16, else f32; `f32` is exact (printed, and recorded in config.json).
     #[arg(long, value_enum, default_value_t = Precision::Auto)]
     pub(crate) precision: Precision,
+    /// The 3×3 convolution's forward on a GPU: `gemm` (GEMMs over im2col), `burn` (Burn's
+    /// direct kernel); `auto` is gemm on a real GPU, burn on a CPU adapter (recorded in
+    /// config.json).
+    #[arg(long, value_enum, default_value_t = GpuConv::Auto)]
+    pub(crate) gpu_conv: GpuConv,
     /// Directory with the CIFAR-10 .bin files (default: $CIFAR10_DIR, else ./data/cifar-10-batches-bin).
     #[arg(long)]
     pub(crate) data_dir: Option<PathBuf>,
@@ -246,6 +251,10 @@ pub(crate) struct BenchArgs {
     /// measured once; GPUs run f32).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "f32,auto")]
     pub(crate) precision: Vec<Precision>,
+    /// GPU convolutions to measure, each as `train --gpu-conv` (with several, the rows are
+    /// labelled `wgpu-gemm`, `wgpu-burn`).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "auto")]
+    pub(crate) gpu_conv: Vec<GpuConv>,
     #[arg(long, value_delimiter = ',', default_value = "0.25,1.0")]
     pub(crate) width: Vec<f64>,
     #[arg(long, value_delimiter = ',', default_value = "128,512", value_parser = positive)]

@@ -58,6 +58,18 @@ impl std::fmt::Display for Precision {
     }
 }
 
+/// How GPU runs compute the 3×3 convolution's forward (`--gpu-conv`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GpuConv {
+    /// `gemm` on a real GPU; `burn` on a CPU adapter (lavapipe, SwiftShader), where Burn's
+    /// direct kernel is the faster of the two.
+    Auto,
+    /// GEMMs over im2col, Burn's backward kernels (`cifar_core::model::gpu_conv`).
+    Gemm,
+    /// Burn's `conv2d` forward (`conv_direct` without cooperative matrices).
+    Burn,
+}
+
 /// The device a run used, as printed at its start and recorded in `config.json`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct DeviceInfo {
@@ -73,6 +85,9 @@ pub struct DeviceInfo {
     pub api: String,
     /// The convolutions' arithmetic: `f32`, or `bf16` (flex with AMX-BF16; f32 sums).
     pub precision: String,
+    /// GPUs: how the 3×3 convolution's forward runs, `gemm` or `burn` (`--gpu-conv`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_conv: Option<String>,
     /// Why `--backend auto` chose this backend.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -93,6 +108,9 @@ impl std::fmt::Display for DeviceInfo {
         f.write_str(")")?;
         if self.precision != "f32" {
             write!(f, ", {} convolutions", self.precision)?;
+        }
+        if let Some(c) = &self.gpu_conv {
+            write!(f, ", {c} convolutions")?;
         }
         if let Some(r) = &self.reason {
             write!(f, ": {r}")?;
@@ -122,6 +140,7 @@ fn flex_info(reason: Option<String>) -> DeviceInfo {
         driver: String::new(),
         api: String::new(),
         precision: "f32".into(),
+        gpu_conv: None,
         reason,
         limits: None,
     }
@@ -156,6 +175,7 @@ fn wgpu_device() -> Result<(Device, DeviceInfo), String> {
             driver,
             api: shader_api(a.backend),
             precision: "f32".into(),
+            gpu_conv: None,
             reason: None,
             limits: Some(BufferLimits {
                 max_binding: setup.device.limits().max_storage_buffer_binding_size,
@@ -170,8 +190,9 @@ fn wgpu_device() -> Result<(Device, DeviceInfo), String> {
 /// The device for `backend` and what it is. `auto` picks wgpu on a real GPU adapter, flex
 /// otherwise, and says why. Every device is checked with a tiny computation so that a broken
 /// one is reported here rather than as a panic in the middle of training. `precision` is then
-/// resolved and set for the process (the CPU kernels read it).
-pub fn select(backend: Backend, precision: Precision) -> Result<(Device, DeviceInfo), Error> {
+/// resolved and set for the process (the CPU kernels read it), and on a GPU `gpu_conv` (the
+/// model reads it).
+pub fn select(backend: Backend, precision: Precision, gpu_conv: GpuConv) -> Result<(Device, DeviceInfo), Error> {
     // Refused before a GPU is started where the answer is known already.
     if precision == Precision::Bf16 && !matches!(backend, Backend::Flex | Backend::Auto) {
         return Err(bf16_off_host(&backend.to_string()));
@@ -186,6 +207,17 @@ pub fn select(backend: Backend, precision: Precision) -> Result<(Device, DeviceI
     };
     flex_kernels::precision::set(chosen).map_err(|e| Error::Backend(e.to_string()))?;
     info.precision = chosen.name().into();
+    if cifar_core::model::ops::is_cube(&device) {
+        use cifar_core::model::ops::{GpuConvPath, set_gpu_conv_path};
+        let path = match gpu_conv {
+            GpuConv::Gemm => GpuConvPath::Gemm,
+            GpuConv::Burn => GpuConvPath::Burn,
+            GpuConv::Auto if info.device_type == "Cpu" => GpuConvPath::Burn,
+            GpuConv::Auto => GpuConvPath::Gemm,
+        };
+        set_gpu_conv_path(path);
+        info.gpu_conv = Some(path.name().into());
+    }
     Ok((device, info))
 }
 
@@ -230,6 +262,7 @@ fn select_device(backend: Backend) -> Result<(Device, DeviceInfo), Error> {
                 driver: String::new(),
                 api: "CUDA".into(),
                 precision: "f32".into(),
+                gpu_conv: None,
                 reason: None,
                 limits: None,
             },
@@ -369,5 +402,53 @@ pub fn check_device(device: &Device) -> Vec<Check> {
         rel_err: rel_err(&running_var, &read(bn.running_var.value_sync())),
         ours: true,
     });
+    if cifar_core::model::ops::is_cube(device) {
+        out.extend(check_gpu_conv(&ad, &mut uniform));
+    }
     out
+}
+
+/// Our GPU convolution (GEMMs over im2col, `--gpu-conv gemm`) against Burn's `conv2d` on the
+/// same device: output, input gradient and weight gradient, at a batch that takes three im2col
+/// chunks.
+fn check_gpu_conv(ad: &Device, uniform: &mut impl FnMut() -> f32) -> Vec<Check> {
+    use burn::tensor::TensorData;
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    use cifar_core::model::gpu_conv;
+    let [n, c, h, w, o] = [64, 64, 32, 32, 16];
+    debug_assert!(n > 2 * gpu_conv::chunk_images(c, h, w));
+    let xs: Vec<f32> = (0..n * c * h * w).map(|_| uniform() - 0.5).collect();
+    let ws: Vec<f32> = (0..o * c * 9).map(|_| uniform() - 0.5).collect();
+    let run = |ours: bool| -> [Vec<f32>; 3] {
+        let x = Tensor::<4>::from_data(TensorData::new(xs.clone(), [n, c, h, w]), ad).require_grad();
+        let wt = Tensor::<4>::from_data(TensorData::new(ws.clone(), [o, c, 3, 3]), ad).require_grad();
+        let y = if ours {
+            gpu_conv::conv3x3(x.clone(), wt.clone())
+        } else {
+            conv2d(x.clone(), wt.clone(), None, ConvOptions::new([1, 1], [1, 1], [1, 1], 1))
+        };
+        // A weighted sum, so that every output position has its own gradient.
+        let weights = Tensor::<4>::from_data(
+            TensorData::new((0..n * o * h * w).map(|i| (i % 7) as f32 - 3.0).collect::<Vec<f32>>(), [n, o, h, w]),
+            ad,
+        );
+        let grads = (y.clone() * weights).sum().backward();
+        let host = |t: Tensor<4>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+        let dx = x.grad(&grads).map(host).unwrap_or_default();
+        let dw = wt.grad(&grads).map(host).unwrap_or_default();
+        [host(y.inner()), dx, dw]
+    };
+    let (want, got) = (run(false), run(true));
+    let shape = [n, c, h, w];
+    ["output", "input gradient", "weight gradient"]
+        .iter()
+        .zip(want.iter().zip(&got))
+        .map(|(what, (want, got))| {
+            let want: Vec<f64> = want.iter().map(|v| *v as f64).collect();
+            // A missing tensor must not pass as an empty comparison.
+            let rel_err = if got.len() == want.len() && !want.is_empty() { rel_err(&want, got) } else { f64::INFINITY };
+            Check { what: format!("our GPU 3x3 conv (GEMM) {what}, {shape:?} -> {o}"), rel_err, ours: true }
+        })
+        .collect()
 }

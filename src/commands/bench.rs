@@ -28,17 +28,19 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), Error> {
     // combination is resolved before anything is measured, so a refused one stops the bench
     // before its first row; each run then selects again, which sets the process's precision
     // for its rows.
-    let mut runs: Vec<(backend::Backend, backend::Precision, String)> = Vec::new();
+    let mut runs: Vec<(backend::Backend, backend::Precision, backend::GpuConv, String)> = Vec::new();
     for &b in &args.backend {
         for &p in &args.precision {
-            let (_, info) = backend::select(b, p)?;
-            if !runs.iter().any(|(_, _, label)| *label == label_of(&info)) {
-                runs.push((b, p, label_of(&info)));
+            for &c in &args.gpu_conv {
+                let (_, info) = backend::select(b, p, c)?;
+                if !runs.iter().any(|(_, _, _, label)| *label == label_of(&info, args.gpu_conv.len() > 1)) {
+                    runs.push((b, p, c, label_of(&info, args.gpu_conv.len() > 1)));
+                }
             }
         }
     }
-    for (b, p, label) in runs {
-        let (device, info) = backend::select(b, p)?;
+    for (b, p, c, label) in runs {
+        let (device, info) = backend::select(b, p, c)?;
         eprintln!("device: {info}");
         devices.push(info.clone());
         let b = label;
@@ -101,7 +103,14 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), Error> {
 }
 
 /// A row's backend column: the backend, with the precision where it is not f32
-/// (`flex-bf16`).
-fn label_of(info: &backend::DeviceInfo) -> String {
-    if info.precision == "f32" { info.backend.clone() } else { format!("{}-{}", info.backend, info.precision) }
+/// (`flex-bf16`), and the GPU convolution where several were asked for (`wgpu-gemm`).
+fn label_of(info: &backend::DeviceInfo, several_convs: bool) -> String {
+    let mut label = info.backend.clone();
+    if info.precision != "f32" {
+        label = format!("{label}-{}", info.precision);
+    }
+    if let (Some(c), true) = (&info.gpu_conv, several_convs) {
+        label = format!("{label}-{c}");
+    }
+    label
 }

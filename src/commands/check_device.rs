@@ -4,7 +4,7 @@ use cifar_webgpu::backend::{self, Backend};
 use cifar_webgpu::error::Error;
 
 pub(crate) fn run(b: Backend) -> Result<(), Error> {
-    let (device, info) = backend::select(b, backend::Precision::F32)?;
+    let (device, info) = backend::select(b, backend::Precision::F32, backend::GpuConv::Auto)?;
     println!("device: {info}");
     let checks = backend::check_device(&device);
     let mut failed = Vec::new();

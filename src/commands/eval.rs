@@ -18,7 +18,7 @@ pub(crate) fn run(args: EvalArgs) -> Result<(), Error> {
     if let Some(path) = &args.predictions {
         check_writable(path)?;
     }
-    let (device, info) = backend::select(args.common.backend, args.common.precision)?;
+    let (device, info) = backend::select(args.common.backend, args.common.precision, args.common.gpu_conv)?;
     eprintln!("device: {info}");
     let name = args.weights.display().to_string();
     let bytes = fs::read(&args.weights).map_err(Error::io(&args.weights, "read"))?;

@@ -18,7 +18,7 @@ use crate::args::{LrFindArgs, load_data, model_config};
 pub(crate) fn run(args: LrFindArgs) -> Result<Option<f64>, Error> {
     recipe(&args).validate()?;
     check_writable(&args.out)?;
-    let (device, info) = backend::select(args.common.backend, args.common.precision)?;
+    let (device, info) = backend::select(args.common.backend, args.common.precision, args.common.gpu_conv)?;
     eprintln!("device: {info}");
     if let Some(l) = &info.limits {
         limits::check(&recipe(&args), l)?;

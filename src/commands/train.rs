@@ -68,7 +68,7 @@ pub(crate) fn train(args: TrainArgs) -> Result<(), Error> {
         }
     };
 
-    let (device, device_info) = backend::select(args.common.backend, args.common.precision)?;
+    let (device, device_info) = backend::select(args.common.backend, args.common.precision, args.common.gpu_conv)?;
     println!("device: {device_info}");
     // A tensor above the GPU's buffer limits would lose the device mid-run: refused first.
     let fits = |config: &TrainingConfig| device_info.limits.map_or(Ok(()), |l| limits::check(config, &l));

@@ -1,8 +1,11 @@
 //! Where the model's hot ops run, decided here and nowhere else. On flex, in builds with the
 //! `flex-kernels` feature (the native CLI), the 3×3 convolution, the 2×2 max pooling and
 //! BatchNorm → ReLU → dropout run on our CPU kernels (crate `flex-kernels`, each with its own
-//! backward). Everywhere else (GPUs, the browser) they are Burn's ops, BatchNorm being ours
-//! (`batchnorm.rs`).
+//! backward). On GPUs (CubeCL: wgpu, CUDA) the convolution's forward is GEMMs over im2col
+//! (`gpu_conv.rs`) where [`gpu_conv_path`] says so; everything else is Burn's ops, BatchNorm
+//! being ours (`batchnorm.rs`).
+
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use burn::nn::Relu;
 use burn::nn::conv::Conv2d;
@@ -32,11 +35,55 @@ pub fn seed_host_masks(seed: u64) {
     let _ = seed;
 }
 
+/// Whether `device` (or the device an autodiff one wraps) is a CubeCL GPU device.
+pub fn is_cube(device: &Device) -> bool {
+    matches!(device.clone().inner().as_dispatch(), burn::backend::DispatchDevice::Cube(_))
+}
+
+/// How the 3×3 convolution runs on a CubeCL GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuConvPath {
+    /// Forward as GEMMs over im2col, backward Burn's kernels (`gpu_conv.rs`).
+    Gemm,
+    /// Burn's `conv2d` (its forward is `conv_direct` without cooperative matrices).
+    Burn,
+}
+
+impl GpuConvPath {
+    pub fn name(self) -> &'static str {
+        match self {
+            GpuConvPath::Gemm => "gemm",
+            GpuConvPath::Burn => "burn",
+        }
+    }
+}
+
+// 0: not set (Burn's).
+static GPU_CONV: AtomicU8 = AtomicU8::new(0);
+
+/// Sets the GPU convolution for the process (the CLI's `--gpu-conv`; `bench` measures both).
+pub fn set_gpu_conv_path(path: GpuConvPath) {
+    GPU_CONV.store(if path == GpuConvPath::Gemm { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// The GPU convolution in use: Burn's unless set. The native CLI sets GEMM on a real GPU
+/// (`--gpu-conv auto`); on CPU adapters (lavapipe, SwiftShader) Burn's direct kernel is the
+/// faster, and in the browser the GEMM path has not been measured on a real GPU yet.
+pub fn gpu_conv_path() -> GpuConvPath {
+    match GPU_CONV.load(Ordering::Relaxed) {
+        1 => GpuConvPath::Gemm,
+        _ => GpuConvPath::Burn,
+    }
+}
+
 /// 3×3 convolution, stride 1, padding 1, no bias.
 pub fn conv3x3(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     #[cfg(feature = "flex-kernels")]
     if is_host(&x.device()) {
         return flex_kernels::conv3x3(x, conv.weight.val());
+    }
+    if gpu_conv_path() == GpuConvPath::Gemm && is_cube(&x.device()) {
+        return super::gpu_conv::conv3x3(x, conv.weight.val());
     }
     conv.forward(x)
 }
