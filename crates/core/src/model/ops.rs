@@ -5,7 +5,7 @@
 //! (`gpu_conv.rs`) where [`gpu_conv_path`] says so; everything else is Burn's ops, BatchNorm
 //! being ours (`batchnorm.rs`).
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::nn::Relu;
 use burn::nn::conv::Conv2d;
@@ -58,22 +58,18 @@ impl GpuConvPath {
     }
 }
 
-// 0: not set (Burn's).
-static GPU_CONV: AtomicU8 = AtomicU8::new(0);
+static GEMM: AtomicBool = AtomicBool::new(false);
 
 /// Sets the GPU convolution for the process (the CLI's `--gpu-conv`; `bench` measures both).
 pub fn set_gpu_conv_path(path: GpuConvPath) {
-    GPU_CONV.store(if path == GpuConvPath::Gemm { 1 } else { 2 }, Ordering::Relaxed);
+    GEMM.store(path == GpuConvPath::Gemm, Ordering::Relaxed);
 }
 
 /// The GPU convolution in use: Burn's unless set. The native CLI sets GEMM on a real GPU
 /// (`--gpu-conv auto`); on CPU adapters (lavapipe, SwiftShader) Burn's direct kernel is the
 /// faster, and in the browser the GEMM path has not been measured on a real GPU yet.
 pub fn gpu_conv_path() -> GpuConvPath {
-    match GPU_CONV.load(Ordering::Relaxed) {
-        1 => GpuConvPath::Gemm,
-        _ => GpuConvPath::Burn,
-    }
+    if GEMM.load(Ordering::Relaxed) { GpuConvPath::Gemm } else { GpuConvPath::Burn }
 }
 
 /// 3×3 convolution, stride 1, padding 1, no bias.
