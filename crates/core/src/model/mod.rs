@@ -23,6 +23,7 @@ use crate::error::ConfigError;
 
 pub mod batchnorm;
 pub mod dropout;
+pub mod gpu_bn;
 pub mod gpu_conv;
 pub mod ops;
 pub mod summary;

@@ -2,8 +2,8 @@
 //! `flex-kernels` feature (the native CLI), the 3×3 convolution, the 2×2 max pooling and
 //! BatchNorm → ReLU → dropout run on our CPU kernels (crate `flex-kernels`, each with its own
 //! backward). On GPUs (CubeCL: wgpu, CUDA) the convolution's forward is GEMMs over im2col
-//! (`gpu_conv.rs`) where [`gpu_conv_path`] says so; everything else is Burn's ops, BatchNorm
-//! being ours (`batchnorm.rs`).
+//! (`gpu_conv.rs`) where [`gpu_conv_path`] says so, and in training BatchNorm → ReLU →
+//! dropout is one op with its own backward (`gpu_bn.rs`); everything else is Burn's ops.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -99,7 +99,30 @@ pub fn bn_relu_dropout(bn: &BatchNorm, relu: &Relu, dropout: &Dropout, x: Tensor
     if is_host(&x.device()) {
         return fused_on_host(bn, dropout.prob_on(&x.device()), x);
     }
+    let device = x.device();
+    if device.is_autodiff() && is_cube(&device) {
+        return fused_on_gpu(bn, dropout.prob_on(&device), x);
+    }
     dropout.forward(relu.forward(bn.forward(x)))
+}
+
+/// Training on a CubeCL GPU: the three as one op with a closed-form backward (`gpu_bn.rs`),
+/// the statistics taken from the detached input (the op's backward differentiates through
+/// them), the running ones updated as `BatchNorm::forward` does.
+fn fused_on_gpu(bn: &BatchNorm, drop: f64, x: Tensor<4>) -> Tensor<4> {
+    let dims = x.dims();
+    let (mean, variance) = super::batchnorm::batch_stats(x.clone().detach());
+    let out = super::gpu_bn::bn_relu_dropout_train(
+        x,
+        bn.gamma.val(),
+        bn.beta.val(),
+        mean.clone(),
+        variance.clone(),
+        bn.epsilon,
+        drop,
+    );
+    bn.update_running(mean, variance, dims);
+    out
 }
 
 /// The three as one kernel per direction; in training the batch statistics come from a
