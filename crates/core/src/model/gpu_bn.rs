@@ -1,13 +1,13 @@
 //! Training-mode BatchNorm → ReLU → dropout on CubeCL GPUs as one op with a hand-written
 //! backward, built from tensor ops that Burn's fusion merges.
 //!
-//! Differentiated op by op, the three cost a training step about 35 kernel launches per
-//! layer on wgpu (`bench --kernels`, README "wgpu: keeping the GPU busy"): every forward op
-//! records a backward node, and each of those launches its own element-wise kernels and
-//! reductions, with gradients added where a value is used twice. Here the backward is the
-//! closed form: with `g` the output gradient gated by the ReLU and the dropout mask (both
-//! read off the output: it is positive exactly where neither zeroed it), `x̂` the normalised
-//! input and `N = n·h·w`,
+//! Differentiated op by op, every forward op records a backward node, each of which launches
+//! its own element-wise kernels and reductions, and gradients are added where a value is used
+//! twice: with this op a training step launched 495 kernels instead of 652 on lavapipe
+//! (`bench --kernels`, README "wgpu: keeping the GPU busy"). The backward is the closed form:
+//! with `g` the output gradient gated by the ReLU and the dropout mask (both read off the
+//! output: it is positive exactly where neither zeroed it), `x̂` the normalised input and
+//! `N = n·h·w`,
 //!
 //! ```text
 //! dβ = Σ g      dγ = Σ g·x̂      dx = γ/σ · (g − dβ/N − x̂·dγ/N)
