@@ -92,11 +92,12 @@ fn gpu_conv_gemm_is_checked_and_learns_on_wgpu() {
     assert!(gemm_checks.iter().all(|l| l.ends_with(" ok")), "{s}");
 
     // As `backends::wgpu_learns_with_dropout_and_augmentation`: 24 steps of 128 at max LR 0.01
-    // (measured: 22.05 % on 2,000 test images, 12.85 % after the first epoch).
+    // (measured: 22.05 % on 2,000 test images, 12.85 % after the first epoch; with the GPU
+    // BatchNorm op, 19.40 % on these 2,000).
     let runs = scratch("gemm");
     let out = bin()
         .args(["train", "--backend", "wgpu", "--gpu-conv", "gemm", "--width", "0.125", "--no-download", "--seed", "11"])
-        .args(["--epochs", "2", "--train-limit", "1536", "--test-limit", "500"])
+        .args(["--epochs", "2", "--train-limit", "1536", "--test-limit", "2000"])
         .args(["--batch-size", "128", "--max-lr", "0.01"])
         .args(["--runs-dir", &runs.display().to_string(), "--name", "gemm"])
         .output()
@@ -114,7 +115,7 @@ fn gpu_conv_gemm_is_checked_and_learns_on_wgpu() {
     let loss = |m: &serde_json::Value| m["train_loss"].as_f64().unwrap();
     let acc = metrics[1]["test_acc"].as_f64().unwrap();
     assert!(loss(&metrics[1]) < loss(&metrics[0]) - 0.05, "the training loss did not fall: {metrics:?}");
-    // 500 test images: chance is 10 ± 1.3 %.
+    // 2,000 test images: chance is 10 ± 0.7 %.
     assert!(acc > 0.15, "test accuracy {:.2}% with the GEMM convolution", 100.0 * acc);
 }
 
