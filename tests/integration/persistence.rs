@@ -216,6 +216,21 @@ fn resume_equals_uninterrupted(config: TrainingConfig) {
     // A checkpoint from another dataset size is refused.
     let err = checkpoint::from_bytes("c.safetensors", &bytes, &flex(), 65).err().unwrap().to_string();
     assert!(err.contains("trained on 64 images"), "{err}");
+    // An optimizer state that does not fit its parameter is refused by name, not a panic at
+    // the first update (the state is kept in the parameter's shape).
+    let mut file = TensorFile::decode("c", &bytes).unwrap();
+    let name = file.arrays.keys().find(|k| k.starts_with("optim.") && k.ends_with(".first")).unwrap().clone();
+    let array = file.arrays.get_mut(&name).unwrap();
+    let ArrayData::F32(values) = &mut array.data else { panic!("{name} is not f32") };
+    let n = values.len();
+    values.pop();
+    array.shape = vec![n - 1];
+    let e = checkpoint::from_bytes("c.safetensors", &file.encode().unwrap(), &flex(), 64).err().unwrap();
+    let path = name.trim_start_matches("optim.");
+    assert_eq!(
+        e.to_string(),
+        format!("c.safetensors: optimizer state '{path}' has {} values, its parameter {n}", n - 1)
+    );
     if config.ema.enabled() {
         // A checkpoint whose recipe has an average must hold it.
         let mut file = TensorFile::decode("c", &bytes).unwrap();

@@ -98,9 +98,10 @@ pub fn from_bytes(file_name: &str, bytes: &[u8], device: &Device, train_len: usi
             ArrayData::I64(_) => None,
         }
     };
+    let sizes = crate::train::optim::parameter_sizes(&trainer.model);
     trainer
         .optim
-        .import(&meta.optimizer_steps, &mut take, &ad.clone().inner())
+        .import(&meta.optimizer_steps, &mut take, &sizes, &ad.clone().inner())
         .map_err(|e| FileError::new(file_name, e.to_string()))?;
     if let Some(ema) = trainer.ema.as_mut() {
         let plain = ad.clone().inner();

@@ -58,37 +58,50 @@ impl BatchNorm {
         let dims = x.dims();
         let c = dims[1];
         let (mean, variance) = batch_stats(x.clone());
-        let centered = x - mean.clone().reshape([1, c, 1, 1]);
-        let scale = (variance.clone().add_scalar(self.epsilon)).sqrt().recip() * self.gamma.val();
-        let out = centered * scale.reshape([1, c, 1, 1]) + self.beta.val().reshape([1, c, 1, 1]);
+        let centered = x - mean.clone();
+        let scale = (variance.clone().add_scalar(self.epsilon)).sqrt().recip() * self.gamma.val().reshape([1, c, 1, 1]);
+        let out = centered * scale + self.beta.val().reshape([1, c, 1, 1]);
         self.update_running(mean, variance, dims);
         out
     }
 
     /// running = (1 - momentum)·running + momentum·batch, with the batch variance made unbiased.
-    pub(crate) fn update_running(&self, mean: Tensor<1>, variance: Tensor<1>, [b, _, h, w]: [usize; 4]) {
+    /// `mean` and `variance` are `[c]`, or `[1, c, 1, 1]` columns on GPUs.
+    pub(crate) fn update_running<const D: usize>(
+        &self,
+        mean: Tensor<D>,
+        variance: Tensor<D>,
+        [b, c, h, w]: [usize; 4],
+    ) {
+        // Reshaped before any arithmetic: a reshape ends a fused GPU kernel. Then Burn's
+        // `value_sync` (a division by the number of threads that updated the state: one)
+        // fuses with the update, one kernel per layer.
+        let mean = mean.detach().reshape([c]);
+        let variance = variance.detach().reshape([c]);
         let device = mean.device();
         let n = (b * h * w) as f64;
         let unbiased = if n > 1.0 { n / (n - 1.0) } else { 1.0 };
         let m = self.momentum;
         let running_mean = self.running_mean.value_sync().to_device(&device);
         let running_var = self.running_var.value_sync().to_device(&device);
-        let running_mean = running_mean.mul_scalar(1.0 - m) + mean.detach().mul_scalar(m);
-        let running_var = running_var.mul_scalar(1.0 - m) + variance.detach().mul_scalar(m * unbiased);
+        let running_mean = running_mean.mul_scalar(1.0 - m) + mean.mul_scalar(m);
+        let running_var = running_var.mul_scalar(1.0 - m) + variance.mul_scalar(m * unbiased);
         self.running_mean.update(running_mean.detach());
         self.running_var.update(running_var.detach());
     }
 }
 
-/// Per-channel batch mean and biased variance of `[b, c, h, w]`, `[c]` each. Sums over each
-/// image's plane, then over the batch: no reduction longer than max(h·w, b). On an H100 this
-/// measured faster than `batch_norm_train` (README).
-pub fn batch_stats(x: Tensor<4>) -> (Tensor<1>, Tensor<1>) {
+/// Per-channel batch mean and biased variance of `[b, c, h, w]`, each a `[1, c, 1, 1]` column (the
+/// shape they are used in; each sum is reshaped straight out of its reduction, so that the
+/// arithmetic after it fuses on GPUs). Sums over each image's plane, then over the batch: no
+/// reduction longer than max(h·w, b). On an H100 this measured faster than `batch_norm_train`
+/// (README).
+pub fn batch_stats(x: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
     let [b, c, h, w] = x.dims();
     let n = (b * h * w) as f64;
-    let per_channel = |t: Tensor<4>| t.reshape([b, c, h * w]).sum_dim(2).sum_dim(0).reshape([c]).div_scalar(n);
+    let per_channel = |t: Tensor<4>| t.reshape([b, c, h * w]).sum_dim(2).sum_dim(0).reshape([1, c, 1, 1]).div_scalar(n);
     let mean = per_channel(x.clone());
-    let centered = x - mean.clone().reshape([1, c, 1, 1]);
+    let centered = x - mean.clone();
     let variance = per_channel(centered.clone() * centered);
     (mean, variance)
 }

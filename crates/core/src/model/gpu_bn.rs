@@ -4,10 +4,10 @@
 //! Differentiated op by op, every forward op records a backward node, each of which launches
 //! its own element-wise kernels and reductions, and gradients are added where a value is used
 //! twice: with this op a training step launched 495 kernels instead of 652 on lavapipe
-//! (`bench --kernels`, README "wgpu: keeping the GPU busy"). The backward is the closed form:
-//! with `g` the output gradient gated by the ReLU and the dropout mask (both read off the
-//! output: it is positive exactly where neither zeroed it), `x̂` the normalised input and
-//! `N = n·h·w`,
+//! (`bench --kernels`, README "wgpu: keeping the GPU busy"), and 335 with the shapes below.
+//! The backward is the closed form: with `g` the output gradient gated by the ReLU and the
+//! dropout mask (both read off the output: it is positive exactly where neither zeroed it),
+//! `x̂` the normalised input and `N = n·h·w`,
 //!
 //! ```text
 //! dβ = Σ g      dγ = Σ g·x̂      dx = γ/σ · (g − dβ/N − x̂·dγ/N)
@@ -15,7 +15,10 @@
 //!
 //! The statistics come in as inputs computed from the detached `x` (`ops.rs`), and the
 //! formula carries the gradient through them. As `batchnorm.rs` explains, every per-channel
-//! sum is two reductions (over each image's plane, then over the batch).
+//! sum is two reductions (over each image's plane, then over the batch). Parameters,
+//! statistics and their gradients are `[1, c, 1, 1]` columns throughout: Burn's fusion ends a
+//! kernel at every reshape, so the per-channel arithmetic is done in the shape it is
+//! broadcast in.
 
 use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -29,8 +32,8 @@ use burn::tensor::{Distribution, Shape, Tensor};
 #[backend_extension(Autodiff, Cube, Fusion)]
 pub trait GpuBatchNorm: Backend {
     /// `dropout(relu((x - mean) / sqrt(var + eps) · gamma + beta))` for `x [n, c, h, w]` and
-    /// `[c]` parameters and statistics; `drop` 0: no dropout. Differentiated as training-mode
-    /// BatchNorm: `mean` and `var` are taken to be `x`'s own batch statistics.
+    /// `[1, c, 1, 1]` parameters and statistics; `drop` 0: no dropout. Differentiated as
+    /// training-mode BatchNorm: `mean` and `var` are taken to be `x`'s own batch statistics.
     #[fusion(default)]
     fn bn_relu_dropout_train(
         x: FloatTensor<Self>,
@@ -41,16 +44,32 @@ pub trait GpuBatchNorm: Backend {
         eps: f64,
         drop: f64,
     ) -> FloatTensor<Self> {
-        let c = gamma.shape().dims::<1>()[0];
-        let scale = Self::float_mul(gamma, inv_std::<Self>(var, eps));
-        let shift = Self::float_sub(beta, Self::float_mul(mean, scale.clone()));
-        let y = Self::relu(Self::float_add(Self::float_mul(x, column::<Self>(scale, c)), column::<Self>(shift, c)));
-        if drop <= 0.0 {
-            return y;
-        }
+        // The mask first: the random draw is a kernel of its own, and drawn between the
+        // element-wise ops it would split them into two kernels. It is drawn channels-last, the
+        // layout GPU convolutions leave `x` in: the fused kernel writes its output in its
+        // inputs' layout, and the next convolution's weight gradient slices that output per
+        // tap, which costs a copy kernel per tap when it is not channels-last.
         let keep = 1.0 - drop;
-        let mask = Self::float_random(y.shape(), Distribution::Bernoulli(keep), &y.device(), y.dtype().into());
-        Self::float_mul(y, Self::float_mul_scalar(mask, (1.0 / keep).into()))
+        let mask = (drop > 0.0).then(|| {
+            let [n, c, h, w] = x.shape().dims::<4>();
+            let nhwc = Self::float_random(
+                Shape::new([n, h, w, c]),
+                Distribution::Bernoulli(keep),
+                &x.device(),
+                x.dtype().into(),
+            );
+            Self::float_permute(nhwc, &[0, 3, 1, 2])
+        });
+        let mut scale = Self::float_mul(gamma, inv_std::<Self>(var, eps));
+        let mut shift = Self::float_sub(beta, Self::float_mul(mean, scale.clone()));
+        let Some(mask) = mask else {
+            return Self::relu(Self::float_add(Self::float_mul(x, scale), shift));
+        };
+        // Inverted dropout scales what it keeps by 1/keep; relu(z)/keep = relu(z/keep), so the
+        // scale goes into the per-channel factors instead of being an op on every element.
+        scale = Self::float_mul_scalar(scale, (1.0 / keep).into());
+        shift = Self::float_mul_scalar(shift, (1.0 / keep).into());
+        Self::float_mul(Self::relu(Self::float_add(Self::float_mul(x, scale), shift)), mask)
     }
 }
 
@@ -60,15 +79,11 @@ fn inv_std<B: Backend>(var: FloatTensor<B>, eps: f64) -> FloatTensor<B> {
     B::float_recip(B::float_sqrt(B::float_add_scalar(var, eps.into())))
 }
 
-/// `[c]` → `[1, c, 1, 1]`, to broadcast over `[n, c, h, w]`.
-fn column<B: Backend>(t: FloatTensor<B>, c: usize) -> FloatTensor<B> {
-    B::float_reshape(t, Shape::new([1, c, 1, 1]))
-}
-
-/// Per-channel sums of `[n, c, h, w]` as `[c]`: over each plane, then over the batch.
+/// Per-channel sums of `[n, c, h, w]` as a `[1, c, 1, 1]` column: over each plane, then over the
+/// batch.
 fn channel_sums<B: Backend>(t: FloatTensor<B>, [n, c, h, w]: [usize; 4]) -> FloatTensor<B> {
     let planes = B::float_sum_dim(B::float_reshape(t, Shape::new([n, c, h * w])), 2);
-    B::float_reshape(B::float_sum_dim(planes, 0), Shape::new([c]))
+    B::float_reshape(B::float_sum_dim(planes, 0), Shape::new([1, c, 1, 1]))
 }
 
 #[derive(Debug)]
@@ -83,7 +98,7 @@ impl<B: Backend> Backward<B, 3> for BnBackward {
         let dout = grads.consume::<B>(&ops.node);
         let (x, gamma, mean, var, eps, out, keep_scale) = ops.state;
         let dims = x.shape().dims::<4>();
-        let [n, c, h, w] = dims;
+        let [n, _, h, w] = dims;
         let count = (n * h * w) as f64;
         // Zero where the ReLU or the dropout zeroed the output; kept elements were scaled.
         let mut g = B::relu_backward(out, dout);
@@ -91,14 +106,17 @@ impl<B: Backend> Backward<B, 3> for BnBackward {
             g = B::float_mul_scalar(g, keep_scale.into());
         }
         let inv = inv_std::<B>(var, eps);
-        let xhat = B::float_mul(B::float_sub(x, column::<B>(mean, c)), column::<B>(inv.clone(), c));
+        let xhat = B::float_mul(B::float_sub(x, mean), inv.clone());
         let dbeta = channel_sums::<B>(g.clone(), dims);
         let dgamma = channel_sums::<B>(B::float_mul(g.clone(), xhat.clone()), dims);
         if let Some(node) = node_x {
-            let mean_g = column::<B>(B::float_mul_scalar(dbeta.clone(), (1.0 / count).into()), c);
-            let mean_gx = column::<B>(B::float_mul_scalar(dgamma.clone(), (1.0 / count).into()), c);
-            let centred = B::float_sub(B::float_sub(g, mean_g), B::float_mul(xhat, mean_gx));
-            let dx = B::float_mul(centred, column::<B>(B::float_mul(gamma, inv), c));
+            // g − (dβ + x̂·dγ)/N: every op on the whole activation, so that one kernel does
+            // them (the column-sized divisions by N each stayed a kernel of their own).
+            let mean_terms = B::float_mul_scalar(
+                B::float_add(B::float_mul(xhat, dgamma.clone()), dbeta.clone()),
+                (1.0 / count).into(),
+            );
+            let dx = B::float_mul(B::float_sub(g, mean_terms), B::float_mul(gamma, inv));
             grads.register::<B>(node.id, dx);
         }
         if let Some(node) = node_gamma {
@@ -151,13 +169,14 @@ impl<B: GpuBatchNorm, C: CheckpointStrategy> GpuBatchNorm for Autodiff<B, C> {
     }
 }
 
-/// [`GpuBatchNorm::bn_relu_dropout_train`] on tensors of a CubeCL device (wgpu, CUDA).
+/// [`GpuBatchNorm::bn_relu_dropout_train`] on tensors of a CubeCL device (wgpu, CUDA): `x [n, c, h, w]`,
+/// the rest `[1, c, 1, 1]`.
 pub fn bn_relu_dropout_train(
     x: Tensor<4>,
-    gamma: Tensor<1>,
-    beta: Tensor<1>,
-    mean: Tensor<1>,
-    var: Tensor<1>,
+    gamma: Tensor<4>,
+    beta: Tensor<4>,
+    mean: Tensor<4>,
+    var: Tensor<4>,
     eps: f64,
     drop: f64,
 ) -> Tensor<4> {

@@ -8,9 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::backend::TensorMetadata;
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DispatchTensor, Shape, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -126,16 +127,43 @@ pub enum StateError {
     Missing(String),
     #[error("Adam second moment for '{0}' is missing")]
     MissingSecondMoment(String),
+    #[error("optimizer state '{path}' has {found} values, its parameter {expected}")]
+    WrongSize { path: String, expected: usize, found: usize },
+    #[error("optimizer state '{0}' belongs to no parameter of the model")]
+    Unknown(String),
 }
 
-/// Per-parameter state, flattened to 1-D so one type serves every rank.
+/// Per-parameter state, kept in the parameter's own shape: a reshape ends a fused GPU kernel,
+/// and flattening each parameter for the update split it into three kernels (README, "wgpu:
+/// keeping the GPU busy"). Its rank is the parameter's, so it is held rank-erased; checkpoints
+/// store it flat.
 #[derive(Clone)]
 pub struct ParamState {
     pub step: u64,
     /// Adam `exp_avg` / SGD `momentum_buffer`.
-    pub first: Tensor<1>,
+    first: DispatchTensor,
     /// Adam `exp_avg_sq`.
-    pub second: Option<Tensor<1>>,
+    second: Option<DispatchTensor>,
+}
+
+/// `t` as a tensor of rank `D` with `shape`: as it is when it already has that shape (the state
+/// of every step after the first), reshaped when it was loaded flat from a checkpoint.
+fn shaped<const D: usize>(t: DispatchTensor, shape: &Shape) -> Tensor<D> {
+    if t.shape() == *shape {
+        return Tensor::from_dispatch(t);
+    }
+    Tensor::<1>::from_dispatch(t).reshape(shape.clone())
+}
+
+/// `t` flattened, whatever its rank (a parameter is 1-, 2- or 4-D).
+fn flat(t: DispatchTensor) -> Tensor<1> {
+    let n = t.shape().num_elements();
+    match t.shape().num_dims() {
+        1 => Tensor::<1>::from_dispatch(t),
+        2 => Tensor::<2>::from_dispatch(t).reshape([n]),
+        3 => Tensor::<3>::from_dispatch(t).reshape([n]),
+        _ => Tensor::<4>::from_dispatch(t).reshape([n]),
+    }
 }
 
 pub struct Optimizer {
@@ -161,37 +189,71 @@ impl Optimizer {
         let mut tensors = Vec::new();
         let mut steps = BTreeMap::new();
         for (path, s) in &self.state {
-            tensors.push((format!("{path}.first"), s.first.clone()));
+            tensors.push((format!("{path}.first"), flat(s.first.clone())));
             if let Some(v) = &s.second {
-                tensors.push((format!("{path}.second"), v.clone()));
+                tensors.push((format!("{path}.second"), flat(v.clone())));
             }
             steps.insert(path.clone(), s.step);
         }
         (tensors, steps)
     }
 
-    /// Inverse of [`Self::export`]; `take` returns the 1-D data of a saved tensor.
+    /// Inverse of [`Self::export`]; `take` returns the 1-D data of a saved tensor, `sizes` is
+    /// [`parameter_sizes`] of the model the state is for (a state that does not fit it is an
+    /// error here, not a failed update later).
     pub fn import(
         &mut self,
         steps: &BTreeMap<String, u64>,
         mut take: impl FnMut(&str) -> Option<TensorData>,
+        sizes: &BTreeMap<String, usize>,
         device: &burn::tensor::Device,
     ) -> Result<(), StateError> {
         self.state.clear();
         for (path, &step) in steps {
-            // Saved flat, as the state is kept.
-            let load = |data: TensorData| Tensor::<1>::from_data(data, device);
+            let expected = *sizes.get(path).ok_or_else(|| StateError::Unknown(path.clone()))?;
+            // Saved flat; the first update gives it the parameter's shape.
+            let load = |name: String, data: TensorData| {
+                let found = data.num_elements();
+                if found != expected {
+                    return Err(StateError::WrongSize { path: name, expected, found });
+                }
+                Ok(Tensor::<1>::from_data(data, device).into_dispatch())
+            };
             let first = take(&format!("{path}.first")).ok_or_else(|| StateError::Missing(path.clone()))?;
+            let first = load(format!("{path}.first"), first)?;
             let second = match self.config.kind {
                 OptimizerKind::Adam => Some(load(
+                    format!("{path}.second"),
                     take(&format!("{path}.second")).ok_or_else(|| StateError::MissingSecondMoment(path.clone()))?,
-                )),
+                )?),
                 OptimizerKind::Sgd => None,
             };
-            self.state.insert(path.clone(), ParamState { step, first: load(first), second });
+            self.state.insert(path.clone(), ParamState { step, first, second });
         }
         Ok(())
     }
+}
+
+/// Each parameter's number of values, keyed by module path as the optimizer's state is.
+pub fn parameter_sizes<M: Module>(model: &M) -> BTreeMap<String, usize> {
+    struct Sizes {
+        path: Vec<String>,
+        sizes: BTreeMap<String, usize>,
+    }
+    impl ModuleVisitor for Sizes {
+        fn enter_module(&mut self, name: &str, _container_type: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.sizes.insert(self.path.join("."), param.shape().num_elements());
+        }
+    }
+    let mut visitor = Sizes { path: Vec::new(), sizes: BTreeMap::new() };
+    model.visit(&mut visitor);
+    visitor.sizes
 }
 
 struct Mapper<'a> {
@@ -217,12 +279,8 @@ impl ModuleMapper for Mapper<'_> {
             return Param::from_mapped_value(id, tensor, mapper);
         };
         let require_grad = tensor.is_require_grad();
-        let shape = tensor.shape();
-        let n = shape.num_elements();
-        let p = tensor.inner().reshape([n]);
-        let g = grad.reshape([n]);
         let path = self.path.join(".");
-        let updated = self.update(&path, p, g).reshape(shape);
+        let updated = self.update(&path, tensor.inner(), grad);
         let mut updated = Tensor::from_inner(updated);
         if require_grad {
             updated = updated.require_grad();
@@ -232,8 +290,9 @@ impl ModuleMapper for Mapper<'_> {
 }
 
 impl Mapper<'_> {
-    fn update(&mut self, path: &str, p: Tensor<1>, g: Tensor<1>) -> Tensor<1> {
+    fn update<const D: usize>(&mut self, path: &str, p: Tensor<D>, g: Tensor<D>) -> Tensor<D> {
         let s = &self.optim.config;
+        let shape = p.shape();
         let g = if s.weight_decay != 0.0 { g + p.clone().mul_scalar(s.weight_decay) } else { g };
         let prev = self.optim.state.remove(path);
         let step = prev.as_ref().map_or(0, |st| st.step) + 1;
@@ -241,18 +300,18 @@ impl Mapper<'_> {
             OptimizerKind::Sgd => {
                 // buf = momentum * buf + g (first step: buf = g); nesterov: g + momentum * buf.
                 let buf = match prev {
-                    Some(st) => st.first.mul_scalar(self.momentum) + g.clone(),
+                    Some(st) => shaped::<D>(st.first, &shape).mul_scalar(self.momentum) + g.clone(),
                     None => g.clone(),
                 };
                 let d = g + buf.clone().mul_scalar(self.momentum);
-                (p - d.mul_scalar(self.lr), ParamState { step, first: buf, second: None })
+                (p - d.mul_scalar(self.lr), ParamState { step, first: buf.into_dispatch(), second: None })
             }
             OptimizerKind::Adam => {
                 let (b1, b2) = (self.momentum, s.beta2);
                 let (m, v) = match prev {
                     Some(st) => (
-                        st.first.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1),
-                        st.second.expect("Adam state has a second moment").mul_scalar(b2)
+                        shaped::<D>(st.first, &shape).mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1),
+                        shaped::<D>(st.second.expect("Adam state has a second moment"), &shape).mul_scalar(b2)
                             + g.square().mul_scalar(1.0 - b2),
                     ),
                     None => (g.clone().mul_scalar(1.0 - b1), g.square().mul_scalar(1.0 - b2)),
@@ -261,7 +320,7 @@ impl Mapper<'_> {
                 let bc2 = 1.0 - b2.powi(step as i32);
                 let denom = v.clone().sqrt().div_scalar(bc2.sqrt()).add_scalar(s.eps);
                 let update = m.clone().div(denom).mul_scalar(self.lr / bc1);
-                (p - update, ParamState { step, first: m, second: Some(v) })
+                (p - update, ParamState { step, first: m.into_dispatch(), second: Some(v.into_dispatch()) })
             }
         };
         self.optim.state.insert(path.to_string(), state);
