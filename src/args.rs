@@ -170,6 +170,10 @@ pub(crate) struct TrainArgs {
     /// The recipe options given on the command line (filled by `main`; `--resume` refuses them).
     #[arg(skip)]
     pub(crate) given: Vec<&'static str>,
+    /// Whether `--precision` was given on the command line (filled by `main`): a resumed run
+    /// otherwise keeps the exact f32 it was started with.
+    #[arg(skip)]
+    pub(crate) precision_given: bool,
 }
 
 /// The options that make up a run's recipe: a resumed run keeps its checkpoint's.

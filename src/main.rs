@@ -21,14 +21,23 @@ fn given(matches: &ArgMatches) -> Vec<&'static str> {
     RECIPE_OPTIONS.into_iter().filter(|id| matches.value_source(id) == Some(ValueSource::CommandLine)).collect()
 }
 
+/// Whether `--precision` was typed on the command line.
+fn precision_given(matches: &ArgMatches) -> bool {
+    matches.value_source("precision") == Some(ValueSource::CommandLine)
+}
+
 fn main() {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
-        None => commands::train::train(args::TrainArgs { given: given(&matches), ..cli.train }),
+        None => commands::train::train(args::TrainArgs {
+            given: given(&matches),
+            precision_given: precision_given(&matches),
+            ..cli.train
+        }),
         Some(Command::Train(args)) => {
             let sub = matches.subcommand_matches("train").expect("the train subcommand's matches");
-            commands::train::train(args::TrainArgs { given: given(sub), ..args })
+            commands::train::train(args::TrainArgs { given: given(sub), precision_given: precision_given(sub), ..args })
         }
         Some(Command::LrFind(args)) => commands::lr_find::run(args).map(|_| ()),
         Some(Command::Eval(args)) => commands::eval::run(args),

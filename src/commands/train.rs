@@ -68,7 +68,18 @@ pub(crate) fn train(args: TrainArgs) -> Result<(), Error> {
         }
     };
 
-    let (device, device_info) = backend::select(args.common.backend, args.common.precision, args.common.gpu_conv)?;
+    // A run started in exact f32 goes on in f32 unless told otherwise: `auto` would pick bf16
+    // on an AMX CPU and silently change the arithmetic halfway (the device is otherwise this
+    // machine's, as each part of a run records).
+    let mut precision = args.common.precision;
+    if let Some(dir) = &args.resume
+        && !args.precision_given
+        && recorded_precision(dir).as_deref() == Some("f32")
+    {
+        precision = backend::Precision::F32;
+        println!("precision: f32, as {} was started (--precision changes it)", dir.display());
+    }
+    let (device, device_info) = backend::select(args.common.backend, precision, args.common.gpu_conv)?;
     println!("device: {device_info}");
     // A tensor above the GPU's buffer limits would lose the device mid-run: refused first.
     let fits = |config: &TrainingConfig| device_info.limits.map_or(Ok(()), |l| limits::check(config, &l));
@@ -365,4 +376,11 @@ fn write_final_outputs(
         None => println!("final test accuracy {:.2}% — results in {}", 100.0 * plain.accuracy, dir.display()),
     }
     Ok(())
+}
+
+/// The precision a run recorded in its `config.json` (the last part's), if it can be read.
+fn recorded_precision(run_dir: &Path) -> Option<String> {
+    let text = fs::read_to_string(run_dir.join("config.json")).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    config["device"]["precision"].as_str().map(str::to_string)
 }

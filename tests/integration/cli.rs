@@ -359,7 +359,8 @@ fn the_best_recipe_is_one_flag_and_each_part_its_own() {
 fn stop_and_resume_through_the_cli() {
     let Some(_) = real_data("stop_and_resume_through_the_cli") else { return };
     let runs = scratch("resume");
-    let out = tiny_train(&runs, "r", &["--stop-after", "3"]);
+    // Started in exact f32, which a resume keeps (on a CPU with AMX `auto` would be bf16).
+    let out = tiny_train(&runs, "r", &["--stop-after", "3", "--precision", "f32"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("stopped at step 3"), "{}", text(&out));
     let dir = runs.join("r");
@@ -368,6 +369,10 @@ fn stop_and_resume_through_the_cli() {
     let out = resume(&dir, 256);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("resuming") && dir.join("model.safetensors").is_file(), "{}", text(&out));
+    assert!(text(&out).contains("precision: f32, as"), "{}", text(&out));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["device"]["precision"], "f32", "{config}");
     let _ = std::fs::remove_dir_all(&runs);
 }
 
