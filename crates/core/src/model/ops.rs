@@ -106,9 +106,10 @@ pub fn bn_relu_dropout(bn: &BatchNorm, relu: &Relu, dropout: &Dropout, x: Tensor
     dropout.forward(relu.forward(bn.forward(x)))
 }
 
-/// Training on a CubeCL GPU: the three as one op with a closed-form backward (`gpu_bn.rs`),
-/// on `[1, c, 1, 1]` columns of the parameters and statistics, the statistics taken from the detached input (the op's backward differentiates through
-/// them), the running ones updated as `BatchNorm::forward` does.
+/// Training on a CubeCL GPU: the three as one op with a closed-form backward (`gpu_bn.rs`), on
+/// `[1, c, 1, 1]` columns of the parameters and statistics, the statistics taken from the
+/// detached input (the op's backward differentiates through them), the running ones updated as
+/// `BatchNorm::forward` does.
 fn fused_on_gpu(bn: &BatchNorm, drop: f64, x: Tensor<4>) -> Tensor<4> {
     let dims = x.dims();
     let column = [1, dims[1], 1, 1];
