@@ -38,8 +38,7 @@ pub fn f32_of(b: u16) -> f32 {
 const TILE_K: usize = 32;
 /// Rows of a left tile, columns of a right tile.
 const TILE: usize = 16;
-/// k steps (of 32) per chunk of a product's whole blocks (8, 16 and unchunked timed on one
-/// thread at this network's shapes: 16 was fastest, within this machine's noise).
+/// k steps (of 32) per chunk of a product's whole blocks (see `imp::product`).
 const K_CHUNK_STEPS: usize = 16;
 
 /// A left operand (`m × k`) in bf16, row-major, rows padded to a multiple of 32 and each row
@@ -48,6 +47,9 @@ const K_CHUNK_STEPS: usize = 16;
 #[derive(Default)]
 pub struct Left {
     data: Vec<u16>,
+    /// Where the packed rows start in `data`: its first 64-byte boundary, so that every tile
+    /// row is one cache line.
+    start: usize,
     rows: usize,
     cols: usize,
     row_len: usize,
@@ -60,19 +62,30 @@ impl Left {
         self.rows = m;
         self.cols = k;
         self.row_len = k.next_multiple_of(TILE_K) + TILE_K;
-        pack_left(a, rs, m, k, self.row_len, &mut self.data);
+        let len = m.next_multiple_of(2 * TILE) * self.row_len;
+        self.start = aligned(&mut self.data, len);
+        pack_left(a, rs, m, k, self.row_len, &mut self.data[self.start..][..len]);
     }
 }
 
+/// Grows `data` to hold `len` elements from its first 64-byte boundary, and returns where that
+/// is. The system allocator aligns large blocks to 16 bytes only, and a tile row (64 bytes)
+/// straddling two cache lines made every tile load touch 32 lines instead of 16.
+fn aligned<T: Copy + Default>(data: &mut Vec<T>, len: usize) -> usize {
+    let slack = 64 / std::mem::size_of::<T>();
+    // Every element the products read is written by the packing.
+    data.resize(len + slack, T::default());
+    let start = data.as_ptr().align_offset(64);
+    assert!(start < slack, "amx: cannot align a packed operand");
+    start
+}
+
 crate::simd::simd_fn!(
-    fn pack_left(a: &[f32], rs: usize, m: usize, k: usize, row_len: usize, out: &mut Vec<u16>) => pack_left_body
+    fn pack_left(a: &[f32], rs: usize, m: usize, k: usize, row_len: usize, out: &mut [u16]) => pack_left_body
 );
 
 #[inline(always)]
-fn pack_left_body(a: &[f32], rs: usize, m: usize, k: usize, row_len: usize, out: &mut Vec<u16>) {
-    let rows = m.next_multiple_of(2 * TILE);
-    // Every element is written below.
-    out.resize(rows * row_len, 0);
+fn pack_left_body(a: &[f32], rs: usize, m: usize, k: usize, row_len: usize, out: &mut [u16]) {
     for (r, dst) in out.chunks_exact_mut(row_len).enumerate() {
         if r < m {
             let src = &a[r * rs..][..k];
@@ -92,6 +105,8 @@ fn pack_left_body(a: &[f32], rs: usize, m: usize, k: usize, row_len: usize, out:
 #[derive(Default)]
 pub struct Right {
     data: Vec<u32>,
+    /// As [`Left::start`].
+    start: usize,
     rows: usize,
     cols: usize,
     row_len: usize,
@@ -104,19 +119,18 @@ impl Right {
         self.rows = k;
         self.cols = n;
         self.row_len = n.next_multiple_of(2 * TILE) + 2 * TILE;
-        pack_right(b, rs, k, n, self.row_len, &mut self.data);
+        let pairs = k.div_ceil(2).next_multiple_of(TILE) + TILE;
+        self.start = aligned(&mut self.data, pairs * self.row_len);
+        pack_right(b, rs, k, n, self.row_len, &mut self.data[self.start..][..pairs * self.row_len]);
     }
 }
 
 crate::simd::simd_fn!(
-    fn pack_right(b: &[f32], rs: usize, k: usize, n: usize, row_len: usize, out: &mut Vec<u32>) => pack_right_body
+    fn pack_right(b: &[f32], rs: usize, k: usize, n: usize, row_len: usize, out: &mut [u32]) => pack_right_body
 );
 
 #[inline(always)]
-fn pack_right_body(b: &[f32], rs: usize, k: usize, n: usize, row_len: usize, out: &mut Vec<u32>) {
-    let pairs = k.div_ceil(2).next_multiple_of(TILE) + TILE;
-    // Every element is written below.
-    out.resize(pairs * row_len, 0);
+fn pack_right_body(b: &[f32], rs: usize, k: usize, n: usize, row_len: usize, out: &mut [u32]) {
     for (p, dst) in out.chunks_exact_mut(row_len).enumerate() {
         if 2 * p + 1 < k {
             let (even, odd) = (&b[2 * p * rs..][..n], &b[(2 * p + 1) * rs..][..n]);
@@ -249,24 +263,31 @@ mod imp {
         // of 32) and hold `k0 + full · 32 ≤ cols < row_len` columns; pair rows
         // `k1 / 2 + ⌈k / 32⌉ · 16 ≤ ⌈rows / 2⌉ + 15` and columns `n0 + np ≤ cols + 31` of
         // `right` exist (its padding; `product` asserted `k1 + k ≤ rows`, `n0 + n ≤ cols`).
-        let lp = left.data.as_ptr().wrapping_add(k0);
-        let rp = right.data.as_ptr().wrapping_add(k1 / 2 * right.row_len + n0);
+        let lp = left.data[left.start..].as_ptr().wrapping_add(k0);
+        let rp = right.data[right.start..].as_ptr().wrapping_add(k1 / 2 * right.row_len + n0);
         let (ls, rs) = (left.row_len * 2, right.row_len * 4);
         let left_tile = |rb: usize, j: usize| lp.wrapping_add(rb * TILE * left.row_len + j * TILE_K);
         let right_tile = |cb: usize, j: usize| rp.wrapping_add(j * TILE * right.row_len + cb * TILE);
         // The last, partial k block: the left's columns past `k0 + k` may hold data (another
         // product's) where the right's rows hold data too, so they are copied out with zeros
         // after them (a zero there makes the product's extra terms zero).
-        let tail: Vec<u16> = if rest == 0 {
-            Vec::new()
+        let mut tail_data = Vec::new();
+        let tail = if rest == 0 {
+            &[][..]
         } else {
-            let mut t = vec![0u16; mp * TILE_K];
+            let start = super::aligned(&mut tail_data, mp * TILE_K);
+            let t = &mut tail_data[start..][..mp * TILE_K];
             for (r, row) in t.chunks_exact_mut(TILE_K).enumerate() {
-                row[..rest].copy_from_slice(&left.data[r * left.row_len + k0 + full * TILE_K..][..rest]);
+                row[..rest].copy_from_slice(&left.data[left.start + r * left.row_len + k0 + full * TILE_K..][..rest]);
+                row[rest..].fill(0);
             }
             t
         };
-        let mut block = [0.0f32; 4 * TILE * TILE];
+        // Aligned like the packed operands, so its tile rows are whole cache lines.
+        #[repr(C, align(64))]
+        struct Block([f32; 4 * TILE * TILE]);
+        let mut block = Block([0.0; 4 * TILE * TILE]);
+        let block = &mut block.0;
         let dp = dst.as_mut_ptr();
         let steps = full + (rest > 0) as usize;
         // Block (rb, cb) over k steps `js`; `first`: the first steps of this block.
@@ -355,15 +376,16 @@ mod imp {
         };
         // SAFETY: configures this thread's tiles for the loop below (a thread's own state).
         unsafe { asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly)) };
-        // Whole blocks k chunk by k chunk, so that a chunk of the right operand's column pair
-        // (32 KiB) can stay in L1 while the left one streams past: without chunks, tile loads
-        // were half of the products' samples (`perf annotate`). Whether chunking helps could
-        // not be separated from this machine's noise (README, "bf16 on AMX").
+        // Whole blocks k chunk by k chunk, a row pair's chunk of the left operand (32 KiB)
+        // kept in L1 while the right one streams past it. Timed with `amx_product` on one
+        // thread (README, "bf16 on AMX"): row pairs outside made the 512-row products 1.3×
+        // faster than column pairs outside; chunks of 16 steps were as fast as 32 and faster
+        // than 8 or none.
         let (whole_rows, whole_cols) = (m / (2 * TILE) * 2, n / (2 * TILE) * 2);
         for chunk in (0..steps).step_by(K_CHUNK_STEPS) {
             let js = chunk..(chunk + K_CHUNK_STEPS).min(steps);
-            for cb in (0..whole_cols).step_by(2) {
-                for rb in (0..whole_rows).step_by(2) {
+            for rb in (0..whole_rows).step_by(2) {
+                for cb in (0..whole_cols).step_by(2) {
                     one(rb, cb, js.clone(), chunk == 0);
                 }
             }

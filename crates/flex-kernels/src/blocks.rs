@@ -27,6 +27,16 @@ pub fn resize_for_overwrite(v: &mut Vec<f32>, len: usize) {
     }
 }
 
+/// `len` floats of `v` from its first 64-byte boundary (`v` grown as needed, keeping what it
+/// holds). The system allocator aligns large blocks to 16 bytes only; an AMX tile row (64
+/// bytes) that straddles two cache lines costs the tile unit 15–20 % (`amx_product`).
+pub fn aligned_for_overwrite(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    const SLACK: usize = 64 / std::mem::size_of::<f32>();
+    resize_for_overwrite(v, len + SLACK);
+    let start = v.as_ptr().align_offset(64).min(SLACK);
+    &mut v[start..][..len]
+}
+
 thread_local! {
     static SCRATCH: std::cell::RefCell<[Vec<f32>; 3]> = const { std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()]) };
 }
@@ -58,8 +68,8 @@ pub fn par_images(
 }
 
 /// `len` floats summed over the blocks of `n` images: `f(b0, k, acc, scratch)` adds the
-/// contribution of images `b0..b0 + k` into `acc`. Each thread sums its own blocks, then the
-/// partial sums are added.
+/// contribution of images `b0..b0 + k` into `acc` (64-byte aligned, for the tile unit). Each
+/// thread sums its own blocks, then the partial sums are added.
 pub fn sum_over_blocks(
     n: usize,
     per_block: usize,
@@ -67,20 +77,26 @@ pub fn sum_over_blocks(
     f: impl Fn(usize, usize, &mut [f32], &mut [Vec<f32>; 3]) + Sync + Send,
 ) -> Vec<f32> {
     let blocks: Vec<usize> = (0..n).step_by(per_block.max(1)).collect();
-    blocks
+    // A sum with the offset of its first 64-byte boundary.
+    let zeros = || {
+        let mut v = vec![0.0f32; len + 16];
+        let start = v.as_ptr().align_offset(64).min(16);
+        v.truncate(start + len);
+        (v, start)
+    };
+    let (mut sum, start) = blocks
         .into_par_iter()
-        .fold(
-            || vec![0.0f32; len],
-            |mut acc, b0| {
-                with_scratch(|s| f(b0, per_block.min(n - b0), &mut acc, s));
-                acc
-            },
-        )
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
+        .fold(zeros, |(mut acc, start), b0| {
+            with_scratch(|s| f(b0, per_block.min(n - b0), &mut acc[start..], s));
+            (acc, start)
         })
-        .unwrap_or_else(|| vec![0.0; len])
+        .reduce_with(|(mut a, sa), (b, sb)| {
+            a[sa..].iter_mut().zip(&b[sb..]).for_each(|(x, y)| *x += y);
+            (a, sa)
+        })
+        .unwrap_or_else(zeros);
+    sum.drain(..start);
+    sum
 }
 
 /// `dst (m × n) = [dst +] a (m × k) · b (k × n)`, all given by (row stride, column stride); in

@@ -23,7 +23,9 @@
 //! there the GEMMs are cheap and the copies are what costs.
 
 use crate::Precision;
-use crate::blocks::{Dims, capped_for_threads, gemm, par_images, resize_for_overwrite, sum_over_blocks, tuning};
+use crate::blocks::{
+    Dims, aligned_for_overwrite, capped_for_threads, gemm, par_images, resize_for_overwrite, sum_over_blocks, tuning,
+};
 use crate::{amx, winograd};
 
 /// A block's shifted input is about this many floats (1 MiB: half of this CPU's L2), so the
@@ -239,26 +241,41 @@ pub fn forward_with(p: Precision, plan: Plan, x: &[f32], wt: &[f32], dims: Dims,
         let k = dst.len() / (o * hw);
         shift_block(plan, x, dims, b0, k, s);
         let (stride, cols) = (stride(plan, k, h, w), columns(plan, k, h, w));
-        // The first GEMM overwrites it.
-        resize_for_overwrite(acc, o * cols);
+        // Rows padded to 16 floats and 64-byte aligned, so the tile unit stores whole cache
+        // lines. The first GEMM overwrites it.
+        let acc_rs = cols.next_multiple_of(16);
+        let acc = aligned_for_overwrite(acc, o * acc_rs);
         if let Some(lefts) = &packed {
-            // The shifted input packed once; each kernel row's GEMM starts at its own column.
             amx::with_scratch(|_, right| {
-                right.pack(s, stride, kc, stride);
+                // The shifted input packed once, each kernel row's GEMM starting at its own
+                // column, where those columns start on cache lines (maps 16 and 32 wide);
+                // else packed per GEMM from its first column: a tile row straddling two
+                // cache lines slows the tile unit by 15–20 % (`amx_product`).
+                let shared = (0..plan.gemms()).all(|g| offset(plan, g, w) % 16 == 0);
+                if shared {
+                    right.pack(s, stride, kc, stride);
+                }
                 for (g, left) in lefts.iter().enumerate() {
-                    amx::product(left, 0, right, [0, offset(plan, g, w)], [o, cols, kc], acc, cols, g > 0);
+                    let off = offset(plan, g, w);
+                    let n0 = if shared {
+                        off
+                    } else {
+                        right.pack(&s[off..], stride, kc, cols);
+                        0
+                    };
+                    amx::product(left, 0, right, [0, n0], [o, cols, kc], acc, acc_rs, g > 0);
                 }
             });
         } else {
             for g in 0..plan.gemms() {
                 let a = &weights[g * o * kc..][..o * kc];
-                gemm(p, [o, cols, kc], acc, [cols, 1], g > 0, a, [kc, 1], &s[offset(plan, g, w)..], [stride, 1]);
+                gemm(p, [o, cols, kc], acc, [acc_rs, 1], g > 0, a, [kc, 1], &s[offset(plan, g, w)..], [stride, 1]);
             }
         }
         for i in 0..k {
             for oc in 0..o {
                 dst[(i * o + oc) * hw..][..hw]
-                    .copy_from_slice(&acc[oc * cols + i * (h + plan.separator()) * w..][..hw]);
+                    .copy_from_slice(&acc[oc * acc_rs + i * (h + plan.separator()) * w..][..hw]);
             }
         }
     })
@@ -308,18 +325,29 @@ pub fn weight_grad_with(p: Precision, plan: Plan, x: &[f32], dy: &[f32], dims: D
     assert_eq!(x.len(), n * c * hw, "conv3x3 weight grad: input has the wrong size");
     assert_eq!(dy.len(), n * o * hw, "conv3x3 weight grad: output gradient has the wrong size");
     let kc = plan.taps() * c;
+    // bf16: the output gradient goes in with `lead` zero rows before and after it, so that
+    // each kernel row's GEMM can start at its own row of it (an even row of the pair layout)
+    // rather than at its own column of the shifted input, which starts on a cache line only
+    // on maps 32 wide (see `forward_with`). The GEMMs then run over `lead` more columns.
+    let last = offset(plan, plan.gemms() - 1, w);
+    let shifts_rows = p == Precision::Bf16 && (0..plan.gemms()).all(|g| (last - offset(plan, g, w)) % 2 == 0);
+    let lead = if shifts_rows { last } else { 0 };
     let by_gemm = sum_over_blocks(n, images_per_block(plan, dims), plan.gemms() * kc * o, |b0, k, dw, [s, gt, _]| {
         shift_block(plan, x, dims, b0, k, s);
         let (stride, cols) = (stride(plan, k, h, w), columns(plan, k, h, w));
-        transposed_block(plan, dy, [n, o, h, w], b0, k, gt);
+        resize_for_overwrite(gt, (cols + 2 * lead) * o);
+        gt[..lead * o].fill(0.0);
+        gt[(lead + cols) * o..].fill(0.0);
+        transposed_block(plan, dy, [n, o, h, w], b0, k, &mut gt[lead * o..][..cols * o]);
         if p == Precision::Bf16 {
-            // Both packed once; each kernel row's GEMM starts at its own column of the input.
+            // Both packed once.
             amx::with_scratch(|left, right| {
                 left.pack(s, stride, kc, stride);
-                right.pack(gt, o, cols, o);
+                right.pack(gt, o, cols + 2 * lead, o);
                 for gi in 0..plan.gemms() {
                     let d = &mut dw[gi * kc * o..][..kc * o];
-                    amx::product(left, offset(plan, gi, w), right, [0, 0], [kc, o, cols], d, o, true);
+                    let (k0, k1) = if shifts_rows { (0, last - offset(plan, gi, w)) } else { (offset(plan, gi, w), 0) };
+                    amx::product(left, k0, right, [k1, 0], [kc, o, cols + lead], d, o, true);
                 }
             });
             return;
@@ -346,10 +374,10 @@ pub fn weight_grad_with(p: Precision, plan: Plan, x: &[f32], dy: &[f32], dims: D
 
 /// Images `b0..b0 + k` of `dy [n, o, h, w]` as a `columns(plan, k, h, w) × o` matrix
 /// (pixel-major, in the output's column layout: zero on the separator rows) into `gt`.
-fn transposed_block(plan: Plan, dy: &[f32], [_, o, h, w]: Dims, b0: usize, k: usize, gt: &mut Vec<f32>) {
+fn transposed_block(plan: Plan, dy: &[f32], [_, o, h, w]: Dims, b0: usize, k: usize, gt: &mut [f32]) {
     let hw = h * w;
     let sep = plan.separator();
-    resize_for_overwrite(gt, columns(plan, k, h, w) * o);
+    assert_eq!(gt.len(), columns(plan, k, h, w) * o, "conv3x3 weight grad: wrong block size");
     // Eight channels at a time: eight reads streams and one 8-float run per pixel written.
     const LANES: usize = 8;
     for i in 0..k {
