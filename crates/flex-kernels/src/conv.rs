@@ -94,11 +94,12 @@ impl Plan {
 /// Maps smaller than this take `Plan::Taps`, where a separator row would waste 1/h.
 const TAPS_BELOW_PIXELS: usize = 256;
 
-/// Images per block, so that blocks are about `BLOCK_FLOATS` large and there are enough of
-/// them for every thread.
-fn images_per_block(plan: Plan, [n, c, h, w]: Dims) -> usize {
+/// Images per block, so that a block's shifted input and output (`o` rows) are about
+/// `BLOCK_FLOATS` large and there are enough blocks for every thread. (Counting the input
+/// alone, the first layer's blocks held 27 images and a 7.5 MB output.)
+fn images_per_block(plan: Plan, [n, c, h, w]: Dims, o: usize) -> usize {
     let floats = tuning().block_floats.unwrap_or(BLOCK_FLOATS);
-    let columns = (floats / (plan.taps() * c)).max(MIN_BLOCK_COLUMNS);
+    let columns = (floats / (plan.taps() * c + o)).max(MIN_BLOCK_COLUMNS);
     capped_for_threads(columns / ((h + plan.separator()) * w), n)
 }
 
@@ -206,10 +207,21 @@ fn weights_for(plan: Plan, wt: &[f32], o: usize, c: usize) -> Vec<f32> {
 /// The forward convolution: `x [n, c, h, w]`, `wt [o, c, 3, 3]` → `[n, o, h, w]`. Winograd
 /// where there are enough channels for its transforms to pay, else the GEMMs of a [`Plan`].
 pub fn forward(p: Precision, x: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec<f32> {
+    let p = precision_for(p, dims[1], o);
     if use_winograd(p, dims, o) {
         return winograd::forward(p, x, wt, dims, o);
     }
     forward_with(p, Plan::for_map(p, dims[2], dims[3]), x, wt, dims, o)
+}
+
+/// f32 for a layer with fewer than this many input or output channels (the first layer's 3),
+/// whose GEMMs would be mostly the tile unit's padding (K = 9 of 32). `PROFILE_CONV=1
+/// profile_ops flex 1.0 512 bf16`, one run each: the 3→64 layer's weight gradient 45.0 ms in
+/// bf16, 30.7 in f32; its forward 82.8 and 78.1, bound by writing its output.
+const BF16_MIN_CHANNELS: usize = 16;
+
+fn precision_for(p: Precision, c: usize, o: usize) -> Precision {
+    if c.min(o) < BF16_MIN_CHANNELS { Precision::F32 } else { p }
 }
 
 /// Channels (input and output) from which Winograd beats the GEMMs, measured per layer with
@@ -237,7 +249,7 @@ pub fn forward_with(p: Precision, plan: Plan, x: &[f32], wt: &[f32], dims: Dims,
     let weights = weights_for(plan, wt, o, c);
     // bf16: the weights packed once for all blocks.
     let packed = packed_lefts(p, &weights, plan.gemms(), o, kc);
-    par_images(n, o * hw, images_per_block(plan, dims), |b0, dst, [s, acc, _]| {
+    par_images(n, o * hw, images_per_block(plan, dims, o), |b0, dst, [s, acc, _]| {
         let k = dst.len() / (o * hw);
         shift_block(plan, x, dims, b0, k, s);
         let (stride, cols) = (stride(plan, k, h, w), columns(plan, k, h, w));
@@ -251,7 +263,7 @@ pub fn forward_with(p: Precision, plan: Plan, x: &[f32], wt: &[f32], dims: Dims,
                 // column, where those columns start on cache lines (maps 16 and 32 wide);
                 // else packed per GEMM from its first column: a tile row straddling two
                 // cache lines slows the tile unit by 15–20 % (`amx_product`).
-                let shared = (0..plan.gemms()).all(|g| offset(plan, g, w) % 16 == 0);
+                let shared = (0..plan.gemms()).all(|g| offset(plan, g, w).is_multiple_of(16));
                 if shared {
                     right.pack(s, stride, kc, stride);
                 }
@@ -313,6 +325,7 @@ fn flipped(wt: &[f32], o: usize, c: usize) -> Vec<f32> {
 /// GFLOP/s on one thread at this network's shapes against 105–113). Each thread sums its own
 /// blocks, then the partial sums are added.
 pub fn weight_grad(p: Precision, x: &[f32], dy: &[f32], dims: Dims, o: usize) -> Vec<f32> {
+    let p = precision_for(p, dims[1], o);
     if use_winograd(p, dims, o) {
         return winograd::weight_grad(p, x, dy, dims, o);
     }
@@ -330,33 +343,35 @@ pub fn weight_grad_with(p: Precision, plan: Plan, x: &[f32], dy: &[f32], dims: D
     // rather than at its own column of the shifted input, which starts on a cache line only
     // on maps 32 wide (see `forward_with`). The GEMMs then run over `lead` more columns.
     let last = offset(plan, plan.gemms() - 1, w);
-    let shifts_rows = p == Precision::Bf16 && (0..plan.gemms()).all(|g| (last - offset(plan, g, w)) % 2 == 0);
+    let shifts_rows = p == Precision::Bf16 && (0..plan.gemms()).all(|g| (last - offset(plan, g, w)).is_multiple_of(2));
     let lead = if shifts_rows { last } else { 0 };
-    let by_gemm = sum_over_blocks(n, images_per_block(plan, dims), plan.gemms() * kc * o, |b0, k, dw, [s, gt, _]| {
-        shift_block(plan, x, dims, b0, k, s);
-        let (stride, cols) = (stride(plan, k, h, w), columns(plan, k, h, w));
-        resize_for_overwrite(gt, (cols + 2 * lead) * o);
-        gt[..lead * o].fill(0.0);
-        gt[(lead + cols) * o..].fill(0.0);
-        transposed_block(plan, dy, [n, o, h, w], b0, k, &mut gt[lead * o..][..cols * o]);
-        if p == Precision::Bf16 {
-            // Both packed once.
-            amx::with_scratch(|left, right| {
-                left.pack(s, stride, kc, stride);
-                right.pack(gt, o, cols + 2 * lead, o);
-                for gi in 0..plan.gemms() {
-                    let d = &mut dw[gi * kc * o..][..kc * o];
-                    let (k0, k1) = if shifts_rows { (0, last - offset(plan, gi, w)) } else { (offset(plan, gi, w), 0) };
-                    amx::product(left, k0, right, [k1, 0], [kc, o, cols + lead], d, o, true);
-                }
-            });
-            return;
-        }
-        for gi in 0..plan.gemms() {
-            let d = &mut dw[gi * kc * o..][..kc * o];
-            gemm(p, [kc, o, cols], d, [o, 1], true, &s[offset(plan, gi, w)..], [stride, 1], gt, [o, 1]);
-        }
-    });
+    let by_gemm =
+        sum_over_blocks(n, images_per_block(plan, dims, o), plan.gemms() * kc * o, |b0, k, dw, [s, gt, _]| {
+            shift_block(plan, x, dims, b0, k, s);
+            let (stride, cols) = (stride(plan, k, h, w), columns(plan, k, h, w));
+            resize_for_overwrite(gt, (cols + 2 * lead) * o);
+            gt[..lead * o].fill(0.0);
+            gt[(lead + cols) * o..].fill(0.0);
+            transposed_block(plan, dy, [n, o, h, w], b0, k, &mut gt[lead * o..][..cols * o]);
+            if p == Precision::Bf16 {
+                // Both packed once.
+                amx::with_scratch(|left, right| {
+                    left.pack(s, stride, kc, stride);
+                    right.pack(gt, o, cols + 2 * lead, o);
+                    for gi in 0..plan.gemms() {
+                        let d = &mut dw[gi * kc * o..][..kc * o];
+                        let (k0, k1) =
+                            if shifts_rows { (0, last - offset(plan, gi, w)) } else { (offset(plan, gi, w), 0) };
+                        amx::product(left, k0, right, [k1, 0], [kc, o, cols + lead], d, o, true);
+                    }
+                });
+                return;
+            }
+            for gi in 0..plan.gemms() {
+                let d = &mut dw[gi * kc * o..][..kc * o];
+                gemm(p, [kc, o, cols], d, [o, 1], true, &s[offset(plan, gi, w)..], [stride, 1], gt, [o, 1]);
+            }
+        });
     let mut out = vec![0.0f32; o * c * 9];
     for gi in 0..plan.gemms() {
         for t in 0..plan.taps() {
