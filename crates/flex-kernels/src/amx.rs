@@ -59,12 +59,28 @@ impl Left {
     /// Packs `a` (`m × k`, row stride `rs`), reusing this buffer.
     pub fn pack(&mut self, a: &[f32], rs: usize, m: usize, k: usize) {
         assert!(m == 0 || k == 0 || a.len() >= (m - 1) * rs + k, "amx: left operand too small");
+        self.pack_with(m, k, |rows, row_len| pack_left(a, rs, k, row_len, rows));
+    }
+
+    /// Shapes this buffer for an `m × k` operand whose rows the caller converts itself:
+    /// `fill(rows, row_len)` writes the first `k` values of each of the `m` rows (`row_len`
+    /// apart); the padding is zeroed here.
+    pub fn pack_with(&mut self, m: usize, k: usize, fill: impl FnOnce(&mut [u16], usize)) {
         self.rows = m;
         self.cols = k;
         self.row_len = k.next_multiple_of(TILE_K) + TILE_K;
         let len = m.next_multiple_of(2 * TILE) * self.row_len;
         self.start = aligned(&mut self.data, len);
-        pack_left(a, rs, m, k, self.row_len, &mut self.data[self.start..][..len]);
+        let (used, padding) = self.data[self.start..][..len].split_at_mut(m * self.row_len);
+        fill(used, self.row_len);
+        used.chunks_exact_mut(self.row_len).for_each(|row| row[k..].fill(0));
+        padding.fill(0);
+    }
+
+    /// The packed rows, padding included.
+    #[cfg(test)]
+    pub(crate) fn packed(&self) -> &[u16] {
+        &self.data[self.start..][..self.rows.next_multiple_of(2 * TILE) * self.row_len]
     }
 }
 
@@ -81,20 +97,17 @@ fn aligned<T: Copy + Default>(data: &mut Vec<T>, len: usize) -> usize {
 }
 
 crate::simd::simd_fn!(
-    fn pack_left(a: &[f32], rs: usize, m: usize, k: usize, row_len: usize, out: &mut [u16]) => pack_left_body
+    fn pack_left(a: &[f32], rs: usize, k: usize, row_len: usize, out: &mut [u16]) => pack_left_body
 );
 
 #[inline(always)]
-fn pack_left_body(a: &[f32], rs: usize, m: usize, k: usize, row_len: usize, out: &mut [u16]) {
+fn pack_left_body(a: &[f32], rs: usize, k: usize, row_len: usize, out: &mut [u16]) {
+    if k == 0 {
+        return;
+    }
     for (r, dst) in out.chunks_exact_mut(row_len).enumerate() {
-        if r < m {
-            let src = &a[r * rs..][..k];
-            for (d, s) in dst[..k].iter_mut().zip(src) {
-                *d = bf16(*s);
-            }
-            dst[k..].fill(0);
-        } else {
-            dst.fill(0);
+        for (d, s) in dst[..k].iter_mut().zip(&a[r * rs..][..k]) {
+            *d = bf16(*s);
         }
     }
 }
@@ -116,12 +129,29 @@ impl Right {
     /// Packs `b` (`k × n`, row stride `rs`), reusing this buffer.
     pub fn pack(&mut self, b: &[f32], rs: usize, k: usize, n: usize) {
         assert!(k == 0 || n == 0 || b.len() >= (k - 1) * rs + n, "amx: right operand too small");
+        self.pack_with(k, n, |rows, row_len| pack_right(b, rs, k, n, row_len, rows));
+    }
+
+    /// Shapes this buffer for a `k × n` operand whose pair rows the caller converts itself:
+    /// `fill(rows, row_len)` writes the first `n` values of each of the `⌈k / 2⌉` pair rows
+    /// (`row_len` apart; for an odd `k` the last one's odd halves zero); the padding is zeroed
+    /// here.
+    pub fn pack_with(&mut self, k: usize, n: usize, fill: impl FnOnce(&mut [u32], usize)) {
         self.rows = k;
         self.cols = n;
         self.row_len = n.next_multiple_of(2 * TILE) + 2 * TILE;
-        let pairs = k.div_ceil(2).next_multiple_of(TILE) + TILE;
-        self.start = aligned(&mut self.data, pairs * self.row_len);
-        pack_right(b, rs, k, n, self.row_len, &mut self.data[self.start..][..pairs * self.row_len]);
+        let len = (k.div_ceil(2).next_multiple_of(TILE) + TILE) * self.row_len;
+        self.start = aligned(&mut self.data, len);
+        let (used, padding) = self.data[self.start..][..len].split_at_mut(k.div_ceil(2) * self.row_len);
+        fill(used, self.row_len);
+        used.chunks_exact_mut(self.row_len).for_each(|row| row[n..].fill(0));
+        padding.fill(0);
+    }
+
+    /// The packed pair rows, padding included.
+    #[cfg(test)]
+    pub(crate) fn packed(&self) -> &[u32] {
+        &self.data[self.start..][..(self.rows.div_ceil(2).next_multiple_of(TILE) + TILE) * self.row_len]
     }
 }
 
@@ -131,23 +161,27 @@ crate::simd::simd_fn!(
 
 #[inline(always)]
 fn pack_right_body(b: &[f32], rs: usize, k: usize, n: usize, row_len: usize, out: &mut [u32]) {
+    if n == 0 {
+        return;
+    }
     for (p, dst) in out.chunks_exact_mut(row_len).enumerate() {
+        let even = &b[2 * p * rs..][..n];
         if 2 * p + 1 < k {
-            let (even, odd) = (&b[2 * p * rs..][..n], &b[(2 * p + 1) * rs..][..n]);
-            for ((d, e), o) in dst[..n].iter_mut().zip(even).zip(odd) {
-                *d = (bf16(*o) as u32) << 16 | bf16(*e) as u32;
+            for ((d, e), o) in dst[..n].iter_mut().zip(even).zip(&b[(2 * p + 1) * rs..][..n]) {
+                *d = pair(*e, *o);
             }
-            dst[n..].fill(0);
-        } else if 2 * p < k {
-            let even = &b[2 * p * rs..][..n];
+        } else {
             for (d, e) in dst[..n].iter_mut().zip(even) {
                 *d = bf16(*e) as u32;
             }
-            dst[n..].fill(0);
-        } else {
-            dst.fill(0);
         }
     }
+}
+
+/// Two values as one element of the pair layout: `even` in the low half.
+#[inline(always)]
+pub fn pair(even: f32, odd: f32) -> u32 {
+    (bf16(odd) as u32) << 16 | bf16(even) as u32
 }
 
 /// `dst (m × n) = [dst +] left[0..m, k0..k0 + k] · right[k1..k1 + k, n0..n0 + n]` (`k1`

@@ -154,6 +154,116 @@ fn shifted_plane(src: &[f32], image: &mut [f32], w: usize, ky: usize, kx: usize)
     }
 }
 
+/// The `Plan::Rows` shifted input of images `b0..b0 + k`, its columns `col0..col0 + n`, converted
+/// straight into a packed bf16 operand (as `shift_block` then packing would give it, without the
+/// f32 copy in between: `memmove` and packing were 19 % of a bf16 step). `rows`, `row_len`
+/// apart, are the operand's packed rows; each holds `per_row` channels (1: a [`amx::Left`]
+/// row of bf16, 2: a [`amx::Right`] pair row), packed row `t·c/per_row + u` being kernel column
+/// `kx = t` of channels `u·per_row ..`; `convert(even, odd)` packs one column.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn shifted_operand_body<T: Copy + Default>(
+    x: &[f32],
+    [_, c, h, w]: Dims,
+    [b0, k]: [usize; 2],
+    [col0, n]: [usize; 2],
+    rows: &mut [T],
+    row_len: usize,
+    per_row: usize,
+    convert: impl Fn(f32, f32) -> T,
+) {
+    let (hw, units) = (h * w, c / per_row);
+    for u in 0..units {
+        for t in 0..3 {
+            let dst = &mut rows[(t * units + u) * row_len..][..n];
+            let mut written = 0;
+            for i in 0..k {
+                // Image `i`'s plane in the block's columns, clipped to `col0..col0 + n`; the
+                // columns between planes are the separator rows (zeros).
+                let start = (i * (h + 1) + 1) * w;
+                let (lo, hi) = (start.max(col0), (start + hw).min(col0 + n));
+                if lo >= hi {
+                    continue;
+                }
+                dst[written..lo - col0].fill(T::default());
+                let plane = ((b0 + i) * c + u * per_row) * hw;
+                let odd = plane + (per_row - 1) * hw;
+                let (e, o) = (&x[plane..][..hw], &x[odd..][..hw]);
+                shifted_part(e, o, w, t, [lo - start, hi - start], &mut dst[lo - col0..hi - col0], &convert);
+                written = hi - col0;
+            }
+            dst[written..].fill(T::default());
+        }
+    }
+}
+
+/// `d[p − a] = convert(e[q], o[q])` for plane positions `p` in `a..b`, `q = p + kx − 1`, and
+/// zero where that reads across the plane's left or right edge.
+#[inline(always)]
+fn shifted_part<T: Copy + Default>(
+    e: &[f32],
+    o: &[f32],
+    w: usize,
+    kx: usize,
+    [a, b]: [usize; 2],
+    d: &mut [T],
+    convert: &impl Fn(f32, f32) -> T,
+) {
+    // Positions whose source is inside the plane: `q = p + kx − 1 ∈ 0..hw`.
+    let hw = e.len();
+    let (pa, pb) = (a.max(1 - kx.min(1)), b.min(hw + 1 - kx));
+    if pa >= pb {
+        d.fill(T::default());
+        return;
+    }
+    d[..pa - a].fill(T::default());
+    d[pb - a..].fill(T::default());
+    let q = pa + kx - 1;
+    for ((v, ev), ov) in d[pa - a..pb - a].iter_mut().zip(&e[q..pb + kx - 1]).zip(&o[q..]) {
+        *v = convert(*ev, *ov);
+    }
+    // The column a shift exposes: x = 0 for kx = 0, x = w − 1 for kx = 2.
+    let edge = match kx {
+        0 => 0,
+        2 => w - 1,
+        _ => return,
+    };
+    let mut p = (a / w) * w + edge;
+    if p < a {
+        p += w;
+    }
+    while p < b {
+        d[p - a] = T::default();
+        p += w;
+    }
+}
+
+#[inline(always)]
+fn bf16_single(v: f32, _: f32) -> u16 {
+    amx::bf16(v)
+}
+
+crate::simd::simd_fn!(
+    /// [`shifted_operand_body`] for a [`amx::Left`] (one channel per row), images
+    /// `b0..b0 + k` and columns `col0..col0 + n` given as `[b0, k]` and `[col0, n]`.
+    fn shifted_left(x: &[f32], dims: Dims, images: [usize; 2], span: [usize; 2], rows: &mut [u16], row_len: usize) => shifted_left_body
+);
+
+#[inline(always)]
+fn shifted_left_body(x: &[f32], dims: Dims, images: [usize; 2], span: [usize; 2], rows: &mut [u16], row_len: usize) {
+    shifted_operand_body(x, dims, images, span, rows, row_len, 1, bf16_single)
+}
+
+crate::simd::simd_fn!(
+    /// As [`shifted_left`], for a [`amx::Right`] (two channels per pair row; `c` even).
+    fn shifted_right(x: &[f32], dims: Dims, images: [usize; 2], span: [usize; 2], rows: &mut [u32], row_len: usize) => shifted_right_body
+);
+
+#[inline(always)]
+fn shifted_right_body(x: &[f32], dims: Dims, images: [usize; 2], span: [usize; 2], rows: &mut [u32], row_len: usize) {
+    shifted_operand_body(x, dims, images, span, rows, row_len, 2, amx::pair)
+}
+
 /// Row length of a block's shifted input.
 fn stride(plan: Plan, k: usize, h: usize, w: usize) -> usize {
     let sep = plan.separator();
@@ -249,9 +359,13 @@ pub fn forward_with(p: Precision, plan: Plan, x: &[f32], wt: &[f32], dims: Dims,
     let weights = weights_for(plan, wt, o, c);
     // bf16: the weights packed once for all blocks.
     let packed = packed_lefts(p, &weights, plan.gemms(), o, kc);
+    // bf16 on `Rows` with pairs of channels: the packed operand is built from `x` directly.
+    let direct = packed.is_some() && plan == Plan::Rows && c.is_multiple_of(2);
     par_images(n, o * hw, images_per_block(plan, dims, o), |b0, dst, [s, acc, _]| {
         let k = dst.len() / (o * hw);
-        shift_block(plan, x, dims, b0, k, s);
+        if !direct {
+            shift_block(plan, x, dims, b0, k, s);
+        }
         let (stride, cols) = (stride(plan, k, h, w), columns(plan, k, h, w));
         // Rows padded to 16 floats and 64-byte aligned, so the tile unit stores whole cache
         // lines. The first GEMM overwrites it.
@@ -264,15 +378,22 @@ pub fn forward_with(p: Precision, plan: Plan, x: &[f32], wt: &[f32], dims: Dims,
                 // else packed per GEMM from its first column: a tile row straddling two
                 // cache lines slows the tile unit by 15–20 % (`amx_product`).
                 let shared = (0..plan.gemms()).all(|g| offset(plan, g, w).is_multiple_of(16));
+                let pack = |right: &mut amx::Right, off: usize, n: usize| {
+                    if direct {
+                        right.pack_with(kc, n, |rows, rl| shifted_right(x, dims, [b0, k], [off, n], rows, rl));
+                    } else {
+                        right.pack(&s[off..], stride, kc, n);
+                    }
+                };
                 if shared {
-                    right.pack(s, stride, kc, stride);
+                    pack(right, 0, stride);
                 }
                 for (g, left) in lefts.iter().enumerate() {
                     let off = offset(plan, g, w);
                     let n0 = if shared {
                         off
                     } else {
-                        right.pack(&s[off..], stride, kc, cols);
+                        pack(right, off, cols);
                         0
                     };
                     amx::product(left, 0, right, [0, n0], [o, cols, kc], acc, acc_rs, g > 0);
@@ -347,7 +468,10 @@ pub fn weight_grad_with(p: Precision, plan: Plan, x: &[f32], dy: &[f32], dims: D
     let lead = if shifts_rows { last } else { 0 };
     let by_gemm =
         sum_over_blocks(n, images_per_block(plan, dims, o), plan.gemms() * kc * o, |b0, k, dw, [s, gt, _]| {
-            shift_block(plan, x, dims, b0, k, s);
+            let direct = p == Precision::Bf16 && plan == Plan::Rows;
+            if !direct {
+                shift_block(plan, x, dims, b0, k, s);
+            }
             let (stride, cols) = (stride(plan, k, h, w), columns(plan, k, h, w));
             resize_for_overwrite(gt, (cols + 2 * lead) * o);
             gt[..lead * o].fill(0.0);
@@ -356,7 +480,11 @@ pub fn weight_grad_with(p: Precision, plan: Plan, x: &[f32], dy: &[f32], dims: D
             if p == Precision::Bf16 {
                 // Both packed once.
                 amx::with_scratch(|left, right| {
-                    left.pack(s, stride, kc, stride);
+                    if direct {
+                        left.pack_with(kc, stride, |rows, rl| shifted_left(x, dims, [b0, k], [0, stride], rows, rl));
+                    } else {
+                        left.pack(s, stride, kc, stride);
+                    }
                     right.pack(gt, o, cols + 2 * lead, o);
                     for gi in 0..plan.gemms() {
                         let d = &mut dw[gi * kc * o..][..kc * o];
@@ -521,6 +649,39 @@ mod tests {
                 let what = format!("Winograd, {n}×{c}→{o} at {h}×{w}");
                 close(&format!("forward {what}"), &winograd::forward(F32, &x, &wt, dims, o), &fwd);
                 close(&format!("dw {what}"), &winograd::weight_grad(F32, &x, &dy, dims, o), &dw);
+            }
+        }
+    }
+
+    /// The packed operands built straight from the input are those of the f32 shifted copy
+    /// packed, bit for bit, for every span a GEMM reads (the whole block, and each kernel
+    /// row's columns), on maps down to 1 × 1 and 1 wide. Plain code: runs without AMX too.
+    #[test]
+    fn operands_packed_from_the_input_match_the_shifted_copy() {
+        let mut rng = TestRng(11);
+        for (n, c, h, w, b0, k) in
+            [(3, 2, 5, 7, 0, 3), (5, 4, 4, 8, 1, 3), (2, 6, 1, 1, 0, 2), (4, 2, 3, 1, 2, 2), (1, 8, 2, 16, 0, 1)]
+        {
+            let dims = [n, c, h, w];
+            // Values with a NaN and an infinity among them, as rounding sees them.
+            let mut x: Vec<f32> = (0..n * c * h * w).map(|_| rng.below(4001) as f32 / 997.0 - 2.0).collect();
+            x[1] = f32::NAN;
+            x[2] = f32::INFINITY;
+            let mut s = Vec::new();
+            shift_block(Plan::Rows, &x, dims, b0, k, &mut s);
+            let (stride, cols) = (stride(Plan::Rows, k, h, w), columns(Plan::Rows, k, h, w));
+            let kc = 3 * c;
+            let spans = [[0, stride], [0, cols], [w, cols], [2 * w, cols]];
+            for [col0, len] in spans {
+                let what = format!("{n}×{c} at {h}×{w}, images {b0}..{}, columns {col0}..{}", b0 + k, col0 + len);
+                let (mut want, mut got) = (amx::Right::default(), amx::Right::default());
+                want.pack(&s[col0..], stride, kc, len);
+                got.pack_with(kc, len, |rows, rl| shifted_right(&x, dims, [b0, k], [col0, len], rows, rl));
+                assert!(want.packed() == got.packed(), "right operand, {what}");
+                let (mut want, mut got) = (amx::Left::default(), amx::Left::default());
+                want.pack(&s[col0..], stride, kc, len);
+                got.pack_with(kc, len, |rows, rl| shifted_left(&x, dims, [b0, k], [col0, len], rows, rl));
+                assert!(want.packed() == got.packed(), "left operand, {what}");
             }
         }
     }
