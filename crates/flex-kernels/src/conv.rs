@@ -25,6 +25,7 @@
 use crate::Precision;
 use crate::blocks::{
     Dims, aligned_for_overwrite, capped_for_threads, gemm, par_images, resize_for_overwrite, sum_over_blocks, tuning,
+    write,
 };
 use crate::{amx, winograd};
 
@@ -407,8 +408,7 @@ pub fn forward_with(p: Precision, plan: Plan, x: &[f32], wt: &[f32], dims: Dims,
         }
         for i in 0..k {
             for oc in 0..o {
-                dst[(i * o + oc) * hw..][..hw]
-                    .copy_from_slice(&acc[oc * acc_rs + i * (h + plan.separator()) * w..][..hw]);
+                write(&mut dst[(i * o + oc) * hw..][..hw], &acc[oc * acc_rs + i * (h + plan.separator()) * w..][..hw]);
             }
         }
     })

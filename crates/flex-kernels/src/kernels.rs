@@ -3,11 +3,13 @@
 //! without per-element branches.
 
 use std::borrow::Cow;
+use std::mem::MaybeUninit;
 
 use burn::backend::flex::FlexTensor;
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
+use crate::blocks::{assume_init, uninit, written};
 use crate::mask::Mask;
 use crate::simd::simd_fn;
 
@@ -97,26 +99,31 @@ pub(crate) fn apply_kernel(
 ) -> Vec<f32> {
     let hw = h * w;
     let inv = inv_std(stats, c, eps);
-    let mut out = vec![0.0f32; n * c * hw];
+    assert_eq!(x.len(), n * c * hw, "bn_relu_dropout: input has the wrong size");
+    let mut out = uninit(n * c * hw);
     out.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(plane, (o, xs))| {
         let ch = plane % c;
         let scale = gamma[ch] * inv[ch];
         let shift = beta[ch] - stats[ch] * scale;
         apply_plane(o, xs, scale, shift, mask, plane * hw);
     });
-    out
+    // SAFETY: `apply_plane` writes every element of its plane, and the planes cover `out`.
+    unsafe { assume_init(out) }
 }
 
 simd_fn!(
     /// One plane of [`apply_kernel`]; `start` is its first element's index in the tensor.
-    fn apply_plane(o: &mut [f32], xs: &[f32], scale: f32, shift: f32, mask: Option<Mask>, start: usize) => apply_plane_body
+    fn apply_plane(o: &mut [MaybeUninit<f32>], xs: &[f32], scale: f32, shift: f32, mask: Option<Mask>, start: usize) => apply_plane_body
 );
 
 #[inline(always)]
-fn apply_plane_body(o: &mut [f32], xs: &[f32], scale: f32, shift: f32, mask: Option<Mask>, start: usize) {
+fn apply_plane_body(o: &mut [MaybeUninit<f32>], xs: &[f32], scale: f32, shift: f32, mask: Option<Mask>, start: usize) {
+    assert_eq!(o.len(), xs.len(), "apply_plane: lengths differ");
     for (o, &v) in o.iter_mut().zip(xs) {
-        *o = relu(v * scale + shift);
+        o.write(relu(v * scale + shift));
     }
+    // SAFETY: the loop above wrote every element.
+    let o = unsafe { written(o) };
     if let Some(mask) = mask {
         mask.apply(start, o);
     }
@@ -169,13 +176,13 @@ simd_fn!(
     /// One plane of the input gradient: `scale · (d − mean(d) − x̂ · mean(d · x̂))`, `d` gated
     /// as in [`gated_sums`].
     #[allow(clippy::too_many_arguments)]
-    fn dx_plane(dx: &mut [f32], dy: &[f32], out: &[f32], v: &[f32], keep: f32, mean: f32, is: f32, scale: f32, mean_dy: f32, mean_dyx: f32) => dx_plane_body
+    fn dx_plane(dx: &mut [MaybeUninit<f32>], dy: &[f32], out: &[f32], v: &[f32], keep: f32, mean: f32, is: f32, scale: f32, mean_dy: f32, mean_dyx: f32) => dx_plane_body
 );
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn dx_plane_body(
-    dx: &mut [f32],
+    dx: &mut [MaybeUninit<f32>],
     dy: &[f32],
     out: &[f32],
     v: &[f32],
@@ -186,10 +193,11 @@ fn dx_plane_body(
     mean_dy: f32,
     mean_dyx: f32,
 ) {
+    assert!(dy.len() == dx.len() && out.len() == dx.len() && v.len() == dx.len(), "dx_plane: lengths differ");
     for (((o, &d), &y), &v) in dx.iter_mut().zip(dy).zip(out).zip(v) {
         let g = select(y > 0.0, d * keep);
         let xhat = (v - mean) * is;
-        *o = scale * (g - mean_dy - xhat * mean_dyx);
+        o.write(scale * (g - mean_dy - xhat * mean_dyx));
     }
 }
 
@@ -223,7 +231,7 @@ pub(crate) fn bn_backward_kernel(
             (s as f32, sx as f32)
         })
         .collect();
-    let mut dx = vec![0.0f32; x.len()];
+    let mut dx = uninit(n * c * hw);
     dx.par_chunks_mut(hw).enumerate().for_each(|(plane, dx_out)| {
         let ch = plane % c;
         let (mean, is) = (stats[ch], inv[ch]);
@@ -235,7 +243,8 @@ pub(crate) fn bn_backward_kernel(
     });
     let dgamma = sums.iter().map(|s| s.1).collect();
     let dbeta = sums.iter().map(|s| s.0).collect();
-    (dx, dgamma, dbeta)
+    // SAFETY: `dx_plane` writes every element of its plane, and the planes cover `dx`.
+    (unsafe { assume_init(dx) }, dgamma, dbeta)
 }
 
 /// The larger of two (value, cell) pairs, the first on ties; NaN wins, as in PyTorch, so a
@@ -252,62 +261,80 @@ fn wins(a: (f32, u8), b: (f32, u8)) -> (f32, u8) {
 /// Max of each 2×2 window and which of its four cells won (row-major), per plane.
 pub(crate) fn pool_kernel(x: &[f32], [n, c, h, w]: [usize; 4]) -> (Vec<f32>, Vec<u8>) {
     let (oh, ow) = (h / 2, w / 2);
-    let mut out = vec![0.0f32; n * c * oh * ow];
-    let mut arg = vec![0u8; n * c * oh * ow];
-    out.par_chunks_mut(oh * ow).zip(arg.par_chunks_mut(oh * ow)).enumerate().for_each(|(plane, (o, a))| {
-        pool_plane(o, a, &x[plane * h * w..][..h * w], w);
-    });
-    (out, arg)
+    assert_eq!(x.len(), n * c * h * w, "max_pool2: input has the wrong size");
+    let (mut out, mut arg) = (uninit(n * c * oh * ow), uninit(n * c * oh * ow));
+    if oh * ow > 0 {
+        out.par_chunks_mut(oh * ow).zip(arg.par_chunks_mut(oh * ow)).enumerate().for_each(|(plane, (o, a))| {
+            pool_plane(o, a, &x[plane * h * w..][..h * w], w);
+        });
+    }
+    // SAFETY: `pool_plane` writes every element of its two planes, and the planes cover both.
+    unsafe { (assume_init(out), assume_init(arg)) }
 }
 
 simd_fn!(
     /// One plane of [`pool_kernel`]: `xs` is `h × w`, `o` and `a` `h/2 × w/2`.
-    fn pool_plane(o: &mut [f32], a: &mut [u8], xs: &[f32], w: usize) => pool_plane_body
+    fn pool_plane(o: &mut [MaybeUninit<f32>], a: &mut [MaybeUninit<u8>], xs: &[f32], w: usize) => pool_plane_body
 );
 
 #[inline(always)]
-fn pool_plane_body(o: &mut [f32], a: &mut [u8], xs: &[f32], w: usize) {
+fn pool_plane_body(o: &mut [MaybeUninit<f32>], a: &mut [MaybeUninit<u8>], xs: &[f32], w: usize) {
     let ow = w / 2;
+    assert!(o.len() == a.len() && o.len() == xs.len() / w / 2 * ow, "pool_plane: sizes differ");
     for (y, (o, a)) in o.chunks_exact_mut(ow).zip(a.chunks_exact_mut(ow)).enumerate() {
         let (r0, r1) = (&xs[2 * y * w..][..2 * ow], &xs[(2 * y + 1) * w..][..2 * ow]);
         for (((o, a), p0), p1) in o.iter_mut().zip(a).zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
             let (v01, i01) = wins((p0[0], 0), (p0[1], 1));
             let (v23, i23) = wins((p1[0], 2), (p1[1], 3));
-            (*o, *a) = wins((v01, i01), (v23, i23));
+            let (v, i) = wins((v01, i01), (v23, i23));
+            o.write(v);
+            a.write(i);
         }
     }
 }
 
 pub(crate) fn pool_backward_kernel(dy: &[f32], arg: &[u8], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
     let (oh, ow) = (h / 2, w / 2);
-    // Zeros stay only in an odd last row or column, which no window covers.
-    let mut dx = vec![0.0f32; n * c * h * w];
-    dx.par_chunks_mut(h * w).enumerate().for_each(|(plane, out)| {
-        pool_backward_plane(out, &dy[plane * oh * ow..][..oh * ow], &arg[plane * oh * ow..][..oh * ow], w);
-    });
-    dx
+    assert!(dy.len() == n * c * oh * ow && arg.len() == dy.len(), "max_pool2 backward: gradient has the wrong size");
+    let mut dx = uninit(n * c * h * w);
+    if h * w > 0 {
+        dx.par_chunks_mut(h * w).enumerate().for_each(|(plane, out)| {
+            pool_backward_plane(out, &dy[plane * oh * ow..][..oh * ow], &arg[plane * oh * ow..][..oh * ow], w);
+        });
+    }
+    // SAFETY: `pool_backward_plane` writes every element of its plane, and the planes cover `dx`.
+    unsafe { assume_init(dx) }
 }
 
 simd_fn!(
     /// One plane of [`pool_backward_kernel`].
-    fn pool_backward_plane(out: &mut [f32], d: &[f32], a: &[u8], w: usize) => pool_backward_plane_body
+    fn pool_backward_plane(out: &mut [MaybeUninit<f32>], d: &[f32], a: &[u8], w: usize) => pool_backward_plane_body
 );
 
 #[inline(always)]
-fn pool_backward_plane_body(out: &mut [f32], d: &[f32], a: &[u8], w: usize) {
-    let ow = w / 2;
-    for (y, (d, a)) in d.chunks_exact(ow).zip(a.chunks_exact(ow)).enumerate() {
+fn pool_backward_plane_body(out: &mut [MaybeUninit<f32>], d: &[f32], a: &[u8], w: usize) {
+    let (ow, oh) = (w / 2, out.len() / w / 2);
+    assert!(d.len() == oh * ow && a.len() == d.len(), "pool_backward_plane: sizes differ");
+    for y in 0..oh {
+        let (d, a) = (&d[y * ow..][..ow], &a[y * ow..][..ow]);
         let (top, bottom) = out[2 * y * w..][..2 * w].split_at_mut(w);
         // All four cells of every window are written (the gradient or 0), with no branch on
         // which cell won.
         let cells = top.chunks_exact_mut(2).zip(bottom.chunks_exact_mut(2));
         for (((t, b), &k), &g) in cells.zip(a).zip(d) {
-            t[0] = select(k == 0, g);
-            t[1] = select(k == 1, g);
-            b[0] = select(k == 2, g);
-            b[1] = select(k == 3, g);
+            t[0].write(select(k == 0, g));
+            t[1].write(select(k == 1, g));
+            b[0].write(select(k == 2, g));
+            b[1].write(select(k == 3, g));
+        }
+        // An odd last column, which no window covers.
+        if w % 2 == 1 {
+            top[w - 1].write(0.0);
+            bottom[w - 1].write(0.0);
         }
     }
+    // An odd last row, likewise.
+    out[2 * oh * w..].fill(MaybeUninit::new(0.0));
 }
 
 #[cfg(test)]
@@ -323,6 +350,37 @@ mod tests {
         assert_eq!(arg, vec![1, 3, 0, 3]);
         let dx = pool_backward_kernel(&[1., 2., 3., 4.], &arg, [1, 1, 4, 4]);
         assert_eq!(dx, vec![0., 1., 0., 0., 0., 0., 0., 2., 3., 0., 0., 0., 0., 0., 0., 4.]);
+    }
+
+    /// Odd sides floor, and the last row and column, which no window covers, get a zero
+    /// gradient: the outputs are not zero-filled first, so each cell must be written. Two
+    /// planes, allocated after larger non-zero ones were freed (their memory comes back).
+    #[test]
+    fn odd_sides_floor_and_every_gradient_cell_is_written() {
+        drop((vec![7.0f32; 4096], vec![7u8; 4096]));
+        let x: Vec<f32> = (0..2 * 3 * 5).map(|i| ((i * 7) % 11) as f32).collect();
+        let (out, arg) = pool_kernel(&x, [1, 2, 3, 5]);
+        let dy = [1., 2., 3., 4.];
+        let dx = pool_backward_kernel(&dy, &arg, [1, 2, 3, 5]);
+        assert_eq!(dx.len(), 30);
+        for plane in 0..2 {
+            let xs = &x[plane * 15..][..15];
+            for ox in 0..2 {
+                let cells = [0, 1, 5, 6].map(|d| 2 * ox + d);
+                let best = cells.iter().map(|&i| xs[i]).fold(f32::MIN, f32::max);
+                let first = cells.iter().position(|&i| xs[i] == best).unwrap();
+                assert_eq!(out[plane * 2 + ox], best, "plane {plane}, window {ox}");
+                assert_eq!(arg[plane * 2 + ox] as usize, first, "plane {plane}, window {ox}");
+                for (cell, &i) in cells.iter().enumerate() {
+                    let want = if cell == first { dy[plane * 2 + ox] } else { 0.0 };
+                    assert_eq!(dx[plane * 15 + i], want, "plane {plane}, cell {i}");
+                }
+            }
+            // Column 4 and row 2: no window.
+            for i in [4, 9, 10, 11, 12, 13, 14] {
+                assert_eq!(dx[plane * 15 + i], 0.0, "plane {plane}, uncovered cell {i}");
+            }
+        }
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! a transposed right operand, which the `gemm` crate packs slowly; with `Σ_tiles V_ξ · dM_ξᵀ`
 //! and `dM` stored tile-major it is 1.2–1.7× faster than them.)
 
+use std::mem::MaybeUninit;
+
 use crate::blocks::{Dims, capped_for_threads, gemm, par_images, resize_for_overwrite, sum_over_blocks};
 use crate::simd::simd_fn;
 use crate::{Precision, amx};
@@ -120,11 +122,11 @@ simd_fn!(
     /// The output planes of images `0..k` of a block from `M[oc][ξ][tile]`: `Aᵀ m A` per tile,
     /// Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]], again on runs of tiles (a tile row's 16 values are
     /// contiguous runs of M).
-    fn transform_output(m: &[f32], dims: Dims, dst: &mut [f32]) => transform_output_body
+    fn transform_output(m: &[f32], dims: Dims, dst: &mut [MaybeUninit<f32>]) => transform_output_body
 );
 
 #[inline(always)]
-fn transform_output_body(m: &[f32], [k, o, h, w]: Dims, dst: &mut [f32]) {
+fn transform_output_body(m: &[f32], [k, o, h, w]: Dims, dst: &mut [MaybeUninit<f32>]) {
     let (hw, th, tw) = (h * w, h / 2, w / 2);
     let t = k * th * tw;
     let mut y = vec![0.0f32; 4 * tw];
@@ -158,10 +160,10 @@ fn transform_output_body(m: &[f32], [k, o, h, w]: Dims, dst: &mut [f32]) {
                 }
                 let (top, bottom) = plane[2 * ty * w..][..2 * w].split_at_mut(w);
                 for tx in 0..tw {
-                    top[2 * tx] = y00[tx];
-                    top[2 * tx + 1] = y01[tx];
-                    bottom[2 * tx] = y10[tx];
-                    bottom[2 * tx + 1] = y11[tx];
+                    top[2 * tx].write(y00[tx]);
+                    top[2 * tx + 1].write(y01[tx]);
+                    bottom[2 * tx].write(y10[tx]);
+                    bottom[2 * tx + 1].write(y11[tx]);
                 }
             }
         }
