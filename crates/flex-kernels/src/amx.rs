@@ -14,6 +14,8 @@
 //! packed operands (8 rows × 32 columns per step) was written and measured at 0.46× the f32
 //! GEMMs on this Xeon (38 against 83 train img/s at width 1), so it was not kept.
 
+use std::mem::MaybeUninit;
+
 /// Whether this CPU has AMX-BF16 and the OS let this process use the tile registers.
 pub fn available() -> bool {
     static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -206,7 +208,29 @@ pub fn product(
     assert!(m <= left.rows && k0 + k <= left.cols, "amx: product outside the left operand");
     assert!(k1 % 2 == 0 && k1 + k <= right.rows && n0 + n <= right.cols, "amx: product outside the right operand");
     assert!(dst.len() >= (m - 1) * dst_rs + n, "amx: destination too small");
-    imp::product(left, k0, right, [k1, n0], [m, n, k], dst, dst_rs, accumulate)
+    imp::product(left, k0, right, [k1, n0], [m, n, k], dst.as_mut_ptr(), dst_rs, accumulate)
+}
+
+/// As [`product`] without accumulating, into a destination not written yet: afterwards every
+/// element of its `m × n` block (rows `dst_rs` apart) is written.
+#[allow(clippy::too_many_arguments)]
+pub fn product_into(
+    left: &Left,
+    k0: usize,
+    right: &Right,
+    [k1, n0]: [usize; 2],
+    [m, n, k]: [usize; 3],
+    dst: &mut [MaybeUninit<f32>],
+    dst_rs: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(available(), "amx: this CPU has no AMX-BF16 (check amx::available first)");
+    assert!(m <= left.rows && k0 + k <= left.cols, "amx: product outside the left operand");
+    assert!(k1 % 2 == 0 && k1 + k <= right.rows && n0 + n <= right.cols, "amx: product outside the right operand");
+    assert!(dst.len() >= (m - 1) * dst_rs + n, "amx: destination too small");
+    imp::product(left, k0, right, [k1, n0], [m, n, k], dst.as_mut_ptr().cast(), dst_rs, false)
 }
 
 thread_local! {
@@ -287,7 +311,7 @@ mod imp {
         right: &Right,
         [k1, n0]: [usize; 2],
         [m, n, k]: [usize; 3],
-        dst: &mut [f32],
+        dst: *mut f32,
         dst_rs: usize,
         accumulate: bool,
     ) {
@@ -322,7 +346,9 @@ mod imp {
         struct Block([f32; 4 * TILE * TILE]);
         let mut block = Block([0.0; 4 * TILE * TILE]);
         let block = &mut block.0;
-        let dp = dst.as_mut_ptr();
+        // Rows `..m` of `dst`, columns `..n`, rows `dst_rs` apart, exist (`product` asserted
+        // it); without `accumulate` they are only written.
+        let dp = dst;
         let steps = full + (rest > 0) as usize;
         // Block (rb, cb) over k steps `js`; `first`: the first steps of this block.
         let mut one = |rb: usize, cb: usize, js: std::ops::Range<usize>, first: bool| {
@@ -396,14 +422,15 @@ mod imp {
             }
             if !whole {
                 for r in 0..rows {
-                    // SAFETY: row `rb·16 + r < m`, columns `cb·16 .. + cols ≤ n`: inside `dst`.
-                    let out =
-                        unsafe { std::slice::from_raw_parts_mut(dp.add((rb * TILE + r) * dst_rs + cb * TILE), cols) };
+                    // SAFETY: row `rb·16 + r < m`, columns `cb·16 .. + cols ≤ n`: inside `dst`,
+                    // and written before when accumulating.
+                    let out = dp.wrapping_add((rb * TILE + r) * dst_rs + cb * TILE);
                     let got = &block[r * 2 * TILE..][..cols];
                     if accumulate {
+                        let out = unsafe { std::slice::from_raw_parts_mut(out, cols) };
                         out.iter_mut().zip(got).for_each(|(o, g)| *o += g);
                     } else {
-                        out.copy_from_slice(got);
+                        unsafe { std::ptr::copy_nonoverlapping(got.as_ptr(), out, cols) };
                     }
                 }
             }
@@ -446,7 +473,7 @@ mod imp {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn product(_: &Left, _: usize, _: &Right, _: [usize; 2], _: [usize; 3], _: &mut [f32], _: usize, _: bool) {
+    pub fn product(_: &Left, _: usize, _: &Right, _: [usize; 2], _: [usize; 3], _: *mut f32, _: usize, _: bool) {
         unreachable!("AMX is never reported available off x86-64 Linux")
     }
 }

@@ -190,6 +190,51 @@ pub fn gemm(
     }
 }
 
+/// As [`gemm`] in f32 without accumulating, into a row-major destination not written yet
+/// (`dst_rs` apart): afterwards every element of its `m × n` block is written.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_into(
+    [m, n, k]: [usize; 3],
+    dst: &mut [MaybeUninit<f32>],
+    dst_rs: usize,
+    a: &[f32],
+    a_strides: [usize; 2],
+    b: &[f32],
+    b_strides: [usize; 2],
+) {
+    let last = |rows: usize, cols: usize, [rs, cs]: [usize; 2]| {
+        if rows == 0 || cols == 0 { 0 } else { (rows - 1) * rs + (cols - 1) * cs + 1 }
+    };
+    assert!(dst.len() >= last(m, n, [dst_rs, 1]), "gemm: destination too small");
+    assert!(a.len() >= last(m, k, a_strides), "gemm: left operand too small");
+    assert!(b.len() >= last(k, n, b_strides), "gemm: right operand too small");
+    // SAFETY: the asserts above keep every index the strides reach inside the slices; with
+    // `read_dst` false the destination is only written (`alpha` is then ignored).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr().cast::<f32>(),
+            1,
+            dst_rs as isize,
+            false,
+            a.as_ptr(),
+            a_strides[1] as isize,
+            a_strides[0] as isize,
+            b.as_ptr(),
+            b_strides[1] as isize,
+            b_strides[0] as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// Tuning overrides from the environment, for measurements with `profile_ops` (README):
 /// `CONV_PLAN=rows|taps`, `CONV_BLOCK=<floats>`, `CONV_WINOGRAD=0|1`. Read once per process.
 #[derive(Debug, Default)]

@@ -24,8 +24,8 @@
 
 use crate::Precision;
 use crate::blocks::{
-    Dims, aligned_for_overwrite, capped_for_threads, gemm, par_images, resize_for_overwrite, sum_over_blocks, tuning,
-    write,
+    Dims, aligned_for_overwrite, capped_for_threads, gemm, gemm_into, par_images, resize_for_overwrite,
+    sum_over_blocks, tuning, write, written,
 };
 use crate::{amx, winograd};
 
@@ -362,55 +362,86 @@ pub fn forward_with(p: Precision, plan: Plan, x: &[f32], wt: &[f32], dims: Dims,
     let packed = packed_lefts(p, &weights, plan.gemms(), o, kc);
     // bf16 on `Rows` with pairs of channels: the packed operand is built from `x` directly.
     let direct = packed.is_some() && plan == Plan::Rows && c.is_multiple_of(2);
+    // Image `i`'s output columns start at `i · per_image` in a block's shifted input.
+    let per_image = (h + plan.separator()) * w;
     par_images(n, o * hw, images_per_block(plan, dims, o), |b0, dst, [s, acc, _]| {
         let k = dst.len() / (o * hw);
         if !direct {
             shift_block(plan, x, dims, b0, k, s);
         }
         let (stride, cols) = (stride(plan, k, h, w), columns(plan, k, h, w));
-        // Rows padded to 16 floats and 64-byte aligned, so the tile unit stores whole cache
-        // lines. The first GEMM overwrites it.
-        let acc_rs = cols.next_multiple_of(16);
-        let acc = aligned_for_overwrite(acc, o * acc_rs);
-        if let Some(lefts) = &packed {
-            amx::with_scratch(|_, right| {
-                // The shifted input packed once, each kernel row's GEMM starting at its own
-                // column, where those columns start on cache lines (maps 16 and 32 wide);
-                // else packed per GEMM from its first column: a tile row straddling two
-                // cache lines slows the tile unit by 15–20 % (`amx_product`).
-                let shared = (0..plan.gemms()).all(|g| offset(plan, g, w).is_multiple_of(16));
-                let pack = |right: &mut amx::Right, off: usize, n: usize| {
-                    if direct {
-                        right.pack_with(kc, n, |rows, rl| shifted_right(x, dims, [b0, k], [off, n], rows, rl));
+        let Some(lefts) = &packed else {
+            // f32: each image's output written in place, one GEMM per image and kernel row.
+            for (i, image) in dst.chunks_exact_mut(o * hw).enumerate() {
+                for g in 0..plan.gemms() {
+                    let (a, b) = (&weights[g * o * kc..][..o * kc], &s[offset(plan, g, w) + i * per_image..]);
+                    if g == 0 {
+                        gemm_into([o, hw, kc], image, hw, a, [kc, 1], b, [stride, 1]);
                     } else {
-                        right.pack(&s[off..], stride, kc, n);
+                        // SAFETY: the first GEMM wrote the whole image.
+                        let image = unsafe { written(image) };
+                        gemm(p, [o, hw, kc], image, [hw, 1], true, a, [kc, 1], b, [stride, 1]);
                     }
+                }
+            }
+            return;
+        };
+        amx::with_scratch(|_, right| {
+            // The shifted input packed once, each kernel row's GEMM starting at its own
+            // column, where those columns start on cache lines (maps 16 and 32 wide);
+            // else packed per GEMM from its first column: a tile row straddling two
+            // cache lines slows the tile unit by 15–20 % (`amx_product`).
+            let shared = (0..plan.gemms()).all(|g| offset(plan, g, w).is_multiple_of(16));
+            let pack = |right: &mut amx::Right, off: usize, n: usize| {
+                if direct {
+                    right.pack_with(kc, n, |rows, rl| shifted_right(x, dims, [b0, k], [off, n], rows, rl));
+                } else {
+                    right.pack(&s[off..], stride, kc, n);
+                }
+            };
+            if shared {
+                pack(right, 0, stride);
+            }
+            // Each image's output written in place, one product per image and kernel row,
+            // where its columns and its rows all start on cache lines (maps 16 and 32 wide,
+            // in an output the allocator aligned: the binary's aligns large blocks): copying
+            // the outputs out of a block buffer was 6 % of a bf16 step (`perf`).
+            let lines = |v: usize| v.is_multiple_of(16);
+            if shared && lines(per_image) && lines(hw) && dst.as_ptr().addr().is_multiple_of(64) {
+                for (i, image) in dst.chunks_exact_mut(o * hw).enumerate() {
+                    for (g, left) in lefts.iter().enumerate() {
+                        let n0 = offset(plan, g, w) + i * per_image;
+                        if g == 0 {
+                            amx::product_into(left, 0, right, [0, n0], [o, hw, kc], image, hw);
+                        } else {
+                            // SAFETY: the first product wrote the whole image.
+                            let image = unsafe { written(image) };
+                            amx::product(left, 0, right, [0, n0], [o, hw, kc], image, hw, true);
+                        }
+                    }
+                }
+                return;
+            }
+            // Else through a block buffer, its rows padded to 16 floats and 64-byte aligned so
+            // that the tile unit stores whole cache lines. The first product overwrites it.
+            let acc_rs = cols.next_multiple_of(16);
+            let acc = aligned_for_overwrite(acc, o * acc_rs);
+            for (g, left) in lefts.iter().enumerate() {
+                let off = offset(plan, g, w);
+                let n0 = if shared {
+                    off
+                } else {
+                    pack(right, off, cols);
+                    0
                 };
-                if shared {
-                    pack(right, 0, stride);
-                }
-                for (g, left) in lefts.iter().enumerate() {
-                    let off = offset(plan, g, w);
-                    let n0 = if shared {
-                        off
-                    } else {
-                        pack(right, off, cols);
-                        0
-                    };
-                    amx::product(left, 0, right, [0, n0], [o, cols, kc], acc, acc_rs, g > 0);
-                }
-            });
-        } else {
-            for g in 0..plan.gemms() {
-                let a = &weights[g * o * kc..][..o * kc];
-                gemm(p, [o, cols, kc], acc, [acc_rs, 1], g > 0, a, [kc, 1], &s[offset(plan, g, w)..], [stride, 1]);
+                amx::product(left, 0, right, [0, n0], [o, cols, kc], acc, acc_rs, g > 0);
             }
-        }
-        for i in 0..k {
-            for oc in 0..o {
-                write(&mut dst[(i * o + oc) * hw..][..hw], &acc[oc * acc_rs + i * (h + plan.separator()) * w..][..hw]);
+            for i in 0..k {
+                for oc in 0..o {
+                    write(&mut dst[(i * o + oc) * hw..][..hw], &acc[oc * acc_rs + i * per_image..][..hw]);
+                }
             }
-        }
+        });
     })
 }
 

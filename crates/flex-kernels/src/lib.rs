@@ -30,6 +30,42 @@ mod simd;
 pub mod winograd;
 
 pub use blocks::{Dims, Tuning, tuning};
+
+/// The unit tests allocate as the binary does (`src/memory.rs`): blocks from 4 KiB up on a
+/// cache line, so that the convolution's in-place output path runs here too.
+#[cfg(test)]
+#[global_allocator]
+static TEST_ALLOCATOR: tests_alloc::LargeOnLines = tests_alloc::LargeOnLines;
+
+#[cfg(test)]
+mod tests_alloc {
+    use std::alloc::{GlobalAlloc, Layout, System};
+
+    pub struct LargeOnLines;
+
+    fn actual(layout: Layout) -> Layout {
+        if layout.size() >= 4096 && layout.align() < 64 {
+            Layout::from_size_align(layout.size(), 64).unwrap_or(layout)
+        } else {
+            layout
+        }
+    }
+
+    // SAFETY: every block goes to and comes back from `System` with the same (actual) layout.
+    unsafe impl GlobalAlloc for LargeOnLines {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            unsafe { System.alloc(actual(layout)) }
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            unsafe { System.alloc_zeroed(actual(layout)) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            unsafe { System.dealloc(ptr, actual(layout)) }
+        }
+    }
+}
 pub use precision::Precision;
 
 use burn::backend::tensor::FloatTensor;
