@@ -174,68 +174,51 @@ fn shifted_operand_body<T: Copy + Default>(
     convert: impl Fn(f32, f32) -> T,
 ) {
     let (hw, units) = (h * w, c / per_row);
+    // One plane converted once, with a zero before and after it; the three shifts are copies
+    // of it (converting each shift on its own ran a third of the time in remainder loops).
+    let mut line = vec![T::default(); hw + 2];
     for u in 0..units {
-        for t in 0..3 {
-            let dst = &mut rows[(t * units + u) * row_len..][..n];
-            let mut written = 0;
-            for i in 0..k {
-                // Image `i`'s plane in the block's columns, clipped to `col0..col0 + n`; the
-                // columns between planes are the separator rows (zeros).
-                let start = (i * (h + 1) + 1) * w;
-                let (lo, hi) = (start.max(col0), (start + hw).min(col0 + n));
-                if lo >= hi {
-                    continue;
-                }
-                dst[written..lo - col0].fill(T::default());
-                let plane = ((b0 + i) * c + u * per_row) * hw;
-                let odd = plane + (per_row - 1) * hw;
-                let (e, o) = (&x[plane..][..hw], &x[odd..][..hw]);
-                shifted_part(e, o, w, t, [lo - start, hi - start], &mut dst[lo - col0..hi - col0], &convert);
-                written = hi - col0;
+        // How far each of the three rows is written.
+        let mut written = [0; 3];
+        for i in 0..k {
+            // Image `i`'s plane in the block's columns, clipped to `col0..col0 + n`; the
+            // columns between planes are the separator rows (zeros).
+            let start = (i * (h + 1) + 1) * w;
+            let (lo, hi) = (start.max(col0), (start + hw).min(col0 + n));
+            if lo >= hi {
+                continue;
             }
-            dst[written..].fill(T::default());
+            let plane = ((b0 + i) * c + u * per_row) * hw;
+            let odd = plane + (per_row - 1) * hw;
+            for ((l, e), o) in line[1..=hw].iter_mut().zip(&x[plane..][..hw]).zip(&x[odd..][..hw]) {
+                *l = convert(*e, *o);
+            }
+            let (a, b) = (lo - start, hi - start);
+            for (kx, written) in written.iter_mut().enumerate() {
+                let dst = &mut rows[(kx * units + u) * row_len..][..n];
+                dst[*written..lo - col0].fill(T::default());
+                // Plane position `p` reads position `p + kx − 1`: `line[p + kx]`.
+                let d = &mut dst[lo - col0..hi - col0];
+                d.copy_from_slice(&line[a + kx..b + kx]);
+                // The column the shift exposes (x = 0 for kx = 0, x = w − 1 for kx = 2) reads
+                // across the plane's edge: zero.
+                if kx != 1 {
+                    let edge = if kx == 0 { 0 } else { w - 1 };
+                    let mut p = a / w * w + edge;
+                    if p < a {
+                        p += w;
+                    }
+                    while p < b {
+                        d[p - a] = T::default();
+                        p += w;
+                    }
+                }
+                *written = hi - col0;
+            }
         }
-    }
-}
-
-/// `d[p − a] = convert(e[q], o[q])` for plane positions `p` in `a..b`, `q = p + kx − 1`, and
-/// zero where that reads across the plane's left or right edge.
-#[inline(always)]
-fn shifted_part<T: Copy + Default>(
-    e: &[f32],
-    o: &[f32],
-    w: usize,
-    kx: usize,
-    [a, b]: [usize; 2],
-    d: &mut [T],
-    convert: &impl Fn(f32, f32) -> T,
-) {
-    // Positions whose source is inside the plane: `q = p + kx − 1 ∈ 0..hw`.
-    let hw = e.len();
-    let (pa, pb) = (a.max(1 - kx.min(1)), b.min(hw + 1 - kx));
-    if pa >= pb {
-        d.fill(T::default());
-        return;
-    }
-    d[..pa - a].fill(T::default());
-    d[pb - a..].fill(T::default());
-    let q = pa + kx - 1;
-    for ((v, ev), ov) in d[pa - a..pb - a].iter_mut().zip(&e[q..pb + kx - 1]).zip(&o[q..]) {
-        *v = convert(*ev, *ov);
-    }
-    // The column a shift exposes: x = 0 for kx = 0, x = w − 1 for kx = 2.
-    let edge = match kx {
-        0 => 0,
-        2 => w - 1,
-        _ => return,
-    };
-    let mut p = (a / w) * w + edge;
-    if p < a {
-        p += w;
-    }
-    while p < b {
-        d[p - a] = T::default();
-        p += w;
+        for (kx, written) in written.into_iter().enumerate() {
+            rows[(kx * units + u) * row_len..][..n][written..].fill(T::default());
+        }
     }
 }
 
