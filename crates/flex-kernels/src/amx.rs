@@ -199,16 +199,32 @@ pub fn product(
     dst_rs: usize,
     accumulate: bool,
 ) {
+    if checked(left, k0, right, [k1, n0], [m, n, k], dst.len(), dst_rs) {
+        imp::product(left, k0, right, [k1, n0], [m, n, k], dst.as_mut_ptr(), dst_rs, accumulate)
+    }
+}
+
+/// Whether there is anything to compute, after checking that the product lies inside both
+/// operands and a destination of `dst_len` floats.
+fn checked(
+    left: &Left,
+    k0: usize,
+    right: &Right,
+    [k1, n0]: [usize; 2],
+    [m, n, k]: [usize; 3],
+    dst_len: usize,
+    dst_rs: usize,
+) -> bool {
     if m == 0 || n == 0 {
-        return;
+        return false;
     }
     // Also what asks the OS for the tile registers: without it the first tile instruction
     // is an illegal instruction.
     assert!(available(), "amx: this CPU has no AMX-BF16 (check amx::available first)");
     assert!(m <= left.rows && k0 + k <= left.cols, "amx: product outside the left operand");
     assert!(k1 % 2 == 0 && k1 + k <= right.rows && n0 + n <= right.cols, "amx: product outside the right operand");
-    assert!(dst.len() >= (m - 1) * dst_rs + n, "amx: destination too small");
-    imp::product(left, k0, right, [k1, n0], [m, n, k], dst.as_mut_ptr(), dst_rs, accumulate)
+    assert!(dst_len >= (m - 1) * dst_rs + n, "amx: destination too small");
+    true
 }
 
 /// As [`product`] without accumulating, into a destination not written yet: afterwards every
@@ -223,14 +239,9 @@ pub fn product_into(
     dst: &mut [MaybeUninit<f32>],
     dst_rs: usize,
 ) {
-    if m == 0 || n == 0 {
-        return;
+    if checked(left, k0, right, [k1, n0], [m, n, k], dst.len(), dst_rs) {
+        imp::product(left, k0, right, [k1, n0], [m, n, k], dst.as_mut_ptr().cast(), dst_rs, false)
     }
-    assert!(available(), "amx: this CPU has no AMX-BF16 (check amx::available first)");
-    assert!(m <= left.rows && k0 + k <= left.cols, "amx: product outside the left operand");
-    assert!(k1 % 2 == 0 && k1 + k <= right.rows && n0 + n <= right.cols, "amx: product outside the right operand");
-    assert!(dst.len() >= (m - 1) * dst_rs + n, "amx: destination too small");
-    imp::product(left, k0, right, [k1, n0], [m, n, k], dst.as_mut_ptr().cast(), dst_rs, false)
 }
 
 thread_local! {

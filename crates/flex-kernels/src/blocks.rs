@@ -154,78 +154,74 @@ pub fn gemm(
     b: &[f32],
     b_strides: [usize; 2],
 ) {
-    let last = |rows: usize, cols: usize, [rs, cs]: [usize; 2]| {
-        if rows == 0 || cols == 0 { 0 } else { (rows - 1) * rs + (cols - 1) * cs + 1 }
-    };
-    assert!(dst.len() >= last(m, n, dst_strides), "gemm: destination too small");
-    assert!(a.len() >= last(m, k, a_strides), "gemm: left operand too small");
-    assert!(b.len() >= last(k, n, b_strides), "gemm: right operand too small");
+    check([m, n, k], dst.len(), dst_strides, (a, a_strides), (b, b_strides));
     if precision == Precision::Bf16 && [dst_strides[1], a_strides[1], b_strides[1]] == [1, 1, 1] {
         crate::amx::gemm([m, n, k], dst, dst_strides[0], accumulate, a, a_strides[0], b, b_strides[0]);
         return;
     }
-    // SAFETY: the asserts above keep every index the strides reach inside the slices.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            dst_strides[1] as isize,
-            dst_strides[0] as isize,
-            accumulate,
-            a.as_ptr(),
-            a_strides[1] as isize,
-            a_strides[0] as isize,
-            b.as_ptr(),
-            b_strides[1] as isize,
-            b_strides[0] as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    // SAFETY: `check` kept every index the strides reach inside the slices.
+    unsafe { f32_gemm([m, n, k], dst.as_mut_ptr(), dst_strides, accumulate, (a, a_strides), (b, b_strides)) }
 }
 
 /// As [`gemm`] in f32 without accumulating, into a row-major destination not written yet
 /// (`dst_rs` apart): afterwards every element of its `m × n` block is written.
-#[allow(clippy::too_many_arguments)]
 pub fn gemm_into(
     [m, n, k]: [usize; 3],
     dst: &mut [MaybeUninit<f32>],
     dst_rs: usize,
-    a: &[f32],
-    a_strides: [usize; 2],
-    b: &[f32],
-    b_strides: [usize; 2],
+    a: (&[f32], [usize; 2]),
+    b: (&[f32], [usize; 2]),
+) {
+    check([m, n, k], dst.len(), [dst_rs, 1], a, b);
+    // SAFETY: as in `gemm`; without `read_dst` the destination is only written.
+    unsafe { f32_gemm([m, n, k], dst.as_mut_ptr().cast(), [dst_rs, 1], false, a, b) }
+}
+
+/// Every index a GEMM's strides reach is inside its slices.
+fn check(
+    [m, n, k]: [usize; 3],
+    dst_len: usize,
+    dst_strides: [usize; 2],
+    a: (&[f32], [usize; 2]),
+    b: (&[f32], [usize; 2]),
 ) {
     let last = |rows: usize, cols: usize, [rs, cs]: [usize; 2]| {
         if rows == 0 || cols == 0 { 0 } else { (rows - 1) * rs + (cols - 1) * cs + 1 }
     };
-    assert!(dst.len() >= last(m, n, [dst_rs, 1]), "gemm: destination too small");
-    assert!(a.len() >= last(m, k, a_strides), "gemm: left operand too small");
-    assert!(b.len() >= last(k, n, b_strides), "gemm: right operand too small");
-    // SAFETY: the asserts above keep every index the strides reach inside the slices; with
-    // `read_dst` false the destination is only written (`alpha` is then ignored).
+    assert!(dst_len >= last(m, n, dst_strides), "gemm: destination too small");
+    assert!(a.0.len() >= last(m, k, a.1), "gemm: left operand too small");
+    assert!(b.0.len() >= last(k, n, b.1), "gemm: right operand too small");
+}
+
+/// The `gemm` crate's f32 GEMM, one thread.
+///
+/// # Safety
+/// [`check`] passed for these shapes, `dst` pointing at that many floats.
+unsafe fn f32_gemm(
+    [m, n, k]: [usize; 3],
+    dst: *mut f32,
+    [dst_rs, dst_cs]: [usize; 2],
+    read_dst: bool,
+    (a, [a_rs, a_cs]): (&[f32], [usize; 2]),
+    (b, [b_rs, b_cs]): (&[f32], [usize; 2]),
+) {
+    // SAFETY: the caller's guarantee.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr().cast::<f32>(),
-            1,
+            dst,
+            dst_cs as isize,
             dst_rs as isize,
-            false,
+            read_dst,
             a.as_ptr(),
-            a_strides[1] as isize,
-            a_strides[0] as isize,
+            a_cs as isize,
+            a_rs as isize,
             b.as_ptr(),
-            b_strides[1] as isize,
-            b_strides[0] as isize,
-            0.0,
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
             1.0,
             false,
             false,

@@ -359,7 +359,7 @@ pub fn forward_with(p: Precision, plan: Plan, x: &[f32], wt: &[f32], dims: Dims,
                 for g in 0..plan.gemms() {
                     let (a, b) = (&weights[g * o * kc..][..o * kc], &s[offset(plan, g, w) + i * per_image..]);
                     if g == 0 {
-                        gemm_into([o, hw, kc], image, hw, a, [kc, 1], b, [stride, 1]);
+                        gemm_into([o, hw, kc], image, hw, (a, [kc, 1]), (b, [stride, 1]));
                     } else {
                         // SAFETY: the first GEMM wrote the whole image.
                         let image = unsafe { written(image) };
