@@ -72,7 +72,7 @@ impl Left {
         self.cols = k;
         self.row_len = k.next_multiple_of(TILE_K) + TILE_K;
         let len = m.next_multiple_of(2 * TILE) * self.row_len;
-        self.start = aligned(&mut self.data, len);
+        self.start = crate::blocks::aligned(&mut self.data, len);
         let (used, padding) = self.data[self.start..][..len].split_at_mut(m * self.row_len);
         fill(used, self.row_len);
         used.chunks_exact_mut(self.row_len).for_each(|row| row[k..].fill(0));
@@ -84,18 +84,6 @@ impl Left {
     pub(crate) fn packed(&self) -> &[u16] {
         &self.data[self.start..][..self.rows.next_multiple_of(2 * TILE) * self.row_len]
     }
-}
-
-/// Grows `data` to hold `len` elements from its first 64-byte boundary, and returns where that
-/// is. The system allocator aligns large blocks to 16 bytes only, and a tile row (64 bytes)
-/// straddling two cache lines made every tile load touch 32 lines instead of 16.
-fn aligned<T: Copy + Default>(data: &mut Vec<T>, len: usize) -> usize {
-    let slack = 64 / std::mem::size_of::<T>();
-    // Every element the products read is written by the packing.
-    data.resize(len + slack, T::default());
-    let start = data.as_ptr().align_offset(64);
-    assert!(start < slack, "amx: cannot align a packed operand");
-    start
 }
 
 crate::simd::simd_fn!(
@@ -143,7 +131,7 @@ impl Right {
         self.cols = n;
         self.row_len = n.next_multiple_of(2 * TILE) + 2 * TILE;
         let len = (k.div_ceil(2).next_multiple_of(TILE) + TILE) * self.row_len;
-        self.start = aligned(&mut self.data, len);
+        self.start = crate::blocks::aligned(&mut self.data, len);
         let (used, padding) = self.data[self.start..][..len].split_at_mut(k.div_ceil(2) * self.row_len);
         fill(used, self.row_len);
         used.chunks_exact_mut(self.row_len).for_each(|row| row[n..].fill(0));
@@ -344,7 +332,7 @@ mod imp {
         let tail = if rest == 0 {
             &[][..]
         } else {
-            let start = super::aligned(&mut tail_data, mp * TILE_K);
+            let start = crate::blocks::aligned(&mut tail_data, mp * TILE_K);
             let t = &mut tail_data[start..][..mp * TILE_K];
             for (r, row) in t.chunks_exact_mut(TILE_K).enumerate() {
                 row[..rest].copy_from_slice(&left.data[left.start + r * left.row_len + k0 + full * TILE_K..][..rest]);

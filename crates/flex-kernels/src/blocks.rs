@@ -18,23 +18,21 @@ pub fn capped_for_threads(by_size: usize, n: usize) -> usize {
     by_size.max(1).min(n.div_ceil(threads * 2).max(1))
 }
 
-/// `v.len() == len`, keeping what it holds (stale values from an earlier block, which the
-/// caller overwrites; new elements are zero).
-pub fn resize_for_overwrite(v: &mut Vec<f32>, len: usize) {
-    if v.len() > len {
-        v.truncate(len);
-    } else {
-        v.resize(len, 0.0);
-    }
+/// Grows `v` to hold `len` elements from its first 64-byte boundary, and returns where that is.
+/// What `v` held stays (the callers overwrite it); new elements are `T::default()`. The system
+/// allocator aligns large blocks to 16 bytes only, and an AMX tile row (64 bytes) straddling
+/// two cache lines costs the tile unit 15–20 % (`amx_product`).
+pub fn aligned<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> usize {
+    let slack = 64 / std::mem::size_of::<T>();
+    v.resize(len + slack, T::default());
+    let start = v.as_ptr().align_offset(64);
+    assert!(start < slack, "cannot align a buffer to 64 bytes");
+    start
 }
 
-/// `len` floats of `v` from its first 64-byte boundary (`v` grown as needed, keeping what it
-/// holds). The system allocator aligns large blocks to 16 bytes only; an AMX tile row (64
-/// bytes) that straddles two cache lines costs the tile unit 15–20 % (`amx_product`).
+/// `len` floats of `v` from its first 64-byte boundary ([`aligned`]).
 pub fn aligned_for_overwrite(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    const SLACK: usize = 64 / std::mem::size_of::<f32>();
-    resize_for_overwrite(v, len + SLACK);
-    let start = v.as_ptr().align_offset(64).min(SLACK);
+    let start = aligned(v, len);
     &mut v[start..][..len]
 }
 
@@ -120,8 +118,8 @@ pub fn sum_over_blocks(
     let blocks: Vec<usize> = (0..n).step_by(per_block.max(1)).collect();
     // A sum with the offset of its first 64-byte boundary.
     let zeros = || {
-        let mut v = vec![0.0f32; len + 16];
-        let start = v.as_ptr().align_offset(64).min(16);
+        let mut v = Vec::new();
+        let start = aligned(&mut v, len);
         v.truncate(start + len);
         (v, start)
     };

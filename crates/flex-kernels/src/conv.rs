@@ -24,8 +24,8 @@
 
 use crate::Precision;
 use crate::blocks::{
-    Dims, aligned_for_overwrite, capped_for_threads, gemm, gemm_into, par_images, resize_for_overwrite,
-    sum_over_blocks, tuning, write, written,
+    Dims, aligned_for_overwrite, capped_for_threads, gemm, gemm_into, par_images, sum_over_blocks, tuning, write,
+    written,
 };
 use crate::{amx, winograd};
 
@@ -112,7 +112,7 @@ fn shift_block(plan: Plan, x: &[f32], [_, c, h, w]: Dims, b0: usize, k: usize, s
     let stride = stride(plan, k, h, w);
     // Every element is written below (zeros included), so a reused buffer is not cleared
     // first: zeroing whole buffers was 8 % of a step at width 0.25 (`perf`).
-    resize_for_overwrite(s, plan.taps() * c * stride);
+    s.resize(plan.taps() * c * stride, 0.0);
     for (row, dst) in s.chunks_mut(stride).enumerate() {
         let (t, ci) = (row / c, row % c);
         // Rows: the vertical shift is the GEMM's column offset; Taps: it is built in here.
@@ -487,7 +487,7 @@ pub fn weight_grad_with(p: Precision, plan: Plan, x: &[f32], dy: &[f32], dims: D
                 shift_block(plan, x, dims, b0, k, s);
             }
             let (stride, cols) = (stride(plan, k, h, w), columns(plan, k, h, w));
-            resize_for_overwrite(gt, (cols + 2 * lead) * o);
+            gt.resize((cols + 2 * lead) * o, 0.0);
             gt[..lead * o].fill(0.0);
             gt[(lead + cols) * o..].fill(0.0);
             transposed_block(plan, dy, [n, o, h, w], b0, k, &mut gt[lead * o..][..cols * o]);

@@ -11,7 +11,7 @@
 
 use std::mem::MaybeUninit;
 
-use crate::blocks::{Dims, capped_for_threads, gemm, par_images, resize_for_overwrite, sum_over_blocks};
+use crate::blocks::{Dims, capped_for_threads, gemm, par_images, sum_over_blocks};
 use crate::simd::simd_fn;
 use crate::{Precision, amx};
 
@@ -60,7 +60,7 @@ fn transform_input_body(x: &[f32], [_, c, h, w]: Dims, b0: usize, k: usize, v: &
     let (hw, th, tw) = (h * w, h / 2, w / 2);
     let t = k * th * tw;
     // Every element is written below.
-    resize_for_overwrite(v, 16 * c * t);
+    v.resize(16 * c * t, 0.0);
     // Padded row p, column q (q = 0..w + 2) is even[p][q / 2] or odd[p][q / 2]; each half row
     // has tw + 1 entries. Then four row combinations, as halves too.
     let half = tw + 1;
@@ -198,7 +198,7 @@ pub fn forward(p: Precision, x: &[f32], wt: &[f32], [n, c, h, w]: Dims, o: usize
         let t = k * tiles_per_image;
         transform_input(x, [n, c, h, w], b0, k, v, padded);
         // The GEMMs overwrite it.
-        resize_for_overwrite(m, 16 * o * t);
+        m.resize(16 * o * t, 0.0);
         // M and V are [channel][ξ][tile], so that a tile row's 16 runs sit together for the
         // transforms (as [ξ][channel][tile] they were 16 far-apart cache lines per tile row:
         // the output transform took 12% of a step).
@@ -280,7 +280,7 @@ fn transform_gradient_body(dy: &[f32], [_, o, h, w]: Dims, b0: usize, k: usize, 
     let (hw, th, tw) = (h * w, h / 2, w / 2);
     let t = k * th * tw;
     // Every element is written below.
-    resize_for_overwrite(dm, 16 * t * o);
+    dm.resize(16 * t * o, 0.0);
     for i in 0..k {
         let image = &dy[(b0 + i) * o * hw..][..o * hw];
         for og in (0..o).step_by(LANES) {
