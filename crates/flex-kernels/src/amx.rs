@@ -71,12 +71,7 @@ impl Left {
         self.rows = m;
         self.cols = k;
         self.row_len = k.next_multiple_of(TILE_K) + TILE_K;
-        let len = m.next_multiple_of(2 * TILE) * self.row_len;
-        self.start = crate::blocks::aligned(&mut self.data, len);
-        let (used, padding) = self.data[self.start..][..len].split_at_mut(m * self.row_len);
-        fill(used, self.row_len);
-        used.chunks_exact_mut(self.row_len).for_each(|row| row[k..].fill(0));
-        padding.fill(0);
+        self.start = shape(&mut self.data, [m, m.next_multiple_of(2 * TILE)], self.row_len, k, fill);
     }
 
     /// The packed rows, padding included.
@@ -84,6 +79,24 @@ impl Left {
     pub(crate) fn packed(&self) -> &[u16] {
         &self.data[self.start..][..self.rows.next_multiple_of(2 * TILE) * self.row_len]
     }
+}
+
+/// Lays out `rows` rows of `row_len` in `data` from its first 64-byte boundary (returned):
+/// `fill(used rows, row_len)` writes the first `cols` values of each used row, and everything
+/// else (the rest of each used row, the padding rows) is zeroed here.
+fn shape<T: Copy + Default>(
+    data: &mut Vec<T>,
+    [used, rows]: [usize; 2],
+    row_len: usize,
+    cols: usize,
+    fill: impl FnOnce(&mut [T], usize),
+) -> usize {
+    let start = crate::blocks::aligned(data, rows * row_len);
+    let (filled, padding) = data[start..][..rows * row_len].split_at_mut(used * row_len);
+    fill(filled, row_len);
+    filled.chunks_exact_mut(row_len).for_each(|row| row[cols..].fill(T::default()));
+    padding.fill(T::default());
+    start
 }
 
 crate::simd::simd_fn!(
@@ -130,12 +143,8 @@ impl Right {
         self.rows = k;
         self.cols = n;
         self.row_len = n.next_multiple_of(2 * TILE) + 2 * TILE;
-        let len = (k.div_ceil(2).next_multiple_of(TILE) + TILE) * self.row_len;
-        self.start = crate::blocks::aligned(&mut self.data, len);
-        let (used, padding) = self.data[self.start..][..len].split_at_mut(k.div_ceil(2) * self.row_len);
-        fill(used, self.row_len);
-        used.chunks_exact_mut(self.row_len).for_each(|row| row[n..].fill(0));
-        padding.fill(0);
+        let pairs = k.div_ceil(2);
+        self.start = shape(&mut self.data, [pairs, pairs.next_multiple_of(TILE) + TILE], self.row_len, n, fill);
     }
 
     /// The packed pair rows, padding included.

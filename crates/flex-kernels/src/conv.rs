@@ -480,9 +480,10 @@ pub fn weight_grad_with(p: Precision, plan: Plan, x: &[f32], dy: &[f32], dims: D
     let last = offset(plan, plan.gemms() - 1, w);
     let shifts_rows = p == Precision::Bf16 && (0..plan.gemms()).all(|g| (last - offset(plan, g, w)).is_multiple_of(2));
     let lead = if shifts_rows { last } else { 0 };
+    // bf16 on `Rows`: the packed left operand is built from `x` directly.
+    let direct = p == Precision::Bf16 && plan == Plan::Rows;
     let by_gemm =
         sum_over_blocks(n, images_per_block(plan, dims, o), plan.gemms() * kc * o, |b0, k, dw, [s, gt, _]| {
-            let direct = p == Precision::Bf16 && plan == Plan::Rows;
             if !direct {
                 shift_block(plan, x, dims, b0, k, s);
             }
