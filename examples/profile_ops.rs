@@ -14,6 +14,11 @@ use burn::tensor::{Device, Distribution, Tensor};
 use cifar_core::model::ModelConfig;
 use cifar_webgpu::backend::{self, Backend};
 
+/// As the binary allocates (src/memory.rs): without the cache of large blocks every op's
+/// output is page-faulted in again, which the training loop does not pay.
+#[global_allocator]
+static ALLOCATOR: cifar_webgpu::memory::CachingAllocator = cifar_webgpu::memory::CachingAllocator;
+
 fn time(reps: usize, device: &Device, mut f: impl FnMut() -> Tensor<1>) -> f64 {
     // Three untimed calls: kernel compilation and autotuning of this shape happen there.
     for _ in 0..3 {
