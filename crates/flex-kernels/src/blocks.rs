@@ -237,6 +237,8 @@ pub struct Tuning {
     pub plan: Option<String>,
     /// Floats per block of shifted input, instead of the measured default.
     pub block_floats: Option<usize>,
+    /// The fewest columns (output pixels) per block, instead of the measured default.
+    pub min_columns: Option<usize>,
     /// `Some(false)`: never Winograd; `Some(true)`: wherever it fits.
     pub winograd: Option<bool>,
 }
@@ -246,6 +248,7 @@ pub fn tuning() -> &'static Tuning {
     TUNING.get_or_init(|| Tuning {
         plan: std::env::var("CONV_PLAN").ok(),
         block_floats: std::env::var("CONV_BLOCK").ok().and_then(|v| v.parse().ok()),
+        min_columns: std::env::var("CONV_MIN_COLUMNS").ok().and_then(|v| v.parse().ok()),
         winograd: match std::env::var("CONV_WINOGRAD").as_deref() {
             Ok("0") => Some(false),
             Ok("1") => Some(true),

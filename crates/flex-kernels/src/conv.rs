@@ -37,6 +37,11 @@ const BLOCK_FLOATS: usize = 1 << 18;
 /// overhead shows (deep layers on small maps). Both measured with
 /// `PROFILE_CONV=1 cargo run --release --example profile_ops`.
 const MIN_BLOCK_COLUMNS: usize = 1024;
+/// In bf16 the GEMMs' overhead is smaller, and a block's packed input (`6c` bytes per column)
+/// larger than L2 costs more: on the 4×4 and 8×8 maps (512 and 256 channels, a 3 MB operand
+/// at 1,024 columns) 512 columns took the 256→512 and both 512→512 layers from 369 to 321 ms
+/// per step (forward, input and weight gradients; 256 columns: 344 ms, 2,048: 478 ms).
+const MIN_BLOCK_COLUMNS_BF16: usize = 512;
 
 /// How a block's input is laid out for the GEMMs.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -99,9 +104,13 @@ const TAPS_BELOW_PIXELS: usize = 256;
 /// Images per block, so that a block's shifted input and output (`o` rows) are about
 /// `BLOCK_FLOATS` large and there are enough blocks for every thread. (Counting the input
 /// alone, the first layer's blocks held 27 images and a 7.5 MB output.)
-fn images_per_block(plan: Plan, [n, c, h, w]: Dims, o: usize) -> usize {
+fn images_per_block(p: Precision, plan: Plan, [n, c, h, w]: Dims, o: usize) -> usize {
     let floats = tuning().block_floats.unwrap_or(BLOCK_FLOATS);
-    let columns = (floats / (plan.taps() * c + o)).max(MIN_BLOCK_COLUMNS);
+    let min = tuning().min_columns.unwrap_or(match p {
+        Precision::Bf16 => MIN_BLOCK_COLUMNS_BF16,
+        Precision::F32 => MIN_BLOCK_COLUMNS,
+    });
+    let columns = (floats / (plan.taps() * c + o)).max(min);
     capped_for_threads(columns / ((h + plan.separator()) * w), n)
 }
 
@@ -353,7 +362,7 @@ pub fn forward_with(p: Precision, plan: Plan, x: &[f32], wt: &[f32], dims: Dims,
     let direct = packed.is_some() && plan == Plan::Rows && c.is_multiple_of(2);
     // Image `i`'s output columns start at `i · per_image` in a block's shifted input.
     let per_image = (h + plan.separator()) * w;
-    par_images(n, o * hw, images_per_block(plan, dims, o), |b0, dst, [s, acc, _]| {
+    par_images(n, o * hw, images_per_block(p, plan, dims, o), |b0, dst, [s, acc, _]| {
         let k = dst.len() / (o * hw);
         if !direct {
             shift_block(plan, x, dims, b0, k, s);
@@ -491,7 +500,7 @@ pub fn weight_grad_with(p: Precision, plan: Plan, x: &[f32], dy: &[f32], dims: D
     // bf16 on `Rows`: the packed left operand is built from `x` directly.
     let direct = p == Precision::Bf16 && plan == Plan::Rows;
     let by_gemm =
-        sum_over_blocks(n, images_per_block(plan, dims, o), plan.gemms() * kc * o, |b0, k, dw, [s, gt, _]| {
+        sum_over_blocks(n, images_per_block(p, plan, dims, o), plan.gemms() * kc * o, |b0, k, dw, [s, gt, _]| {
             if !direct {
                 shift_block(plan, x, dims, b0, k, s);
             }
