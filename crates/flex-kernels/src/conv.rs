@@ -39,8 +39,8 @@ const BLOCK_FLOATS: usize = 1 << 18;
 const MIN_BLOCK_COLUMNS: usize = 1024;
 /// In bf16 the GEMMs' overhead is smaller, and a block's packed input (`6c` bytes per column)
 /// larger than L2 costs more: on the 4×4 and 8×8 maps (512 and 256 channels, a 3 MB operand
-/// at 1,024 columns) 512 columns took the 256→512 and both 512→512 layers from 369 to 321 ms
-/// per step (forward, input and weight gradients; 256 columns: 344 ms, 2,048: 478 ms).
+/// at 1,024 columns) 512 columns took the 256→512 and both 512→512 layers from 450 to 390 ms
+/// per step (forward, input and weight gradients; 256 columns: 416 ms, 2,048: 584 ms).
 const MIN_BLOCK_COLUMNS_BF16: usize = 512;
 
 /// How a block's input is laid out for the GEMMs.
