@@ -11,18 +11,20 @@ use std::time::Instant;
 
 use flex_kernels::amx;
 
-/// (what, m, n, k): forward and input gradient are `o × cols × 3c` (`conv.rs`, `Plan::Rows`,
-/// one block of images as `images_per_block` makes it), the weight gradient `3c × o × cols`.
+/// (what, m, n, k) with bf16's blocks of at least 512 columns (`conv.rs`, `Plan::Rows`): the
+/// forwards and input gradients of the maps 16 and 32 wide are one product per image and
+/// kernel row (`o × hw × 3c`), those of the 4- and 8-wide maps one per block of 25 and 7
+/// images (`o × 496 × 3c`); the weight gradients `3c × o × (columns + lead)`.
 const SHAPES: [(&str, usize, usize, usize); 9] = [
     ("64→128 32×32 forward", 128, 1024, 192),
     ("64→128 32×32 input grad", 64, 1024, 384),
-    ("64→128 32×32 weight grad", 192, 128, 1024),
-    ("128→128 16×16 forward", 128, 800, 384),
-    ("128→128 16×16 weight grad", 384, 128, 800),
-    ("256→512 8×8 forward", 512, 1000, 768),
-    ("256→512 8×8 weight grad", 768, 512, 1000),
-    ("512→512 4×4 forward", 512, 1016, 1536),
-    ("512→512 4×4 weight grad", 1536, 512, 1016),
+    ("64→128 32×32 weight grad", 192, 128, 1088),
+    ("128→128 16×16 forward", 128, 256, 384),
+    ("128→128 16×16 weight grad", 384, 128, 288),
+    ("256→512 8×8 forward", 512, 496, 768),
+    ("256→512 8×8 weight grad", 768, 512, 512),
+    ("512→512 4×4 forward", 512, 496, 1536),
+    ("512→512 4×4 weight grad", 1536, 512, 504),
 ];
 
 fn main() {
