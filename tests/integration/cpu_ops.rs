@@ -110,3 +110,25 @@ fn conv3x3_matches_burn_on_every_path() {
         close("conv dx", values(x.grad(&g_ours).unwrap()), values(x.grad(&g_theirs).unwrap()));
     }
 }
+
+#[test]
+fn conv3x3_pool2_matches_burn_conv_then_pool() {
+    let device = Device::flex().autodiff();
+    let _rng = rng_lock();
+    device.seed(4);
+    let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+    let pool = burn::nn::pool::MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init();
+    for (shape, out) in [([3, 3, 20, 18], 5), ([2, 16, 16, 16], 32), ([4, 6, 7, 5], 7)] {
+        let x = input(shape, &device);
+        let w = Tensor::<4>::random([out, shape[1], 3, 3], Distribution::Normal(0.0, 0.3), &device).require_grad();
+        let ours = cpu_ops::conv3x3_pool2(x.clone(), w.clone());
+        let theirs = pool.forward(conv2d(x.clone(), w.clone(), None, options.clone()));
+        assert_eq!(ours.dims(), theirs.dims(), "conv + pool dims, {shape:?}");
+        close("conv + pool output", values(ours.clone().inner()), values(theirs.clone().inner()));
+        let r = Tensor::<4>::random(theirs.dims(), Distribution::Normal(0.0, 1.0), &device);
+        let g_ours = (ours * r.clone()).sum().backward();
+        let g_theirs = (theirs * r).sum().backward();
+        close("conv + pool dw", values(w.grad(&g_ours).unwrap()), values(w.grad(&g_theirs).unwrap()));
+        close("conv + pool dx", values(x.grad(&g_ours).unwrap()), values(x.grad(&g_theirs).unwrap()));
+    }
+}

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use burn::backend::Flex;
 use burn::backend::autodiff::Autodiff;
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -71,18 +72,62 @@ impl Backward<Flex, 2> for ConvBackward {
         let [node_x, node_w] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node);
         let (x, w) = ops.state;
+        conv_backward(&x, &w, &values(&dy), [node_x, node_w].map(|p| p.map(|n| n.id)), grads);
+    }
+}
+
+/// The convolution's gradients from its output's, `dy`, for the parents that are tracked.
+fn conv_backward(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    dy: &[f32],
+    [node_x, node_w]: [Option<NodeId>; 2],
+    grads: &mut Gradients,
+) {
+    let dims = dims4(x);
+    let o = dims4(w)[0];
+    let w = values(w);
+    if let Some(node) = node_w {
+        let dw = conv::weight_grad(crate::precision::current(), &values(x), dy, dims, o);
+        grads.register::<Flex>(node, tensor(dw, vec![o, dims[1], 3, 3]));
+    }
+    if let Some(node) = node_x {
+        grads.register::<Flex>(
+            node,
+            tensor(conv::input_grad(crate::precision::current(), dy, &w, dims, o), dims.to_vec()),
+        );
+    }
+}
+
+#[derive(Debug)]
+struct ConvPoolBackward;
+
+impl Backward<Flex, 2> for ConvPoolBackward {
+    /// x, w, and which cell of each pooling window won.
+    type State = (FlexTensor, FlexTensor, Arc<Vec<u8>>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w] = ops.parents;
+        let dp = grads.consume::<Flex>(&ops.node);
+        let (x, w, cells) = ops.state;
         let dims = dims4(&x);
         let o = dims4(&w)[0];
-        let (dy, w) = (values(&dy), values(&w));
-        if let Some(node) = node_w {
-            let dw = conv::weight_grad(crate::precision::current(), &values(&x), &dy, dims, o);
+        let want = [node_x.is_some(), node_w.is_some()];
+        let (dx, dw) = conv::backward_pooled(
+            crate::precision::current(),
+            &values(&x),
+            &values(&w),
+            &values(&dp),
+            &cells,
+            dims,
+            o,
+            want,
+        );
+        if let (Some(node), Some(dw)) = (node_w, dw) {
             grads.register::<Flex>(node.id, tensor(dw, vec![o, dims[1], 3, 3]));
         }
-        if let Some(node) = node_x {
-            grads.register::<Flex>(
-                node.id,
-                tensor(conv::input_grad(crate::precision::current(), &dy, &w, dims, o), dims.to_vec()),
-            );
+        if let (Some(node), Some(dx)) = (node_x, dx) {
+            grads.register::<Flex>(node.id, tensor(dx, dims.to_vec()));
         }
     }
 }
@@ -130,6 +175,22 @@ impl<C: CheckpointStrategy> CpuOps for Autodiff<Flex, C> {
                 prep.finish((xp, wp), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(<Flex as CpuOps>::conv3x3(x.into_primitive(), w.into_primitive())),
+        }
+    }
+
+    fn conv3x3_pool2(x: Ad<C>, w: Ad<C>) -> Ad<C> {
+        match ConvPoolBackward.prepare::<C>([x.node(), w.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (xp, wp) = (x.into_primitive(), w.into_primitive());
+                let [n, c, h, wd] = dims4(&xp);
+                let o = dims4(&wp)[0];
+                let (out, arg) =
+                    conv::forward_pooled(crate::precision::current(), &values(&xp), &values(&wp), [n, c, h, wd], o);
+                prep.finish((xp, wp, Arc::new(arg)), tensor(out, vec![n, o, h / 2, wd / 2]))
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(<Flex as CpuOps>::conv3x3_pool2(x.into_primitive(), w.into_primitive()))
+            }
         }
     }
 

@@ -106,6 +106,30 @@ pub fn par_images(
     unsafe { assume_init(out) }
 }
 
+/// As [`par_images`], with a second output of `bytes` bytes per image (a pooled forward's
+/// winning cells; 0: none): `f(b0, dst, bytes_dst, scratch)` writes every element of both.
+pub fn par_images_and_bytes(
+    n: usize,
+    image: usize,
+    bytes: usize,
+    per_block: usize,
+    f: impl Fn(usize, &mut [MaybeUninit<f32>], &mut [MaybeUninit<u8>], &mut [Vec<f32>; 3]) + Sync + Send,
+) -> (Vec<f32>, Vec<u8>) {
+    if bytes == 0 {
+        return (par_images(n, image, per_block, |b0, dst, s| f(b0, dst, &mut [], s)), Vec::new());
+    }
+    assert!(image > 0, "par_images_and_bytes: bytes for images without floats");
+    let (mut out, mut extra) = (uninit(n * image), uninit(n * bytes));
+    if n > 0 {
+        out.par_chunks_mut(per_block * image)
+            .zip(extra.par_chunks_mut(per_block * bytes))
+            .enumerate()
+            .for_each(|(block, (dst, b))| with_scratch(|s| f(block * per_block, dst, b, s)));
+    }
+    // SAFETY: every block of both was written whole (the contract of `f`).
+    unsafe { (assume_init(out), assume_init(extra)) }
+}
+
 /// `len` floats summed over the blocks of `n` images: `f(b0, k, acc, scratch)` adds the
 /// contribution of images `b0..b0 + k` into `acc` (64-byte aligned, for the tile unit). Each
 /// thread sums its own blocks, then the partial sums are added.

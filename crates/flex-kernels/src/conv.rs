@@ -24,9 +24,10 @@
 
 use crate::Precision;
 use crate::blocks::{
-    Dims, aligned_for_overwrite, capped_for_threads, gemm, gemm_into, par_images, sum_over_blocks, tuning, write,
-    written,
+    Dims, aligned_for_overwrite, capped_for_threads, gemm, gemm_into, par_images_and_bytes, sum_over_blocks, tuning,
+    write, written,
 };
+use crate::kernels::pool_plane;
 use crate::{amx, winograd};
 use rayon::prelude::*;
 
@@ -165,6 +166,63 @@ fn shifted_plane(src: &[f32], image: &mut [f32], w: usize, ky: usize, kx: usize)
     }
 }
 
+/// Where a convolution reads its input planes from: a tensor, or, in the backward of a
+/// convolution followed by a 2×2 max pool ([`backward_pooled`]), the pooled output's gradient
+/// and its winning cells, each plane unpooled as it is read (the full-size gradient, 256 MiB
+/// after the 64 → 128 layer at width 1 and batch 512, is then never written to memory).
+#[derive(Clone, Copy)]
+pub(crate) enum Planes<'a> {
+    Dense(&'a [f32]),
+    Unpooled { dy: &'a [f32], cells: &'a [u8] },
+}
+
+impl<'a> Planes<'a> {
+    /// Plane `index` of `h × w` (even sides for `Unpooled`), unpooled into `buf` if need be.
+    #[inline(always)]
+    fn plane<'b>(self, index: usize, [h, w]: [usize; 2], buf: &'b mut Vec<f32>) -> &'b [f32]
+    where
+        'a: 'b,
+    {
+        match self {
+            Planes::Dense(x) => &x[index * h * w..][..h * w],
+            Planes::Unpooled { .. } => {
+                buf.resize(h * w, 0.0);
+                self.unpool_into(index, w, buf);
+                buf
+            }
+        }
+    }
+
+    /// Plane `index` of `Unpooled` (`out.len()` = its `h × w`) into `out`.
+    #[inline(always)]
+    fn unpool_into(self, index: usize, w: usize, out: &mut [f32]) {
+        let Planes::Unpooled { dy, cells } = self else { unreachable!("unpool_into on dense planes") };
+        let q = out.len() / w / 2 * (w / 2);
+        // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and the unpooling writes only
+        // initialised values (every element: the gradient or 0).
+        let out = unsafe { &mut *(out as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) };
+        crate::kernels::pool_backward_plane_body(out, &dy[index * q..][..q], &cells[index * q..][..q], w);
+    }
+
+    fn dense(self) -> Option<&'a [f32]> {
+        match self {
+            Planes::Dense(x) => Some(x),
+            Planes::Unpooled { .. } => None,
+        }
+    }
+
+    /// Panics with `what` unless these are the planes of `[n, c, h, w]`.
+    fn check(self, [n, c, h, w]: Dims, what: &str) {
+        match self {
+            Planes::Dense(x) => assert_eq!(x.len(), n * c * h * w, "{what}"),
+            Planes::Unpooled { dy, cells } => {
+                assert!(h % 2 == 0 && w % 2 == 0, "{what}: unpooled planes need even sides");
+                assert!(dy.len() == n * c * (h / 2) * (w / 2) && cells.len() == dy.len(), "{what}");
+            }
+        }
+    }
+}
+
 /// The `Plan::Rows` shifted input of images `b0..b0 + k`, its columns `col0..col0 + n`, converted
 /// straight into a packed bf16 operand (as `shift_block` then packing would give it, without the
 /// f32 copy in between: `memmove` and packing were 19 % of a bf16 step). `rows`, `row_len`
@@ -174,7 +232,7 @@ fn shifted_plane(src: &[f32], image: &mut [f32], w: usize, ky: usize, kx: usize)
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn shifted_operand_body<T: Copy + Default>(
-    x: &[f32],
+    x: Planes,
     [_, c, h, w]: Dims,
     [b0, k]: [usize; 2],
     [col0, n]: [usize; 2],
@@ -187,6 +245,8 @@ fn shifted_operand_body<T: Copy + Default>(
     // One plane converted once, with a zero before and after it; the three shifts are copies
     // of it (converting each shift on its own ran a third of the time in remainder loops).
     let mut line = vec![T::default(); hw + 2];
+    // Unpooled planes (an even and an odd channel), when `x` is a pooled gradient.
+    let (mut even, mut odd) = (Vec::new(), Vec::new());
     for u in 0..units {
         // How far each of the three rows is written.
         let mut written = [0; 3];
@@ -198,9 +258,10 @@ fn shifted_operand_body<T: Copy + Default>(
             if lo >= hi {
                 continue;
             }
-            let plane = ((b0 + i) * c + u * per_row) * hw;
-            let odd = plane + (per_row - 1) * hw;
-            for ((l, e), o) in line[1..=hw].iter_mut().zip(&x[plane..][..hw]).zip(&x[odd..][..hw]) {
+            let plane = (b0 + i) * c + u * per_row;
+            let e = x.plane(plane, [h, w], &mut even);
+            let o = x.plane(plane + per_row - 1, [h, w], &mut odd);
+            for ((l, e), o) in line[1..=hw].iter_mut().zip(e).zip(o) {
                 *l = convert(*e, *o);
             }
             let (a, b) = (lo - start, hi - start);
@@ -240,21 +301,21 @@ fn bf16_single(v: f32, _: f32) -> u16 {
 crate::simd::simd_fn!(
     /// [`shifted_operand_body`] for a [`amx::Left`] (one channel per row), images
     /// `b0..b0 + k` and columns `col0..col0 + n` given as `[b0, k]` and `[col0, n]`.
-    fn shifted_left(x: &[f32], dims: Dims, images: [usize; 2], span: [usize; 2], rows: &mut [u16], row_len: usize) => shifted_left_body
+    fn shifted_left(x: Planes, dims: Dims, images: [usize; 2], span: [usize; 2], rows: &mut [u16], row_len: usize) => shifted_left_body
 );
 
 #[inline(always)]
-fn shifted_left_body(x: &[f32], dims: Dims, images: [usize; 2], span: [usize; 2], rows: &mut [u16], row_len: usize) {
+fn shifted_left_body(x: Planes, dims: Dims, images: [usize; 2], span: [usize; 2], rows: &mut [u16], row_len: usize) {
     shifted_operand_body(x, dims, images, span, rows, row_len, 1, bf16_single)
 }
 
 crate::simd::simd_fn!(
     /// As [`shifted_left`], for a [`amx::Right`] (two channels per pair row; `c` even).
-    fn shifted_right(x: &[f32], dims: Dims, images: [usize; 2], span: [usize; 2], rows: &mut [u32], row_len: usize) => shifted_right_body
+    fn shifted_right(x: Planes, dims: Dims, images: [usize; 2], span: [usize; 2], rows: &mut [u32], row_len: usize) => shifted_right_body
 );
 
 #[inline(always)]
-fn shifted_right_body(x: &[f32], dims: Dims, images: [usize; 2], span: [usize; 2], rows: &mut [u32], row_len: usize) {
+fn shifted_right_body(x: Planes, dims: Dims, images: [usize; 2], span: [usize; 2], rows: &mut [u32], row_len: usize) {
     shifted_operand_body(x, dims, images, span, rows, row_len, 2, amx::pair)
 }
 
@@ -350,9 +411,81 @@ fn use_winograd(p: Precision, [_, c, h, w]: Dims, o: usize) -> bool {
 }
 
 pub fn forward_with(p: Precision, plan: Plan, x: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec<f32> {
+    blocks_forward(p, plan, Planes::Dense(x), wt, dims, o, false).0
+}
+
+/// The forward convolution followed by 2×2 max pooling, stride 2: `[n, o, h/2, w/2]` and which
+/// cell of each window won (as [`crate::kernels::pool_kernel`] gives them). In bf16 each block's
+/// output is pooled from its block buffer while it is in cache, so the full-size output (at
+/// width 1 and batch 512, 256 MiB after the 64 → 128 layer) is never written to memory nor read
+/// back; the backward needs only the winning cells. Elsewhere (f32, odd maps): the
+/// convolution, then the pool.
+pub fn forward_pooled(p: Precision, x: &[f32], wt: &[f32], dims: Dims, o: usize) -> (Vec<f32>, Vec<u8>) {
+    let [n, c, h, w] = dims;
+    let q = precision_for(p, c, o);
+    let fused = q == Precision::Bf16
+        && !use_winograd(q, dims, o)
+        && Plan::for_map(q, h, w) == Plan::Rows
+        && h >= 2
+        && w >= 2
+        && h.is_multiple_of(2)
+        && w.is_multiple_of(2);
+    if fused {
+        return blocks_forward(q, Plan::Rows, Planes::Dense(x), wt, dims, o, true);
+    }
+    crate::kernels::pool_kernel(&forward(p, x, wt, dims, o), [n, o, h, w])
+}
+
+/// The gradients of [`forward_pooled`] from the pooled output's, `dp [n, o, h/2, w/2]`, and the
+/// winning cells: `(dx, dw)`, each computed where `want` asks. In bf16 both read `dp`
+/// unpooled plane by plane, in cache ([`Planes`]); elsewhere `dp` is unpooled whole first.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_pooled(
+    p: Precision,
+    x: &[f32],
+    wt: &[f32],
+    dp: &[f32],
+    cells: &[u8],
+    dims: Dims,
+    o: usize,
+    [want_dx, want_dw]: [bool; 2],
+) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    let [n, c, h, w] = dims;
+    let q = precision_for(p, c, o);
+    let fused = q == Precision::Bf16
+        && Plan::for_map(q, h, w) == Plan::Rows
+        && !use_winograd(q, dims, o)
+        && !use_winograd(q, [n, o, h, w], c)
+        // The input gradient's packed operand is built from pairs of its input's channels.
+        && o.is_multiple_of(2)
+        && h >= 2
+        && w >= 2
+        && h.is_multiple_of(2)
+        && w.is_multiple_of(2);
+    if !fused {
+        let dy = crate::kernels::pool_backward_kernel(dp, cells, [n, o, h, w]);
+        return (want_dx.then(|| input_grad(p, &dy, wt, dims, o)), want_dw.then(|| weight_grad(p, x, &dy, dims, o)));
+    }
+    let dy = Planes::Unpooled { dy: dp, cells };
+    (
+        want_dx.then(|| blocks_forward(q, Plan::Rows, dy, &flipped(wt, o, c), [n, o, h, w], c, false).0),
+        want_dw.then(|| weight_grad_blocks(q, Plan::Rows, x, dy, dims, o)),
+    )
+}
+
+/// [`forward_with`], pooled ([`forward_pooled`], bf16 only) or not.
+fn blocks_forward(
+    p: Precision,
+    plan: Plan,
+    x: Planes,
+    wt: &[f32],
+    dims: Dims,
+    o: usize,
+    pooled: bool,
+) -> (Vec<f32>, Vec<u8>) {
     let [n, c, h, w] = dims;
     let hw = h * w;
-    assert_eq!(x.len(), n * c * hw, "conv3x3: input has the wrong size");
+    x.check(dims, "conv3x3: input has the wrong size");
     assert_eq!(wt.len(), o * c * 9, "conv3x3: weight has the wrong size");
     let kc = plan.taps() * c;
     let weights = weights_for(plan, wt, o, c);
@@ -362,9 +495,14 @@ pub fn forward_with(p: Precision, plan: Plan, x: &[f32], wt: &[f32], dims: Dims,
     let direct = packed.is_some() && plan == Plan::Rows && c.is_multiple_of(2);
     // Image `i`'s output columns start at `i · per_image` in a block's shifted input.
     let per_image = (h + plan.separator()) * w;
-    par_images(n, o * hw, images_per_block(p, plan, dims, o), |b0, dst, [s, acc, _]| {
-        let k = dst.len() / (o * hw);
+    assert!(!pooled || packed.is_some(), "conv3x3: the pooled forward runs in bf16 only");
+    // Per image: the output's floats and the pooled output's winning cells.
+    let (image, cells) = if pooled { (o * (h / 2) * (w / 2), o * (h / 2) * (w / 2)) } else { (o * hw, 0) };
+    let per_block = images_per_block(p, plan, dims, o);
+    par_images_and_bytes(n, image, cells, per_block, |b0, dst, arg, [s, acc, _]| {
+        let k = dst.len() / image;
         if !direct {
+            let x = x.dense().expect("conv3x3: unpooled planes are read on the direct bf16 path only");
             shift_block(plan, x, dims, b0, k, s);
         }
         let (stride, cols) = (stride(plan, k, h, w), columns(plan, k, h, w));
@@ -405,7 +543,7 @@ pub fn forward_with(p: Precision, plan: Plan, x: &[f32], wt: &[f32], dims: Dims,
             // in an output the allocator aligned: the binary's aligns large blocks): copying
             // the outputs out of a block buffer was 6 % of a bf16 step (`perf`).
             let lines = |v: usize| v.is_multiple_of(16);
-            if shared && lines(per_image) && lines(hw) && dst.as_ptr().addr().is_multiple_of(64) {
+            if !pooled && shared && lines(per_image) && lines(hw) && dst.as_ptr().addr().is_multiple_of(64) {
                 for (i, image) in dst.chunks_exact_mut(o * hw).enumerate() {
                     for (g, left) in lefts.iter().enumerate() {
                         let n0 = offset(plan, g, w) + i * per_image;
@@ -436,7 +574,13 @@ pub fn forward_with(p: Precision, plan: Plan, x: &[f32], wt: &[f32], dims: Dims,
             }
             for i in 0..k {
                 for oc in 0..o {
-                    write(&mut dst[(i * o + oc) * hw..][..hw], &acc[oc * acc_rs + i * per_image..][..hw]);
+                    let plane = &acc[oc * acc_rs + i * per_image..][..hw];
+                    if pooled {
+                        let at = (i * o + oc) * (image / o);
+                        pool_plane(&mut dst[at..][..image / o], &mut arg[at..][..image / o], plane, w);
+                    } else {
+                        write(&mut dst[(i * o + oc) * hw..][..hw], plane);
+                    }
                 }
             }
         });
@@ -485,10 +629,14 @@ pub fn weight_grad(p: Precision, x: &[f32], dy: &[f32], dims: Dims, o: usize) ->
 }
 
 pub fn weight_grad_with(p: Precision, plan: Plan, x: &[f32], dy: &[f32], dims: Dims, o: usize) -> Vec<f32> {
+    weight_grad_blocks(p, plan, x, Planes::Dense(dy), dims, o)
+}
+
+fn weight_grad_blocks(p: Precision, plan: Plan, x: &[f32], dy: Planes, dims: Dims, o: usize) -> Vec<f32> {
     let [n, c, h, w] = dims;
     let hw = h * w;
     assert_eq!(x.len(), n * c * hw, "conv3x3 weight grad: input has the wrong size");
-    assert_eq!(dy.len(), n * o * hw, "conv3x3 weight grad: output gradient has the wrong size");
+    dy.check([n, o, h, w], "conv3x3 weight grad: output gradient has the wrong size");
     let kc = plan.taps() * c;
     // bf16: the output gradient goes in with `lead` zero rows before and after it, so that
     // each kernel row's GEMM can start at its own row of it (an even row of the pair layout)
@@ -499,8 +647,11 @@ pub fn weight_grad_with(p: Precision, plan: Plan, x: &[f32], dy: &[f32], dims: D
     let lead = if shifts_rows { last } else { 0 };
     // bf16 on `Rows`: the packed left operand is built from `x` directly.
     let direct = p == Precision::Bf16 && plan == Plan::Rows;
-    let by_gemm =
-        sum_over_blocks(n, images_per_block(p, plan, dims, o), plan.gemms() * kc * o, |b0, k, dw, [s, gt, _]| {
+    let by_gemm = sum_over_blocks(
+        n,
+        images_per_block(p, plan, dims, o),
+        plan.gemms() * kc * o,
+        |b0, k, dw, [s, gt, unpooled]| {
             if !direct {
                 shift_block(plan, x, dims, b0, k, s);
             }
@@ -508,12 +659,14 @@ pub fn weight_grad_with(p: Precision, plan: Plan, x: &[f32], dy: &[f32], dims: D
             gt.resize((cols + 2 * lead) * o, 0.0);
             gt[..lead * o].fill(0.0);
             gt[(lead + cols) * o..].fill(0.0);
-            transposed_block(plan, dy, [n, o, h, w], b0, k, &mut gt[lead * o..][..cols * o]);
+            transposed_block(plan, dy, [n, o, h, w], b0, k, &mut gt[lead * o..][..cols * o], unpooled);
             if p == Precision::Bf16 {
                 // Both packed once.
                 amx::with_scratch(|left, right| {
                     if direct {
-                        left.pack_with(kc, stride, |rows, rl| shifted_left(x, dims, [b0, k], [0, stride], rows, rl));
+                        left.pack_with(kc, stride, |rows, rl| {
+                            shifted_left(Planes::Dense(x), dims, [b0, k], [0, stride], rows, rl)
+                        });
                     } else {
                         left.pack(s, stride, kc, stride);
                     }
@@ -531,7 +684,8 @@ pub fn weight_grad_with(p: Precision, plan: Plan, x: &[f32], dy: &[f32], dims: D
                 let d = &mut dw[gi * kc * o..][..kc * o];
                 gemm(p, [kc, o, cols], d, [o, 1], true, &s[offset(plan, gi, w)..], [stride, 1], gt, [o, 1]);
             }
-        });
+        },
+    );
     let mut out = vec![0.0f32; o * c * 9];
     if c > 0 {
         out.par_chunks_mut(c * 9).enumerate().for_each(|(oc, dst)| {
@@ -550,17 +704,45 @@ pub fn weight_grad_with(p: Precision, plan: Plan, x: &[f32], dy: &[f32], dims: D
 
 /// Images `b0..b0 + k` of `dy [n, o, h, w]` as a `columns(plan, k, h, w) × o` matrix
 /// (pixel-major, in the output's column layout: zero on the separator rows) into `gt`.
-fn transposed_block(plan: Plan, dy: &[f32], [_, o, h, w]: Dims, b0: usize, k: usize, gt: &mut [f32]) {
+fn transposed_block(
+    plan: Plan,
+    dy: Planes,
+    [_, o, h, w]: Dims,
+    b0: usize,
+    k: usize,
+    gt: &mut [f32],
+    buf: &mut Vec<f32>,
+) {
     let hw = h * w;
     let sep = plan.separator();
     assert_eq!(gt.len(), columns(plan, k, h, w) * o, "conv3x3 weight grad: wrong block size");
     for i in 0..k {
-        let image = &dy[(b0 + i) * o * hw..][..o * hw];
+        let image = match dy {
+            Planes::Dense(dy) => &dy[(b0 + i) * o * hw..][..o * hw],
+            // Unpooled plane by plane into `buf` (in cache), then transposed from there.
+            Planes::Unpooled { .. } => {
+                buf.resize(o * hw, 0.0);
+                for (oc, dst) in buf.chunks_exact_mut(hw).enumerate() {
+                    unpool_plane(dy, (b0 + i) * o + oc, w, dst);
+                }
+                &buf[..]
+            }
+        };
         transposed_image(image, o, hw, &mut gt[i * (h + sep) * w * o..][..hw * o]);
         if sep > 0 && i + 1 < k {
             gt[((i + 1) * (h + sep) - sep) * w * o..][..sep * w * o].fill(0.0);
         }
     }
+}
+
+crate::simd::simd_fn!(
+    /// [`Planes::unpool_into`], compiled for the CPU's vectors.
+    fn unpool_plane(dy: Planes, index: usize, w: usize, out: &mut [f32]) => unpool_plane_body
+);
+
+#[inline(always)]
+fn unpool_plane_body(dy: Planes, index: usize, w: usize, out: &mut [f32]) {
+    dy.unpool_into(index, w, out)
 }
 
 crate::simd::simd_fn!(
@@ -733,12 +915,93 @@ mod tests {
                 let what = format!("{n}×{c} at {h}×{w}, images {b0}..{}, columns {col0}..{}", b0 + k, col0 + len);
                 let (mut want, mut got) = (amx::Right::default(), amx::Right::default());
                 want.pack(&s[col0..], stride, kc, len);
-                got.pack_with(kc, len, |rows, rl| shifted_right(&x, dims, [b0, k], [col0, len], rows, rl));
+                got.pack_with(kc, len, |rows, rl| {
+                    shifted_right(Planes::Dense(&x), dims, [b0, k], [col0, len], rows, rl)
+                });
                 assert!(want.packed() == got.packed(), "right operand, {what}");
                 let (mut want, mut got) = (amx::Left::default(), amx::Left::default());
                 want.pack(&s[col0..], stride, kc, len);
-                got.pack_with(kc, len, |rows, rl| shifted_left(&x, dims, [b0, k], [col0, len], rows, rl));
+                got.pack_with(kc, len, |rows, rl| {
+                    shifted_left(Planes::Dense(&x), dims, [b0, k], [col0, len], rows, rl)
+                });
                 assert!(want.packed() == got.packed(), "left operand, {what}");
+            }
+        }
+    }
+
+    /// The pooled forward is the forward, then the pool: in bf16 where the CPU has AMX (the
+    /// fused path: maps 32, 16, 8 and 4 wide, several images per block, channels odd and
+    /// even), and in f32 (the convolution, then the pool), odd sides included. The fused path
+    /// sums the edge tiles of a block in another order than the per-image products do, so
+    /// values are compared within rounding, and each winning cell must hold its window's max.
+    #[test]
+    fn pooled_forward_is_the_forward_then_the_pool() {
+        let mut rng = TestRng(17);
+        let mut rand = |len: usize| (0..len).map(|_| rng.below(2001) as f32 / 1000.0 - 1.0).collect::<Vec<f32>>();
+        let mut precisions = vec![F32];
+        if crate::amx::available() {
+            precisions.push(Precision::Bf16);
+        } else {
+            eprintln!("bf16 skipped: this CPU has no AMX-BF16");
+        }
+        for (n, c, o, h, w) in [
+            (3, 32, 48, 32, 32),
+            (5, 64, 32, 16, 16),
+            (9, 40, 64, 8, 8),
+            (20, 33, 16, 4, 4),
+            (3, 16, 16, 6, 10),
+            (2, 3, 5, 5, 7),
+        ] {
+            let dims = [n, c, h, w];
+            let (x, wt) = (rand(n * c * h * w), rand(o * c * 9));
+            for &p in &precisions {
+                let full = forward(p, &x, &wt, dims, o);
+                let (want, _) = crate::kernels::pool_kernel(&full, [n, o, h, w]);
+                let (got, cells) = forward_pooled(p, &x, &wt, dims, o);
+                let what = format!("{p:?} {n}×{c}→{o} at {h}×{w}");
+                close(&format!("pooled values, {what}"), &got, &want);
+                let (oh, ow) = (h / 2, w / 2);
+                assert_eq!(cells.len(), got.len(), "winning cells, {what}");
+                for (i, &cell) in cells.iter().enumerate() {
+                    let (plane, y, xx) = (i / (oh * ow), i / ow % oh, i % ow);
+                    let (cy, cx) = (2 * y + cell as usize / 2, 2 * xx + cell as usize % 2);
+                    assert!(cell < 4, "winning cell {cell} at {i}, {what}");
+                    let at = full[plane * h * w + cy * w + cx];
+                    assert!((at - want[i]).abs() <= 1e-3 * (1.0 + want[i].abs()), "winning cell {cell} at {i}, {what}");
+                }
+            }
+        }
+    }
+
+    /// The pooled backward (each plane of the output gradient unpooled as it is read) gives the
+    /// gradients of the gradient unpooled whole, within rounding, in bf16 where the CPU has
+    /// AMX and in f32; only the gradients asked for are computed.
+    #[test]
+    fn pooled_backward_is_the_unpool_then_the_gradients() {
+        let mut rng = TestRng(23);
+        let mut rand = |len: usize| (0..len).map(|_| rng.below(2001) as f32 / 1000.0 - 1.0).collect::<Vec<f32>>();
+        let mut precisions = vec![F32];
+        if crate::amx::available() {
+            precisions.push(Precision::Bf16);
+        }
+        for (n, c, o, h, w) in
+            [(3, 32, 48, 32, 32), (5, 64, 32, 16, 16), (9, 40, 64, 8, 8), (20, 33, 16, 4, 4), (2, 3, 5, 6, 10)]
+        {
+            let dims = [n, c, h, w];
+            let (x, wt) = (rand(n * c * h * w), rand(o * c * 9));
+            let q = (h / 2) * (w / 2);
+            let dp = rand(n * o * q);
+            // Cells from the values drawn: 0..4 in turn, shuffled by the values' own digits.
+            let cells: Vec<u8> =
+                dp.iter().enumerate().map(|(i, v)| ((i + (v.to_bits() >> 7) as usize) % 4) as u8).collect();
+            let dy = crate::kernels::pool_backward_kernel(&dp, &cells, [n, o, h, w]);
+            for &p in &precisions {
+                let what = format!("{p:?} {n}×{c}→{o} at {h}×{w}");
+                let (dx, dw) = backward_pooled(p, &x, &wt, &dp, &cells, dims, o, [true, true]);
+                close(&format!("dx, {what}"), &dx.expect("dx asked"), &input_grad(p, &dy, &wt, dims, o));
+                close(&format!("dw, {what}"), &dw.expect("dw asked"), &weight_grad(p, &x, &dy, dims, o));
+                let (dx, dw) = backward_pooled(p, &x, &wt, &dp, &cells, dims, o, [false, true]);
+                assert!(dx.is_none() && dw.is_some(), "only dw asked, {what}");
             }
         }
     }

@@ -41,4 +41,11 @@ impl CpuOps for Flex {
             vec![dims[0], o, dims[2], dims[3]],
         )
     }
+
+    fn conv3x3_pool2(x: FlexTensor, w: FlexTensor) -> FlexTensor {
+        let [n, c, h, wd] = dims4(&x);
+        let o = dims4(&w)[0];
+        let (out, _) = conv::forward_pooled(crate::precision::current(), &values(&x), &values(&w), [n, c, h, wd], o);
+        tensor(out, vec![n, o, h / 2, wd / 2])
+    }
 }

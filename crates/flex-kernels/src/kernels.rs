@@ -274,7 +274,7 @@ pub(crate) fn pool_kernel(x: &[f32], [n, c, h, w]: [usize; 4]) -> (Vec<f32>, Vec
 
 simd_fn!(
     /// One plane of [`pool_kernel`]: `xs` is `h × w`, `o` and `a` `h/2 × w/2`.
-    fn pool_plane(o: &mut [MaybeUninit<f32>], a: &mut [MaybeUninit<u8>], xs: &[f32], w: usize) => pool_plane_body
+    pub(crate) fn pool_plane(o: &mut [MaybeUninit<f32>], a: &mut [MaybeUninit<u8>], xs: &[f32], w: usize) => pool_plane_body
 );
 
 #[inline(always)]
@@ -312,7 +312,7 @@ simd_fn!(
 );
 
 #[inline(always)]
-fn pool_backward_plane_body(out: &mut [MaybeUninit<f32>], d: &[f32], a: &[u8], w: usize) {
+pub(crate) fn pool_backward_plane_body(out: &mut [MaybeUninit<f32>], d: &[f32], a: &[u8], w: usize) {
     let (ow, oh) = (w / 2, out.len() / w / 2);
     assert!(d.len() == oh * ow && a.len() == d.len(), "pool_backward_plane: sizes differ");
     for y in 0..oh {

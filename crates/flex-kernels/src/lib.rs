@@ -92,6 +92,9 @@ pub trait CpuOps: burn::backend::Backend {
     fn max_pool2(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// 3×3 convolution, stride 1, padding 1, no bias: `x [n, c, h, w]`, `w [o, c, 3, 3]`.
     fn conv3x3(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// [`conv3x3`](CpuOps::conv3x3) then [`max_pool2`](CpuOps::max_pool2), in one pass where the
+    /// kernels allow it (bf16: [`conv::forward_pooled`]).
+    fn conv3x3_pool2(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 /// Whether the fused kernels serve this device.
@@ -128,4 +131,10 @@ pub fn max_pool2(x: Tensor<4>) -> Tensor<4> {
 
 pub fn conv3x3(x: Tensor<4>, w: Tensor<4>) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as CpuOps>::conv3x3(x.into_dispatch(), w.into_dispatch()))
+}
+
+/// 3×3 convolution then 2×2 max pooling: the layers with a pool, whose full-size convolution
+/// output is only ever pooled.
+pub fn conv3x3_pool2(x: Tensor<4>, w: Tensor<4>) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as CpuOps>::conv3x3_pool2(x.into_dispatch(), w.into_dispatch()))
 }

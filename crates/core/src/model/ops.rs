@@ -84,6 +84,16 @@ pub fn conv3x3(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     conv.forward(x)
 }
 
+/// 3×3 convolution then 2×2 max pooling. On flex one op: the full-size convolution output is
+/// only ever pooled, so the kernels pool it while in cache (bf16) and keep just the winning cells.
+pub fn conv3x3_pool2(conv: &Conv2d, pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
+    #[cfg(feature = "flex-kernels")]
+    if is_host(&x.device()) {
+        return flex_kernels::conv3x3_pool2(x, conv.weight.val());
+    }
+    max_pool2(pool, conv3x3(conv, x))
+}
+
 /// 2×2 max pooling, stride 2.
 pub fn max_pool2(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
     #[cfg(feature = "flex-kernels")]
