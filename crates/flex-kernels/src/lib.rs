@@ -1,5 +1,5 @@
 //! CPU-backend (flex) ops with their own backward: BatchNorm fused with the ReLU and dropout
-//! that follow it, 2×2 max pooling, and the 3×3 convolution.
+//! that follow it, 2×2 max pooling, and the 3×3 convolution, alone or followed by the pool.
 //!
 //! Burn runs these generically on flex: BatchNorm as a dozen tensor ops (axis swaps that copy,
 //! reductions, broadcasts: 194 ms of a 3.0 s step at width 1, batch 128), max pooling through a
