@@ -846,6 +846,16 @@ mod tests {
         naive(n * c * h * w, dims, o, |oi, ii, wi| (ii, dy[oi], wt[wi]))
     }
 
+    /// f32, and bf16 where this CPU has AMX.
+    fn test_precisions() -> Vec<Precision> {
+        if crate::amx::available() {
+            vec![F32, Precision::Bf16]
+        } else {
+            eprintln!("bf16 skipped: this CPU has no AMX-BF16");
+            vec![F32]
+        }
+    }
+
     #[track_caller]
     fn close(what: &str, got: &[f32], want: &[f32]) {
         assert_eq!(got.len(), want.len(), "{what}: length");
@@ -938,12 +948,7 @@ mod tests {
     fn pooled_forward_is_the_forward_then_the_pool() {
         let mut rng = TestRng(17);
         let mut rand = |len: usize| (0..len).map(|_| rng.below(2001) as f32 / 1000.0 - 1.0).collect::<Vec<f32>>();
-        let mut precisions = vec![F32];
-        if crate::amx::available() {
-            precisions.push(Precision::Bf16);
-        } else {
-            eprintln!("bf16 skipped: this CPU has no AMX-BF16");
-        }
+        let precisions = test_precisions();
         for (n, c, o, h, w) in [
             (3, 32, 48, 32, 32),
             (5, 64, 32, 16, 16),
@@ -980,10 +985,7 @@ mod tests {
     fn pooled_backward_is_the_unpool_then_the_gradients() {
         let mut rng = TestRng(23);
         let mut rand = |len: usize| (0..len).map(|_| rng.below(2001) as f32 / 1000.0 - 1.0).collect::<Vec<f32>>();
-        let mut precisions = vec![F32];
-        if crate::amx::available() {
-            precisions.push(Precision::Bf16);
-        }
+        let precisions = test_precisions();
         for (n, c, o, h, w) in
             [(3, 32, 48, 32, 32), (5, 64, 32, 16, 16), (9, 40, 64, 8, 8), (20, 33, 16, 4, 4), (2, 3, 5, 6, 10)]
         {
