@@ -19,8 +19,9 @@
 //! per tile and converts to and from NHWC around it; im2col copies 9× the input, this 3×.
 //! On maps under 16×16 the separator rows would waste 1/8 and more, so there `Plan::Taps` (a
 //! plain im2col, one GEMM) is used instead. Layers with 64 channels and more take Winograd
-//! (`winograd.rs`) in all three directions. In bf16 (`amx.rs`) every layer takes `Rows`:
-//! there the GEMMs are cheap and the copies are what costs.
+//! (`winograd.rs`) in all three directions. In bf16 (`amx.rs`) the operands are packed
+//! straight from the input, and the plans are chosen by where the tile unit's rows start
+//! ([`Plan::for_map`]).
 
 use crate::Precision;
 use crate::blocks::{
@@ -43,6 +44,10 @@ const MIN_BLOCK_COLUMNS: usize = 1024;
 /// at 1,024 columns) 512 columns took the 256→512 and both 512→512 layers from 450 to 390 ms
 /// per step (forward, input and weight gradients; 256 columns: 416 ms, 2,048: 584 ms).
 const MIN_BLOCK_COLUMNS_BF16: usize = 512;
+/// The same for `Plan::Taps` in bf16, whose operand is 9c rows: 256 columns took the
+/// 512 → 512 layer at 4×4 from 26.7 / 30.2 ms (forward / input gradient) to 25.5 / 29.9
+/// (128: 28.2 / 30.6).
+const MIN_BLOCK_COLUMNS_BF16_TAPS: usize = 256;
 
 /// How a block's input is laid out for the GEMMs.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -87,15 +92,43 @@ impl Plan {
         }
     }
 
-    /// The plan for `h × w` maps. In bf16 always `Rows`: the separator rows' wasted columns
-    /// cost less on the tile unit than the im2col's nine copies.
+    /// The plan of the forward and the input gradient on `h × w` maps. In bf16 `Rows` where
+    /// the kernel rows' column offsets (`w`, `2w`) start on cache lines, so one packing
+    /// serves all three GEMMs; on narrower maps `Rows` packs once per GEMM, and `Taps` packs
+    /// the same nine shifts once without the separator rows (a fifth of the columns on 4×4
+    /// maps). Per layer, width 1, batch 512, ms forward / input gradient, `Rows` → `Taps`:
+    /// 512 → 512 at 4×4 31.3 / 35.5 → 25.5 / 29.9, 256 → 512 at 8×8 (pooled) 45.0 / 60.1 →
+    /// 41.1 / 45.6.
     pub fn for_map(p: Precision, h: usize, w: usize) -> Plan {
-        match tuning().plan.as_deref() {
-            Some("rows") => return Plan::Rows,
-            Some("taps") => return Plan::Taps,
-            _ => {}
+        if let Some(plan) = Plan::forced() {
+            return plan;
         }
-        if p == Precision::Bf16 || h * w >= TAPS_BELOW_PIXELS { Plan::Rows } else { Plan::Taps }
+        match p {
+            Precision::Bf16 if w.is_multiple_of(16) => Plan::Rows,
+            Precision::Bf16 => Plan::Taps,
+            Precision::F32 if h * w >= TAPS_BELOW_PIXELS => Plan::Rows,
+            Precision::F32 => Plan::Taps,
+        }
+    }
+
+    /// The weight gradient's plan. In bf16 always `Rows`: there the shifted input is the left
+    /// operand, whose offsets are taken as rows of the output gradient (`weight_grad_blocks`),
+    /// and `Taps`' 9c-row operand measured slower (512 → 512 at 4×4: 37.0 → 38.2 ms).
+    pub fn for_weight_grad(p: Precision, h: usize, w: usize) -> Plan {
+        match (Plan::forced(), p) {
+            (Some(plan), _) => plan,
+            (None, Precision::Bf16) => Plan::Rows,
+            (None, Precision::F32) => Plan::for_map(p, h, w),
+        }
+    }
+
+    /// The plan `CONV_PLAN` forces, if any.
+    fn forced() -> Option<Plan> {
+        match tuning().plan.as_deref() {
+            Some("rows") => Some(Plan::Rows),
+            Some("taps") => Some(Plan::Taps),
+            _ => None,
+        }
     }
 }
 
@@ -107,9 +140,10 @@ const TAPS_BELOW_PIXELS: usize = 256;
 /// alone, the first layer's blocks held 27 images and a 7.5 MB output.)
 fn images_per_block(p: Precision, plan: Plan, [n, c, h, w]: Dims, o: usize) -> usize {
     let floats = tuning().block_floats.unwrap_or(BLOCK_FLOATS);
-    let min = tuning().min_columns.unwrap_or(match p {
-        Precision::Bf16 => MIN_BLOCK_COLUMNS_BF16,
-        Precision::F32 => MIN_BLOCK_COLUMNS,
+    let min = tuning().min_columns.unwrap_or(match (p, plan) {
+        (Precision::Bf16, Plan::Rows) => MIN_BLOCK_COLUMNS_BF16,
+        (Precision::Bf16, Plan::Taps) => MIN_BLOCK_COLUMNS_BF16_TAPS,
+        (Precision::F32, _) => MIN_BLOCK_COLUMNS,
     });
     let columns = (floats / (plan.taps() * c + o)).max(min);
     capped_for_threads(columns / ((h + plan.separator()) * w), n)
@@ -223,15 +257,16 @@ impl<'a> Planes<'a> {
     }
 }
 
-/// The `Plan::Rows` shifted input of images `b0..b0 + k`, its columns `col0..col0 + n`, converted
+/// The shifted input of `plan` for images `b0..b0 + k`, its columns `col0..col0 + n`, converted
 /// straight into a packed bf16 operand (as `shift_block` then packing would give it, without the
 /// f32 copy in between: `memmove` and packing were 19 % of a bf16 step). `rows`, `row_len`
 /// apart, are the operand's packed rows; each holds `per_row` channels (1: a [`amx::Left`]
-/// row of bf16, 2: a [`amx::Right`] pair row), packed row `t·c/per_row + u` being kernel column
-/// `kx = t` of channels `u·per_row ..`; `convert(even, odd)` packs one column.
+/// row of bf16, 2: a [`amx::Right`] pair row), packed row `t·c/per_row + u` being shift `t`
+/// (`plan.tap(1, t)`) of channels `u·per_row ..`; `convert(even, odd)` packs one column.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn shifted_operand_body<T: Copy + Default>(
+    plan: Plan,
     x: Planes,
     [_, c, h, w]: Dims,
     [b0, k]: [usize; 2],
@@ -241,19 +276,21 @@ fn shifted_operand_body<T: Copy + Default>(
     per_row: usize,
     convert: impl Fn(f32, f32) -> T,
 ) {
-    let (hw, units) = (h * w, c / per_row);
-    // One plane converted once, with a zero before and after it; the three shifts are copies
-    // of it (converting each shift on its own ran a third of the time in remainder loops).
-    let mut line = vec![T::default(); hw + 2];
+    let (hw, units, sep, taps) = (h * w, c / per_row, plan.separator(), plan.taps());
+    // One plane converted once, with a zero row and one more zero before and after it; the
+    // shifts are copies of it (converting each shift on its own ran a third of the time in
+    // remainder loops). Plane position `p` shifted by `(ky, kx)` reads `line[p + ky·w + kx]`.
+    let pad = w + 1;
+    let mut line = vec![T::default(); hw + 2 * pad];
     // Unpooled planes (an even and an odd channel), when `x` is a pooled gradient.
     let (mut even, mut odd) = (Vec::new(), Vec::new());
     for u in 0..units {
-        // How far each of the three rows is written.
-        let mut written = [0; 3];
+        // How far each shift's row is written.
+        let mut written = [0; 9];
         for i in 0..k {
             // Image `i`'s plane in the block's columns, clipped to `col0..col0 + n`; the
             // columns between planes are the separator rows (zeros).
-            let start = (i * (h + 1) + 1) * w;
+            let start = (i * (h + sep) + sep) * w;
             let (lo, hi) = (start.max(col0), (start + hw).min(col0 + n));
             if lo >= hi {
                 continue;
@@ -261,18 +298,20 @@ fn shifted_operand_body<T: Copy + Default>(
             let plane = (b0 + i) * c + u * per_row;
             let e = x.plane(plane, [h, w], &mut even);
             let o = x.plane(plane + per_row - 1, [h, w], &mut odd);
-            for ((l, e), o) in line[1..=hw].iter_mut().zip(e).zip(o) {
+            for ((l, e), o) in line[pad..pad + hw].iter_mut().zip(e).zip(o) {
                 *l = convert(*e, *o);
             }
             let (a, b) = (lo - start, hi - start);
-            for (kx, written) in written.iter_mut().enumerate() {
-                let dst = &mut rows[(kx * units + u) * row_len..][..n];
+            for (t, written) in written[..taps].iter_mut().enumerate() {
+                // `Rows` takes the vertical shift in its GEMMs' column offsets: `ky` is 1 here.
+                let (ky, kx) = plan.tap(1, t);
+                let dst = &mut rows[(t * units + u) * row_len..][..n];
                 dst[*written..lo - col0].fill(T::default());
-                // Plane position `p` reads position `p + kx − 1`: `line[p + kx]`.
                 let d = &mut dst[lo - col0..hi - col0];
-                d.copy_from_slice(&line[a + kx..b + kx]);
+                let s = ky * w + kx;
+                d.copy_from_slice(&line[a + s..b + s]);
                 // The column the shift exposes (x = 0 for kx = 0, x = w − 1 for kx = 2) reads
-                // across the plane's edge: zero.
+                // across the plane's edge: zero. (The rows it exposes read the line's zeros.)
                 if kx != 1 {
                     let edge = if kx == 0 { 0 } else { w - 1 };
                     let mut p = a / w * w + edge;
@@ -287,8 +326,8 @@ fn shifted_operand_body<T: Copy + Default>(
                 *written = hi - col0;
             }
         }
-        for (kx, written) in written.into_iter().enumerate() {
-            rows[(kx * units + u) * row_len..][..n][written..].fill(T::default());
+        for (t, written) in written[..taps].iter().enumerate() {
+            rows[(t * units + u) * row_len..][..n][*written..].fill(T::default());
         }
     }
 }
@@ -301,22 +340,42 @@ fn bf16_single(v: f32, _: f32) -> u16 {
 crate::simd::simd_fn!(
     /// [`shifted_operand_body`] for a [`amx::Left`] (one channel per row), images
     /// `b0..b0 + k` and columns `col0..col0 + n` given as `[b0, k]` and `[col0, n]`.
-    fn shifted_left(x: Planes, dims: Dims, images: [usize; 2], span: [usize; 2], rows: &mut [u16], row_len: usize) => shifted_left_body
+    #[allow(clippy::too_many_arguments)]
+    fn shifted_left(plan: Plan, x: Planes, dims: Dims, images: [usize; 2], span: [usize; 2], rows: &mut [u16], row_len: usize) => shifted_left_body
 );
 
 #[inline(always)]
-fn shifted_left_body(x: Planes, dims: Dims, images: [usize; 2], span: [usize; 2], rows: &mut [u16], row_len: usize) {
-    shifted_operand_body(x, dims, images, span, rows, row_len, 1, bf16_single)
+#[allow(clippy::too_many_arguments)]
+fn shifted_left_body(
+    plan: Plan,
+    x: Planes,
+    dims: Dims,
+    images: [usize; 2],
+    span: [usize; 2],
+    rows: &mut [u16],
+    row_len: usize,
+) {
+    shifted_operand_body(plan, x, dims, images, span, rows, row_len, 1, bf16_single)
 }
 
 crate::simd::simd_fn!(
     /// As [`shifted_left`], for a [`amx::Right`] (two channels per pair row; `c` even).
-    fn shifted_right(x: Planes, dims: Dims, images: [usize; 2], span: [usize; 2], rows: &mut [u32], row_len: usize) => shifted_right_body
+    #[allow(clippy::too_many_arguments)]
+    fn shifted_right(plan: Plan, x: Planes, dims: Dims, images: [usize; 2], span: [usize; 2], rows: &mut [u32], row_len: usize) => shifted_right_body
 );
 
 #[inline(always)]
-fn shifted_right_body(x: Planes, dims: Dims, images: [usize; 2], span: [usize; 2], rows: &mut [u32], row_len: usize) {
-    shifted_operand_body(x, dims, images, span, rows, row_len, 2, amx::pair)
+#[allow(clippy::too_many_arguments)]
+fn shifted_right_body(
+    plan: Plan,
+    x: Planes,
+    dims: Dims,
+    images: [usize; 2],
+    span: [usize; 2],
+    rows: &mut [u32],
+    row_len: usize,
+) {
+    shifted_operand_body(plan, x, dims, images, span, rows, row_len, 2, amx::pair)
 }
 
 /// Row length of a block's shifted input.
@@ -425,13 +484,12 @@ pub fn forward_pooled(p: Precision, x: &[f32], wt: &[f32], dims: Dims, o: usize)
     let q = precision_for(p, c, o);
     let fused = q == Precision::Bf16
         && !use_winograd(q, dims, o)
-        && Plan::for_map(q, h, w) == Plan::Rows
         && h >= 2
         && w >= 2
         && h.is_multiple_of(2)
         && w.is_multiple_of(2);
     if fused {
-        return blocks_forward(q, Plan::Rows, Planes::Dense(x), wt, dims, o, true);
+        return blocks_forward(q, Plan::for_map(q, h, w), Planes::Dense(x), wt, dims, o, true);
     }
     crate::kernels::pool_kernel(&forward(p, x, wt, dims, o), [n, o, h, w])
 }
@@ -453,7 +511,6 @@ pub fn backward_pooled(
     let [n, c, h, w] = dims;
     let q = precision_for(p, c, o);
     let fused = q == Precision::Bf16
-        && Plan::for_map(q, h, w) == Plan::Rows
         && !use_winograd(q, dims, o)
         && !use_winograd(q, [n, o, h, w], c)
         // The input gradient's packed operand is built from pairs of its input's channels.
@@ -468,8 +525,8 @@ pub fn backward_pooled(
     }
     let dy = Planes::Unpooled { dy: dp, cells };
     (
-        want_dx.then(|| blocks_forward(q, Plan::Rows, dy, &flipped(wt, o, c), [n, o, h, w], c, false).0),
-        want_dw.then(|| weight_grad_blocks(q, Plan::Rows, x, dy, dims, o)),
+        want_dx.then(|| blocks_forward(q, Plan::for_map(q, h, w), dy, &flipped(wt, o, c), [n, o, h, w], c, false).0),
+        want_dw.then(|| weight_grad_blocks(q, Plan::for_weight_grad(q, h, w), x, dy, dims, o)),
     )
 }
 
@@ -492,7 +549,7 @@ fn blocks_forward(
     // bf16: the weights packed once for all blocks.
     let packed = packed_lefts(p, &weights, plan.gemms(), o, kc);
     // bf16 on `Rows` with pairs of channels: the packed operand is built from `x` directly.
-    let direct = packed.is_some() && plan == Plan::Rows && c.is_multiple_of(2);
+    let direct = packed.is_some() && c.is_multiple_of(2);
     // Image `i`'s output columns start at `i · per_image` in a block's shifted input.
     let per_image = (h + plan.separator()) * w;
     assert!(!pooled || packed.is_some(), "conv3x3: the pooled forward runs in bf16 only");
@@ -530,7 +587,7 @@ fn blocks_forward(
             let shared = (0..plan.gemms()).all(|g| offset(plan, g, w).is_multiple_of(16));
             let pack = |right: &mut amx::Right, off: usize, n: usize| {
                 if direct {
-                    right.pack_with(kc, n, |rows, rl| shifted_right(x, dims, [b0, k], [off, n], rows, rl));
+                    right.pack_with(kc, n, |rows, rl| shifted_right(plan, x, dims, [b0, k], [off, n], rows, rl));
                 } else {
                     right.pack(&s[off..], stride, kc, n);
                 }
@@ -543,7 +600,13 @@ fn blocks_forward(
             // in an output the allocator aligned: the binary's aligns large blocks): copying
             // the outputs out of a block buffer was 6 % of a bf16 step (`perf`).
             let lines = |v: usize| v.is_multiple_of(16);
-            if !pooled && shared && lines(per_image) && lines(hw) && dst.as_ptr().addr().is_multiple_of(64) {
+            if !pooled
+                && plan == Plan::Rows
+                && shared
+                && lines(per_image)
+                && lines(hw)
+                && dst.as_ptr().addr().is_multiple_of(64)
+            {
                 for (i, image) in dst.chunks_exact_mut(o * hw).enumerate() {
                     for (g, left) in lefts.iter().enumerate() {
                         let n0 = offset(plan, g, w) + i * per_image;
@@ -625,7 +688,7 @@ pub fn weight_grad(p: Precision, x: &[f32], dy: &[f32], dims: Dims, o: usize) ->
     if use_winograd(p, dims, o) {
         return winograd::weight_grad(p, x, dy, dims, o);
     }
-    weight_grad_with(p, Plan::for_map(p, dims[2], dims[3]), x, dy, dims, o)
+    weight_grad_with(p, Plan::for_weight_grad(p, dims[2], dims[3]), x, dy, dims, o)
 }
 
 pub fn weight_grad_with(p: Precision, plan: Plan, x: &[f32], dy: &[f32], dims: Dims, o: usize) -> Vec<f32> {
@@ -646,7 +709,7 @@ fn weight_grad_blocks(p: Precision, plan: Plan, x: &[f32], dy: Planes, dims: Dim
     let shifts_rows = p == Precision::Bf16 && (0..plan.gemms()).all(|g| (last - offset(plan, g, w)).is_multiple_of(2));
     let lead = if shifts_rows { last } else { 0 };
     // bf16 on `Rows`: the packed left operand is built from `x` directly.
-    let direct = p == Precision::Bf16 && plan == Plan::Rows;
+    let direct = p == Precision::Bf16;
     let by_gemm = sum_over_blocks(
         n,
         images_per_block(p, plan, dims, o),
@@ -665,7 +728,7 @@ fn weight_grad_blocks(p: Precision, plan: Plan, x: &[f32], dy: Planes, dims: Dim
                 amx::with_scratch(|left, right| {
                     if direct {
                         left.pack_with(kc, stride, |rows, rl| {
-                            shifted_left(Planes::Dense(x), dims, [b0, k], [0, stride], rows, rl)
+                            shifted_left(plan, Planes::Dense(x), dims, [b0, k], [0, stride], rows, rl)
                         });
                     } else {
                         left.pack(s, stride, kc, stride);
@@ -903,8 +966,9 @@ mod tests {
     }
 
     /// The packed operands built straight from the input are those of the f32 shifted copy
-    /// packed, bit for bit, for every span a GEMM reads (the whole block, and each kernel
-    /// row's columns), on maps down to 1 × 1 and 1 wide. Plain code: runs without AMX too.
+    /// packed, bit for bit, for both plans and every span a GEMM reads (the whole block, and
+    /// each kernel row's columns), on maps down to 1 × 1 and 1 wide. Plain code: runs without
+    /// AMX too.
     #[test]
     fn operands_packed_from_the_input_match_the_shifted_copy() {
         let mut rng = TestRng(11);
@@ -916,25 +980,35 @@ mod tests {
             let mut x: Vec<f32> = (0..n * c * h * w).map(|_| rng.below(4001) as f32 / 997.0 - 2.0).collect();
             x[1] = f32::NAN;
             x[2] = f32::INFINITY;
-            let mut s = Vec::new();
-            shift_block(Plan::Rows, &x, dims, b0, k, &mut s);
-            let (stride, cols) = (stride(Plan::Rows, k, h, w), columns(Plan::Rows, k, h, w));
-            let kc = 3 * c;
-            let spans = [[0, stride], [0, cols], [w, cols], [2 * w, cols]];
-            for [col0, len] in spans {
-                let what = format!("{n}×{c} at {h}×{w}, images {b0}..{}, columns {col0}..{}", b0 + k, col0 + len);
-                let (mut want, mut got) = (amx::Right::default(), amx::Right::default());
-                want.pack(&s[col0..], stride, kc, len);
-                got.pack_with(kc, len, |rows, rl| {
-                    shifted_right(Planes::Dense(&x), dims, [b0, k], [col0, len], rows, rl)
-                });
-                assert!(want.packed() == got.packed(), "right operand, {what}");
-                let (mut want, mut got) = (amx::Left::default(), amx::Left::default());
-                want.pack(&s[col0..], stride, kc, len);
-                got.pack_with(kc, len, |rows, rl| {
-                    shifted_left(Planes::Dense(&x), dims, [b0, k], [col0, len], rows, rl)
-                });
-                assert!(want.packed() == got.packed(), "left operand, {what}");
+            for plan in [Plan::Rows, Plan::Taps] {
+                let mut s = Vec::new();
+                shift_block(plan, &x, dims, b0, k, &mut s);
+                let (stride, cols) = (stride(plan, k, h, w), columns(plan, k, h, w));
+                let kc = plan.taps() * c;
+                // Spans starting at each GEMM's offset (`Rows`), and inside the block.
+                let spans = match plan {
+                    Plan::Rows => vec![[0, stride], [0, cols], [w, cols], [2 * w, cols]],
+                    Plan::Taps => vec![[0, stride], [w, stride - w], [1, stride - 1]],
+                };
+                for [col0, len] in spans {
+                    let what = format!(
+                        "{plan:?}, {n}×{c} at {h}×{w}, images {b0}..{}, columns {col0}..{}",
+                        b0 + k,
+                        col0 + len
+                    );
+                    let (mut want, mut got) = (amx::Right::default(), amx::Right::default());
+                    want.pack(&s[col0..], stride, kc, len);
+                    got.pack_with(kc, len, |rows, rl| {
+                        shifted_right(plan, Planes::Dense(&x), dims, [b0, k], [col0, len], rows, rl)
+                    });
+                    assert!(want.packed() == got.packed(), "right operand, {what}");
+                    let (mut want, mut got) = (amx::Left::default(), amx::Left::default());
+                    want.pack(&s[col0..], stride, kc, len);
+                    got.pack_with(kc, len, |rows, rl| {
+                        shifted_left(plan, Planes::Dense(&x), dims, [b0, k], [col0, len], rows, rl)
+                    });
+                    assert!(want.packed() == got.packed(), "left operand, {what}");
+                }
             }
         }
     }
