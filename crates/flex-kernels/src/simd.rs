@@ -13,7 +13,7 @@ macro_rules! simd_fn {
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx512f,avx2,fma")]
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
                 unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
                     $body($($arg),*)
                 }
@@ -21,7 +21,7 @@ macro_rules! simd_fn {
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     $body($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
+                if $crate::simd::avx512() {
                     // SAFETY: the CPU has the features the copy is compiled for.
                     return unsafe { avx512($($arg),*) };
                 }
@@ -36,3 +36,15 @@ macro_rules! simd_fn {
 }
 
 pub(crate) use simd_fn;
+
+/// Whether the CPU has the AVX-512 subsets the `avx512` copies are compiled for: F, and BW,
+/// DQ and VL (bytes and 64-bit lanes, e.g. the pool's winning cells and the dropout mask's
+/// hash; every AVX-512 CPU since Skylake-SP and Zen 4 has them).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+}
