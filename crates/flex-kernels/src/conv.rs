@@ -238,6 +238,24 @@ impl<'a> Planes<'a> {
         crate::kernels::pool_backward_plane_body(out, &dy[index * q..][..q], &cells[index * q..][..q], w);
     }
 
+    /// Asks the caches for `count` planes from `index` (of `h × w`), ahead of their reading:
+    /// a plane is one to four KiB, and the hardware prefetchers, which do not cross 4 KiB pages,
+    /// left the first loads of each to wait on memory (`perf`: two fifths of the packing's
+    /// samples on them).
+    #[inline(always)]
+    fn prefetch(self, index: usize, count: usize, [h, w]: [usize; 2]) {
+        // Clipped to the data: the last planes prefetch nothing past it.
+        let clipped = |len: usize, at: usize, count: usize| at.min(len)..(at + count).min(len);
+        match self {
+            Planes::Dense(x) => prefetch(&x[clipped(x.len(), index * h * w, count * h * w)]),
+            Planes::Unpooled { dy, cells } => {
+                let q = h / 2 * (w / 2);
+                prefetch(&dy[clipped(dy.len(), index * q, count * q)]);
+                prefetch(&cells[clipped(cells.len(), index * q, count * q)]);
+            }
+        }
+    }
+
     fn dense(self) -> Option<&'a [f32]> {
         match self {
             Planes::Dense(x) => Some(x),
@@ -284,10 +302,16 @@ fn shifted_operand_body<T: Copy + Default>(
     let mut line = vec![T::default(); hw + 2 * pad];
     // Unpooled planes (an even and an odd channel), when `x` is a pooled gradient.
     let (mut even, mut odd) = (Vec::new(), Vec::new());
+    // Planes are read `ahead` (image, unit) steps after they are prefetched.
+    let ahead = (PREFETCH_BYTES / (4 * hw * per_row).max(1)).max(1);
     for u in 0..units {
         // How far each shift's row is written.
         let mut written = [0; 9];
         for i in 0..k {
+            let next = u * k + i + ahead;
+            if next < units * k {
+                x.prefetch((b0 + next % k) * c + next / k * per_row, per_row, [h, w]);
+            }
             // Image `i`'s plane in the block's columns, clipped to `col0..col0 + n`; the
             // columns between planes are the separator rows (zeros).
             let start = (i * (h + sep) + sep) * w;
@@ -330,6 +354,28 @@ fn shifted_operand_body<T: Copy + Default>(
             rows[(t * units + u) * row_len..][..n][*written..].fill(T::default());
         }
     }
+}
+
+/// How far ahead of its reading the packing prefetches the input.
+const PREFETCH_BYTES: usize = 4096;
+
+/// Asks the caches for the lines of `data`.
+#[inline(always)]
+fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (p, bytes) = (data.as_ptr().cast::<i8>(), std::mem::size_of_val(data));
+        for off in (0..bytes).step_by(64) {
+            // SAFETY: a prefetch reads nothing architecturally and cannot fault; the address is
+            // inside `data` anyway.
+            #[allow(unused_unsafe)]
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(off))
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
 }
 
 #[inline(always)]
