@@ -167,6 +167,46 @@ impl<C: CheckpointStrategy> CpuOps for Autodiff<Flex, C> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn adam_step(
+        p: Ad<C>,
+        g: Ad<C>,
+        m: Ad<C>,
+        v: Ad<C>,
+        weight_decay: f64,
+        beta1: f64,
+        beta2: f64,
+        root_bc2: f64,
+        eps: f64,
+        step_size: f64,
+    ) -> (Ad<C>, Ad<C>, Ad<C>) {
+        let (p, m, v) = <Flex as CpuOps>::adam_step(
+            p.into_primitive(),
+            g.into_primitive(),
+            m.into_primitive(),
+            v.into_primitive(),
+            weight_decay,
+            beta1,
+            beta2,
+            root_bc2,
+            eps,
+            step_size,
+        );
+        (Ad::<C>::new(p), Ad::<C>::new(m), Ad::<C>::new(v))
+    }
+
+    fn sgd_step(p: Ad<C>, g: Ad<C>, buf: Ad<C>, weight_decay: f64, momentum: f64, lr: f64) -> (Ad<C>, Ad<C>) {
+        let (p, buf) = <Flex as CpuOps>::sgd_step(
+            p.into_primitive(),
+            g.into_primitive(),
+            buf.into_primitive(),
+            weight_decay,
+            momentum,
+            lr,
+        );
+        (Ad::<C>::new(p), Ad::<C>::new(buf))
+    }
+
     fn conv3x3(x: Ad<C>, w: Ad<C>) -> Ad<C> {
         match ConvBackward.prepare::<C>([x.node(), w.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {

@@ -5,7 +5,7 @@ use burn::backend::flex::FlexTensor;
 
 use crate::CpuOps;
 use crate::conv;
-use crate::kernels::{apply_kernel, dims4, pool_kernel, stats_kernel, tensor, values};
+use crate::kernels::{adam_kernel, apply_kernel, dims4, pool_kernel, sgd_kernel, stats_kernel, tensor, values};
 use crate::mask::Mask;
 
 impl CpuOps for Flex {
@@ -26,6 +26,39 @@ impl CpuOps for Flex {
         let mask = (drop > 0.0).then(|| Mask::draw(drop));
         let out = apply_kernel(&values(&x), &values(&gamma), &values(&beta), &values(&stats), eps, mask, dims);
         tensor(out, dims.to_vec())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn adam_step(
+        p: FlexTensor,
+        g: FlexTensor,
+        m: FlexTensor,
+        v: FlexTensor,
+        weight_decay: f64,
+        beta1: f64,
+        beta2: f64,
+        root_bc2: f64,
+        eps: f64,
+        step_size: f64,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let shape = p.layout().shape().to_vec();
+        let s = [weight_decay, beta1, 1.0 - beta1, beta2, 1.0 - beta2, root_bc2, eps, step_size].map(|v| v as f32);
+        let (p, m, v) = adam_kernel(&values(&p), &values(&g), &values(&m), &values(&v), s);
+        (tensor(p, shape.clone()), tensor(m, shape.clone()), tensor(v, shape))
+    }
+
+    fn sgd_step(
+        p: FlexTensor,
+        g: FlexTensor,
+        buf: FlexTensor,
+        weight_decay: f64,
+        momentum: f64,
+        lr: f64,
+    ) -> (FlexTensor, FlexTensor) {
+        let shape = p.layout().shape().to_vec();
+        let (p, buf) =
+            sgd_kernel(&values(&p), &values(&g), &values(&buf), [weight_decay, momentum, lr].map(|v| v as f32));
+        (tensor(p, shape.clone()), tensor(buf, shape))
     }
 
     fn max_pool2(x: FlexTensor) -> FlexTensor {

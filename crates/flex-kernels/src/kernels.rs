@@ -271,6 +271,96 @@ pub(crate) fn bn_backward_kernel(
     (unsafe { assume_init(dx) }, dgamma, dbeta)
 }
 
+/// Adam's scalars for one step, as f32 (what Burn's scalar ops multiply by): weight decay,
+/// beta1, 1 − beta1, beta2, 1 − beta2, √(1 − beta2^t), eps, lr / (1 − beta1^t).
+pub(crate) type AdamScalars = [f32; 8];
+
+/// Elements per parallel chunk of the optimizer kernels: 256 KiB of each array.
+const UPDATE_CHUNK: usize = 1 << 16;
+
+/// One Adam step over flat `p, g, m, v`: `(p', m', v')`.
+pub(crate) fn adam_kernel(
+    p: &[f32],
+    g: &[f32],
+    m: &[f32],
+    v: &[f32],
+    s: AdamScalars,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let len = p.len();
+    assert!(g.len() == len && m.len() == len && v.len() == len, "adam_step: the tensors differ in size");
+    let (mut po, mut mo, mut vo) = (uninit(len), uninit(len), uninit(len));
+    po.par_chunks_mut(UPDATE_CHUNK)
+        .zip(mo.par_chunks_mut(UPDATE_CHUNK))
+        .zip(vo.par_chunks_mut(UPDATE_CHUNK))
+        .enumerate()
+        .for_each(|(i, ((po, mo), vo))| {
+            let r = i * UPDATE_CHUNK..i * UPDATE_CHUNK + po.len();
+            adam_chunk([po, mo, vo], [&p[r.clone()], &g[r.clone()], &m[r.clone()], &v[r]], s);
+        });
+    // SAFETY: `adam_chunk` writes every element of its chunks, and the chunks cover all three.
+    unsafe { (assume_init(po), assume_init(mo), assume_init(vo)) }
+}
+
+simd_fn!(
+    /// One chunk of [`adam_kernel`]: `out = [p', m', v']` from `input = [p, g, m, v]`.
+    fn adam_chunk(out: [&mut [MaybeUninit<f32>]; 3], input: [&[f32]; 4], s: AdamScalars) => adam_chunk_body
+);
+
+/// The f32 operations of `cifar_core`'s optimizer on Burn's tensors, in its order (Rust never
+/// fuses them into FMAs), so the bits are those of the tensor-op path.
+#[inline(always)]
+fn adam_chunk_body([po, mo, vo]: [&mut [MaybeUninit<f32>]; 3], [p, g, m, v]: [&[f32]; 4], s: AdamScalars) {
+    let [wd, b1, one_b1, b2, one_b2, root_bc2, eps, step] = s;
+    let n = po.len();
+    assert!(mo.len() == n && vo.len() == n && p.len() == n && g.len() == n && m.len() == n && v.len() == n);
+    let decay = wd != 0.0;
+    for i in 0..n {
+        let g = if decay { g[i] + p[i] * wd } else { g[i] };
+        let m = m[i] * b1 + g * one_b1;
+        let v = v[i] * b2 + g * g * one_b2;
+        let update = m / (v.sqrt() / root_bc2 + eps) * step;
+        po[i].write(p[i] - update);
+        mo[i].write(m);
+        vo[i].write(v);
+    }
+}
+
+/// SGD's scalars for one step, as f32: weight decay, momentum, lr.
+pub(crate) type SgdScalars = [f32; 3];
+
+/// One SGD-Nesterov step over flat `p, g, buf`: `(p', buf')`.
+pub(crate) fn sgd_kernel(p: &[f32], g: &[f32], buf: &[f32], s: SgdScalars) -> (Vec<f32>, Vec<f32>) {
+    let len = p.len();
+    assert!(g.len() == len && buf.len() == len, "sgd_step: the tensors differ in size");
+    let (mut po, mut bo) = (uninit(len), uninit(len));
+    po.par_chunks_mut(UPDATE_CHUNK).zip(bo.par_chunks_mut(UPDATE_CHUNK)).enumerate().for_each(|(i, (po, bo))| {
+        let r = i * UPDATE_CHUNK..i * UPDATE_CHUNK + po.len();
+        sgd_chunk([po, bo], [&p[r.clone()], &g[r.clone()], &buf[r]], s);
+    });
+    // SAFETY: `sgd_chunk` writes every element of its chunks, and the chunks cover both.
+    unsafe { (assume_init(po), assume_init(bo)) }
+}
+
+simd_fn!(
+    /// One chunk of [`sgd_kernel`]: `out = [p', buf']` from `input = [p, g, buf]`.
+    fn sgd_chunk(out: [&mut [MaybeUninit<f32>]; 2], input: [&[f32]; 3], s: SgdScalars) => sgd_chunk_body
+);
+
+/// As [`adam_chunk_body`], for `cifar_core`'s SGD-Nesterov.
+#[inline(always)]
+fn sgd_chunk_body([po, bo]: [&mut [MaybeUninit<f32>]; 2], [p, g, buf]: [&[f32]; 3], s: SgdScalars) {
+    let [wd, momentum, lr] = s;
+    let n = po.len();
+    assert!(bo.len() == n && p.len() == n && g.len() == n && buf.len() == n);
+    let decay = wd != 0.0;
+    for i in 0..n {
+        let g = if decay { g[i] + p[i] * wd } else { g[i] };
+        let b = buf[i] * momentum + g;
+        po[i].write(p[i] - (g + b * momentum) * lr);
+        bo[i].write(b);
+    }
+}
+
 /// The larger of two (value, cell) pairs, the first on ties; NaN wins, as in PyTorch, so a
 /// diverging run still shows NaN. Bit masks, not `if`s: which cell wins is a coin flip, and
 /// the compiler turned `if`s into branches that mispredicted half the time (the pool was

@@ -293,37 +293,178 @@ impl Mapper<'_> {
     fn update<const D: usize>(&mut self, path: &str, p: Tensor<D>, g: Tensor<D>) -> Tensor<D> {
         let s = &self.optim.config;
         let shape = p.shape();
-        let g = if s.weight_decay != 0.0 { g + p.clone().mul_scalar(s.weight_decay) } else { g };
         let prev = self.optim.state.remove(path);
         let step = prev.as_ref().map_or(0, |st| st.step) + 1;
+        let h = Scalars {
+            weight_decay: s.weight_decay,
+            momentum: self.momentum,
+            beta2: s.beta2,
+            eps: s.eps,
+            lr: self.lr,
+            step,
+        };
+        // On the host, after the first step: one kernel for the whole update, the same f32
+        // operations in the same order as the tensor ops (`flex_kernels::adam_step`).
+        #[cfg(feature = "flex-kernels")]
+        let fused = prev.is_some() && crate::model::ops::is_host(&p.device());
+        #[cfg(not(feature = "flex-kernels"))]
+        let fused = false;
         let (new_p, state) = match s.kind {
             OptimizerKind::Sgd => {
-                // buf = momentum * buf + g (first step: buf = g); nesterov: g + momentum * buf.
-                let buf = match prev {
-                    Some(st) => shaped::<D>(st.first, &shape).mul_scalar(self.momentum) + g.clone(),
-                    None => g.clone(),
-                };
-                let d = g + buf.clone().mul_scalar(self.momentum);
-                (p - d.mul_scalar(self.lr), ParamState { step, first: buf.into_dispatch(), second: None })
+                let buf = prev.map(|st| shaped::<D>(st.first, &shape));
+                let (p, buf) = if fused { h.sgd_fused(p, g, buf) } else { h.sgd(p, g, buf) };
+                (p, ParamState { step, first: buf.into_dispatch(), second: None })
             }
             OptimizerKind::Adam => {
-                let (b1, b2) = (self.momentum, s.beta2);
-                let (m, v) = match prev {
-                    Some(st) => (
-                        shaped::<D>(st.first, &shape).mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1),
-                        shaped::<D>(st.second.expect("Adam state has a second moment"), &shape).mul_scalar(b2)
-                            + g.square().mul_scalar(1.0 - b2),
-                    ),
-                    None => (g.clone().mul_scalar(1.0 - b1), g.square().mul_scalar(1.0 - b2)),
-                };
-                let bc1 = 1.0 - b1.powi(step as i32);
-                let bc2 = 1.0 - b2.powi(step as i32);
-                let denom = v.clone().sqrt().div_scalar(bc2.sqrt()).add_scalar(s.eps);
-                let update = m.clone().div(denom).mul_scalar(self.lr / bc1);
-                (p - update, ParamState { step, first: m.into_dispatch(), second: Some(v.into_dispatch()) })
+                let moments = prev.map(|st| {
+                    let second = st.second.expect("Adam state has a second moment");
+                    (shaped::<D>(st.first, &shape), shaped::<D>(second, &shape))
+                });
+                let (p, m, v) = if fused { h.adam_fused(p, g, moments) } else { h.adam(p, g, moments) };
+                (p, ParamState { step, first: m.into_dispatch(), second: Some(v.into_dispatch()) })
             }
         };
         self.optim.state.insert(path.to_string(), state);
         new_p
+    }
+}
+
+/// One parameter's update scalars at one step. `momentum` is SGD's momentum or Adam's beta1.
+#[derive(Debug, Clone, Copy)]
+struct Scalars {
+    weight_decay: f64,
+    momentum: f64,
+    beta2: f64,
+    eps: f64,
+    lr: f64,
+    /// 1 on the first update.
+    step: u64,
+}
+
+impl Scalars {
+    /// The gradient with the L2 decay added (PyTorch's `weight_decay`).
+    fn decayed<const D: usize>(&self, p: &Tensor<D>, g: Tensor<D>) -> Tensor<D> {
+        if self.weight_decay != 0.0 { g + p.clone().mul_scalar(self.weight_decay) } else { g }
+    }
+
+    /// SGD-Nesterov without dampening: `(p', buf')`; `buf` is `None` on the first step.
+    fn sgd<const D: usize>(&self, p: Tensor<D>, g: Tensor<D>, buf: Option<Tensor<D>>) -> (Tensor<D>, Tensor<D>) {
+        let g = self.decayed(&p, g);
+        // buf = momentum * buf + g (first step: buf = g); nesterov: g + momentum * buf.
+        let buf = match buf {
+            Some(buf) => buf.mul_scalar(self.momentum) + g.clone(),
+            None => g.clone(),
+        };
+        let d = g + buf.clone().mul_scalar(self.momentum);
+        (p - d.mul_scalar(self.lr), buf)
+    }
+
+    /// Adam: `(p', m', v')`; the moments are `None` on the first step.
+    fn adam<const D: usize>(
+        &self,
+        p: Tensor<D>,
+        g: Tensor<D>,
+        moments: Option<(Tensor<D>, Tensor<D>)>,
+    ) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+        let g = self.decayed(&p, g);
+        let (b1, b2) = (self.momentum, self.beta2);
+        let (m, v) = match moments {
+            Some((m, v)) => {
+                (m.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1), v.mul_scalar(b2) + g.square().mul_scalar(1.0 - b2))
+            }
+            None => (g.clone().mul_scalar(1.0 - b1), g.square().mul_scalar(1.0 - b2)),
+        };
+        let denom = v.clone().sqrt().div_scalar(self.root_bc2()).add_scalar(self.eps);
+        let update = m.clone().div(denom).mul_scalar(self.step_size());
+        (p - update, m, v)
+    }
+
+    /// √(1 − beta2^t).
+    fn root_bc2(&self) -> f64 {
+        (1.0 - self.beta2.powi(self.step as i32)).sqrt()
+    }
+
+    /// lr / (1 − beta1^t).
+    fn step_size(&self) -> f64 {
+        self.lr / (1.0 - self.momentum.powi(self.step as i32))
+    }
+
+    /// [`Self::sgd`] in one host kernel (with a previous buffer; else the tensor ops).
+    #[cfg(feature = "flex-kernels")]
+    fn sgd_fused<const D: usize>(&self, p: Tensor<D>, g: Tensor<D>, buf: Option<Tensor<D>>) -> (Tensor<D>, Tensor<D>) {
+        match buf {
+            Some(buf) => flex_kernels::sgd_step(p, g, buf, self.weight_decay, self.momentum, self.lr),
+            None => self.sgd(p, g, None),
+        }
+    }
+
+    /// [`Self::adam`] in one host kernel (with previous moments; else the tensor ops).
+    #[cfg(feature = "flex-kernels")]
+    fn adam_fused<const D: usize>(
+        &self,
+        p: Tensor<D>,
+        g: Tensor<D>,
+        moments: Option<(Tensor<D>, Tensor<D>)>,
+    ) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+        let Some((m, v)) = moments else { return self.adam(p, g, None) };
+        let hyper = flex_kernels::AdamStep {
+            weight_decay: self.weight_decay,
+            beta1: self.momentum,
+            beta2: self.beta2,
+            root_bc2: self.root_bc2(),
+            eps: self.eps,
+            step_size: self.step_size(),
+        };
+        flex_kernels::adam_step(p, g, m, v, hyper)
+    }
+
+    #[cfg(not(feature = "flex-kernels"))]
+    fn sgd_fused<const D: usize>(&self, p: Tensor<D>, g: Tensor<D>, buf: Option<Tensor<D>>) -> (Tensor<D>, Tensor<D>) {
+        self.sgd(p, g, buf)
+    }
+
+    #[cfg(not(feature = "flex-kernels"))]
+    fn adam_fused<const D: usize>(
+        &self,
+        p: Tensor<D>,
+        g: Tensor<D>,
+        moments: Option<(Tensor<D>, Tensor<D>)>,
+    ) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+        self.adam(p, g, moments)
+    }
+}
+
+#[cfg(all(test, feature = "flex-kernels"))]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, Distribution};
+
+    fn bits<const D: usize>(t: Tensor<D>) -> Vec<u32> {
+        t.into_data().to_vec::<f32>().expect("f32 data").iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// The host kernels give the tensor ops' results bit for bit, with and without weight
+    /// decay, on a parameter larger than one of their parallel chunks, at steps 2 and 40.
+    #[test]
+    fn fused_updates_are_the_tensor_ops_bit_for_bit() {
+        let device = Device::flex();
+        let t = |scale: f64| Tensor::<2>::random([300, 700], Distribution::Normal(0.0, scale), &device);
+        for weight_decay in [0.0, 5e-4] {
+            for step in [2, 40] {
+                let h = Scalars { weight_decay, momentum: 0.87, beta2: 0.999, eps: 1e-8, lr: 0.01, step };
+                let (p, g, m, v) = (t(1.0), t(0.1), t(0.01), t(1e-3).abs());
+                let what = format!("decay {weight_decay}, step {step}");
+                let (want, got) = (
+                    h.adam(p.clone(), g.clone(), Some((m.clone(), v.clone()))),
+                    h.adam_fused(p.clone(), g.clone(), Some((m.clone(), v))),
+                );
+                assert_eq!(bits(want.0), bits(got.0), "Adam parameter, {what}");
+                assert_eq!(bits(want.1), bits(got.1), "Adam first moment, {what}");
+                assert_eq!(bits(want.2), bits(got.2), "Adam second moment, {what}");
+                let (want, got) = (h.sgd(p.clone(), g.clone(), Some(m.clone())), h.sgd_fused(p, g, Some(m)));
+                assert_eq!(bits(want.0), bits(got.0), "SGD parameter, {what}");
+                assert_eq!(bits(want.1), bits(got.1), "SGD buffer, {what}");
+            }
+        }
     }
 }
