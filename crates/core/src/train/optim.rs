@@ -440,7 +440,7 @@ mod tests {
     use burn::tensor::{Device, Distribution};
 
     fn bits<const D: usize>(t: Tensor<D>) -> Vec<u32> {
-        t.into_data().to_vec::<f32>().expect("f32 data").iter().map(|v| v.to_bits()).collect()
+        t.into_data().try_to_vec::<f32>().expect("f32 data").iter().map(|v| v.to_bits()).collect()
     }
 
     /// The host kernels give the tensor ops' results bit for bit, with and without weight
