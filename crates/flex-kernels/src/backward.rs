@@ -234,6 +234,43 @@ impl<C: CheckpointStrategy> CpuOps for Autodiff<Flex, C> {
         }
     }
 
+    fn conv3x3_stats(x: Ad<C>, w: Ad<C>) -> (Ad<C>, Ad<C>) {
+        match ConvBackward.prepare::<C>([x.node(), w.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (xp, wp) = (x.into_primitive(), w.into_primitive());
+                let (out, stats) = <Flex as CpuOps>::conv3x3_stats(xp.clone(), wp.clone());
+                (prep.finish((xp, wp), out), Ad::<C>::new(stats))
+            }
+            OpsKind::UnTracked(prep) => {
+                let (out, stats) = <Flex as CpuOps>::conv3x3_stats(x.into_primitive(), w.into_primitive());
+                (prep.finish(out), Ad::<C>::new(stats))
+            }
+        }
+    }
+
+    fn conv3x3_pool2_stats(x: Ad<C>, w: Ad<C>) -> (Ad<C>, Ad<C>) {
+        match ConvPoolBackward.prepare::<C>([x.node(), w.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (xp, wp) = (x.into_primitive(), w.into_primitive());
+                let [n, c, h, wd] = dims4(&xp);
+                let o = dims4(&wp)[0];
+                let (out, arg, stats) = conv::forward_pooled_stats(
+                    crate::precision::current(),
+                    &values(&xp),
+                    &values(&wp),
+                    [n, c, h, wd],
+                    o,
+                );
+                let out = tensor(out, vec![n, o, h / 2, wd / 2]);
+                (prep.finish((xp, wp, Arc::new(arg)), out), Ad::<C>::new(tensor(stats, vec![2, o])))
+            }
+            OpsKind::UnTracked(prep) => {
+                let (out, stats) = <Flex as CpuOps>::conv3x3_pool2_stats(x.into_primitive(), w.into_primitive());
+                (prep.finish(out), Ad::<C>::new(stats))
+            }
+        }
+    }
+
     fn max_pool2(x: Ad<C>) -> Ad<C> {
         match PoolBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {

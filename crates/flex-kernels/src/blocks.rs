@@ -106,28 +106,40 @@ pub fn par_images(
     unsafe { assume_init(out) }
 }
 
-/// As [`par_images`], with a second output of `bytes` bytes per image (a pooled forward's
-/// winning cells; 0: none): `f(b0, dst, bytes_dst, scratch)` writes every element of both.
-pub fn par_images_and_bytes(
+/// Per-image outputs besides the floats of [`par_images_with`].
+pub struct Extras<'a> {
+    /// A pooled forward's winning cells.
+    pub bytes: &'a mut [MaybeUninit<u8>],
+    /// Each output plane's moments (`[mean, M2]`).
+    pub moments: &'a mut [MaybeUninit<f64>],
+}
+
+/// As [`par_images`], with two more outputs of `bytes` bytes and `moments` f64 per image
+/// (0: none): `f(b0, dst, extras, scratch)` writes every element of all three.
+pub fn par_images_with(
     n: usize,
-    image: usize,
-    bytes: usize,
+    [image, bytes, moments]: [usize; 3],
     per_block: usize,
-    f: impl Fn(usize, &mut [MaybeUninit<f32>], &mut [MaybeUninit<u8>], &mut [Vec<f32>; 3]) + Sync + Send,
-) -> (Vec<f32>, Vec<u8>) {
-    if bytes == 0 {
-        return (par_images(n, image, per_block, |b0, dst, s| f(b0, dst, &mut [], s)), Vec::new());
-    }
-    assert!(image > 0, "par_images_and_bytes: bytes for images without floats");
-    let (mut out, mut extra) = (uninit(n * image), uninit(n * bytes));
-    if n > 0 {
+    f: impl Fn(usize, &mut [MaybeUninit<f32>], Extras, &mut [Vec<f32>; 3]) + Sync + Send,
+) -> (Vec<f32>, Vec<u8>, Vec<f64>) {
+    assert!(image > 0 || n == 0 || bytes + moments == 0, "par_images_with: extras for images without floats");
+    let (mut out, mut extra, mut moment) = (uninit(n * image), uninit(n * bytes), uninit(n * moments));
+    if !out.is_empty() {
+        let blocks = n.div_ceil(per_block);
+        // One (possibly empty) piece of each extra per block.
+        fn pieces<T>(v: &mut [T], len: usize, blocks: usize) -> Vec<&mut [T]> {
+            if len == 0 { (0..blocks).map(|_| &mut [][..]).collect() } else { v.chunks_mut(len).collect() }
+        }
         out.par_chunks_mut(per_block * image)
-            .zip(extra.par_chunks_mut(per_block * bytes))
+            .zip(pieces(&mut extra, per_block * bytes, blocks))
+            .zip(pieces(&mut moment, per_block * moments, blocks))
             .enumerate()
-            .for_each(|(block, (dst, b))| with_scratch(|s| f(block * per_block, dst, b, s)));
+            .for_each(|(block, ((dst, bytes), moments))| {
+                with_scratch(|s| f(block * per_block, dst, Extras { bytes, moments }, s))
+            });
     }
-    // SAFETY: every block of both was written whole (the contract of `f`).
-    unsafe { (assume_init(out), assume_init(extra)) }
+    // SAFETY: every block of all three was written whole (the contract of `f`).
+    unsafe { (assume_init(out), assume_init(extra), assume_init(moment)) }
 }
 
 /// `len` floats summed over the blocks of `n` images: `f(b0, k, acc, scratch)` adds the

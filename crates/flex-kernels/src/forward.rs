@@ -75,6 +75,21 @@ impl CpuOps for Flex {
         )
     }
 
+    fn conv3x3_stats(x: FlexTensor, w: FlexTensor) -> (FlexTensor, FlexTensor) {
+        let dims = dims4(&x);
+        let o = dims4(&w)[0];
+        let (out, stats) = conv::forward_stats(crate::precision::current(), &values(&x), &values(&w), dims, o);
+        (tensor(out, vec![dims[0], o, dims[2], dims[3]]), tensor(stats, vec![2, o]))
+    }
+
+    fn conv3x3_pool2_stats(x: FlexTensor, w: FlexTensor) -> (FlexTensor, FlexTensor) {
+        let [n, c, h, wd] = dims4(&x);
+        let o = dims4(&w)[0];
+        let (out, _, stats) =
+            conv::forward_pooled_stats(crate::precision::current(), &values(&x), &values(&w), [n, c, h, wd], o);
+        (tensor(out, vec![n, o, h / 2, wd / 2]), tensor(stats, vec![2, o]))
+    }
+
     fn conv3x3_pool2(x: FlexTensor, w: FlexTensor) -> FlexTensor {
         let [n, c, h, wd] = dims4(&x);
         let o = dims4(&w)[0];

@@ -80,6 +80,13 @@ pub(crate) fn stats_kernel(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
     means.iter().copied().chain(vars.iter().map(|v| (v[0] / count) as f32)).collect()
 }
 
+/// A plane's mean (rounded to f32) and the sum of its squared deviations from it, `[mean, M2]`,
+/// summed as [`stats_kernel`] sums: for Chan's combination of planes (`conv::forward_stats`).
+pub(crate) fn plane_moments(v: &[f32]) -> [f64; 2] {
+    let mean = (plane_sum(v) as f64 / v.len().max(1) as f64) as f32;
+    [mean as f64, plane_squares(v, mean) as f64]
+}
+
 simd_fn!(
     /// `Σ v` in eight independent f32 lanes (vectorisable, unlike one running sum).
     fn plane_sum(v: &[f32]) -> f32 => plane_sum_body

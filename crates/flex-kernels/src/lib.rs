@@ -96,6 +96,12 @@ pub trait CpuOps: burn::backend::Backend {
     /// [`conv3x3`](CpuOps::conv3x3) then [`max_pool2`](CpuOps::max_pool2), in one pass where the
     /// kernels allow it (bf16: [`conv::forward_pooled`]).
     fn conv3x3_pool2(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// [`conv3x3`](CpuOps::conv3x3) and its output's per-channel mean and biased variance, as
+    /// [`bn_stats`](CpuOps::bn_stats) gives them (not differentiated), taken from the output
+    /// while it is in cache ([`conv::forward_stats`]).
+    fn conv3x3_stats(x: FloatTensor<Self>, w: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>);
+    /// [`conv3x3_pool2`](CpuOps::conv3x3_pool2) and the pooled output's statistics, likewise.
+    fn conv3x3_pool2_stats(x: FloatTensor<Self>, w: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>);
     /// One Adam step (PyTorch's rule: L2 decay added to the gradient, eps outside the root) on
     /// a parameter `p` with gradient `g` and moments `m`, `v`: `(p', m', v')`, where
     /// `root_bc2 = √(1 − beta2^t)` and `step_size = lr / (1 − beta1^t)`. The same f32
@@ -152,6 +158,19 @@ pub fn batch_norm_relu_dropout(
         eps,
         drop,
     ))
+}
+
+/// [`conv3x3`] and its output's `[mean; var]` (`[2, o]`, as [`batch_stats`] gives them): a
+/// BatchNorm's batch statistics without another pass over the output.
+pub fn conv3x3_stats(x: Tensor<4>, w: Tensor<4>) -> (Tensor<4>, Tensor<2>) {
+    let (out, stats) = <Dispatch as CpuOps>::conv3x3_stats(x.into_dispatch(), w.into_dispatch());
+    (Tensor::from_dispatch(out), Tensor::from_dispatch(stats))
+}
+
+/// [`conv3x3_pool2`] and the pooled output's `[mean; var]`, as [`conv3x3_stats`].
+pub fn conv3x3_pool2_stats(x: Tensor<4>, w: Tensor<4>) -> (Tensor<4>, Tensor<2>) {
+    let (out, stats) = <Dispatch as CpuOps>::conv3x3_pool2_stats(x.into_dispatch(), w.into_dispatch());
+    (Tensor::from_dispatch(out), Tensor::from_dispatch(stats))
 }
 
 /// Adam's hyperparameters for one step of [`adam_step`].

@@ -129,11 +129,7 @@ impl ConvBn {
 
     fn forward(&self, x: Tensor<4>, pool: Option<&MaxPool2d>) -> Tensor<4> {
         // Pooling before BN (as the original) makes BN and ReLU 4× cheaper.
-        let x = match pool {
-            Some(pool) => ops::conv3x3_pool2(&self.conv, pool, x),
-            None => ops::conv3x3(&self.conv, x),
-        };
-        ops::bn_relu_dropout(&self.bn, &self.relu, &self.dropout, x)
+        ops::conv_bn_relu_dropout(&self.conv, pool, &self.bn, &self.relu, &self.dropout, x)
     }
 }
 

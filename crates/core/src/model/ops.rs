@@ -103,6 +103,32 @@ pub fn max_pool2(pool: &MaxPool2d, x: Tensor<4>) -> Tensor<4> {
     pool.forward(x)
 }
 
+/// The convolution (then the pool, if any), then BatchNorm → ReLU → dropout. Training on the
+/// host, the batch statistics come with the convolution's output, taken while it was in cache.
+pub fn conv_bn_relu_dropout(
+    conv: &Conv2d,
+    pool: Option<&MaxPool2d>,
+    bn: &BatchNorm,
+    relu: &Relu,
+    dropout: &Dropout,
+    x: Tensor<4>,
+) -> Tensor<4> {
+    #[cfg(feature = "flex-kernels")]
+    if is_host(&x.device()) && x.device().is_autodiff() {
+        let drop = dropout.prob_on(&x.device());
+        let (y, stats) = match pool {
+            Some(_) => flex_kernels::conv3x3_pool2_stats(x, conv.weight.val()),
+            None => flex_kernels::conv3x3_stats(x, conv.weight.val()),
+        };
+        return train_on_host(bn, drop, y, stats);
+    }
+    let x = match pool {
+        Some(pool) => conv3x3_pool2(conv, pool, x),
+        None => conv3x3(conv, x),
+    };
+    bn_relu_dropout(bn, relu, dropout, x)
+}
+
 /// BatchNorm, then ReLU, then dropout (outside training: running statistics, no dropout).
 pub fn bn_relu_dropout(bn: &BatchNorm, relu: &Relu, dropout: &Dropout, x: Tensor<4>) -> Tensor<4> {
     #[cfg(feature = "flex-kernels")]
@@ -147,9 +173,17 @@ fn fused_on_host(bn: &BatchNorm, drop: f64, x: Tensor<4>) -> Tensor<4> {
         let stats = Tensor::cat(vec![bn.running_mean.value(), bn.running_var.value()], 0).reshape([2, c]);
         return flex_kernels::batch_norm_relu_dropout(x, gamma, beta, stats, eps, drop);
     }
-    let dims = x.dims();
     let stats = flex_kernels::batch_stats(x.clone().detach());
-    let out = flex_kernels::batch_norm_relu_dropout(x, gamma, beta, stats.clone(), eps, drop);
+    train_on_host(bn, drop, x, stats)
+}
+
+/// Training-mode BatchNorm → ReLU → dropout on the host with the batch statistics `stats`
+/// (`[mean; var]`, `[2, c]`), which also update the running ones.
+#[cfg(feature = "flex-kernels")]
+fn train_on_host(bn: &BatchNorm, drop: f64, x: Tensor<4>, stats: Tensor<2>) -> Tensor<4> {
+    let c = bn.gamma.dims()[0];
+    let dims = x.dims();
+    let out = flex_kernels::batch_norm_relu_dropout(x, bn.gamma.val(), bn.beta.val(), stats.clone(), bn.epsilon, drop);
     let mean = stats.clone().slice([0..1, 0..c]).reshape([c]);
     let variance = stats.slice([1..2, 0..c]).reshape([c]);
     bn.update_running(mean, variance, dims);
