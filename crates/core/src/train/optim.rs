@@ -306,13 +306,14 @@ impl Mapper<'_> {
         // On the host, after the first step: one kernel for the whole update, the same f32
         // operations in the same order as the tensor ops (`flex_kernels::adam_step`).
         #[cfg(feature = "flex-kernels")]
-        let fused = prev.is_some() && crate::model::ops::is_host(&p.device());
-        #[cfg(not(feature = "flex-kernels"))]
-        let fused = false;
+        let host = crate::model::ops::is_host(&p.device());
         let (new_p, state) = match s.kind {
             OptimizerKind::Sgd => {
-                let buf = prev.map(|st| shaped::<D>(st.first, &shape));
-                let (p, buf) = if fused { h.sgd_fused(p, g, buf) } else { h.sgd(p, g, buf) };
+                let (p, buf) = match prev.map(|st| shaped::<D>(st.first, &shape)) {
+                    #[cfg(feature = "flex-kernels")]
+                    Some(buf) if host => h.sgd_fused(p, g, buf),
+                    buf => h.sgd(p, g, buf),
+                };
                 (p, ParamState { step, first: buf.into_dispatch(), second: None })
             }
             OptimizerKind::Adam => {
@@ -320,7 +321,11 @@ impl Mapper<'_> {
                     let second = st.second.expect("Adam state has a second moment");
                     (shaped::<D>(st.first, &shape), shaped::<D>(second, &shape))
                 });
-                let (p, m, v) = if fused { h.adam_fused(p, g, moments) } else { h.adam(p, g, moments) };
+                let (p, m, v) = match moments {
+                    #[cfg(feature = "flex-kernels")]
+                    Some((m, v)) if host => h.adam_fused(p, g, m, v),
+                    moments => h.adam(p, g, moments),
+                };
                 (p, ParamState { step, first: m.into_dispatch(), second: Some(v.into_dispatch()) })
             }
         };
@@ -389,24 +394,21 @@ impl Scalars {
         self.lr / (1.0 - self.momentum.powi(self.step as i32))
     }
 
-    /// [`Self::sgd`] in one host kernel (with a previous buffer; else the tensor ops).
+    /// [`Self::sgd`] after the first step, in one host kernel.
     #[cfg(feature = "flex-kernels")]
-    fn sgd_fused<const D: usize>(&self, p: Tensor<D>, g: Tensor<D>, buf: Option<Tensor<D>>) -> (Tensor<D>, Tensor<D>) {
-        match buf {
-            Some(buf) => flex_kernels::sgd_step(p, g, buf, self.weight_decay, self.momentum, self.lr),
-            None => self.sgd(p, g, None),
-        }
+    fn sgd_fused<const D: usize>(&self, p: Tensor<D>, g: Tensor<D>, buf: Tensor<D>) -> (Tensor<D>, Tensor<D>) {
+        flex_kernels::sgd_step(p, g, buf, self.weight_decay, self.momentum, self.lr)
     }
 
-    /// [`Self::adam`] in one host kernel (with previous moments; else the tensor ops).
+    /// [`Self::adam`] after the first step, in one host kernel.
     #[cfg(feature = "flex-kernels")]
     fn adam_fused<const D: usize>(
         &self,
         p: Tensor<D>,
         g: Tensor<D>,
-        moments: Option<(Tensor<D>, Tensor<D>)>,
+        m: Tensor<D>,
+        v: Tensor<D>,
     ) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
-        let Some((m, v)) = moments else { return self.adam(p, g, None) };
         let hyper = flex_kernels::AdamStep {
             weight_decay: self.weight_decay,
             beta1: self.momentum,
@@ -416,21 +418,6 @@ impl Scalars {
             step_size: self.step_size(),
         };
         flex_kernels::adam_step(p, g, m, v, hyper)
-    }
-
-    #[cfg(not(feature = "flex-kernels"))]
-    fn sgd_fused<const D: usize>(&self, p: Tensor<D>, g: Tensor<D>, buf: Option<Tensor<D>>) -> (Tensor<D>, Tensor<D>) {
-        self.sgd(p, g, buf)
-    }
-
-    #[cfg(not(feature = "flex-kernels"))]
-    fn adam_fused<const D: usize>(
-        &self,
-        p: Tensor<D>,
-        g: Tensor<D>,
-        moments: Option<(Tensor<D>, Tensor<D>)>,
-    ) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
-        self.adam(p, g, moments)
     }
 }
 
@@ -456,12 +443,12 @@ mod tests {
                 let what = format!("decay {weight_decay}, step {step}");
                 let (want, got) = (
                     h.adam(p.clone(), g.clone(), Some((m.clone(), v.clone()))),
-                    h.adam_fused(p.clone(), g.clone(), Some((m.clone(), v))),
+                    h.adam_fused(p.clone(), g.clone(), m.clone(), v),
                 );
                 assert_eq!(bits(want.0), bits(got.0), "Adam parameter, {what}");
                 assert_eq!(bits(want.1), bits(got.1), "Adam first moment, {what}");
                 assert_eq!(bits(want.2), bits(got.2), "Adam second moment, {what}");
-                let (want, got) = (h.sgd(p.clone(), g.clone(), Some(m.clone())), h.sgd_fused(p, g, Some(m)));
+                let (want, got) = (h.sgd(p.clone(), g.clone(), Some(m.clone())), h.sgd_fused(p, g, m));
                 assert_eq!(bits(want.0), bits(got.0), "SGD parameter, {what}");
                 assert_eq!(bits(want.1), bits(got.1), "SGD buffer, {what}");
             }
