@@ -43,9 +43,9 @@ const TILE: usize = 16;
 /// k steps (of 32) per chunk of a product's whole blocks (see `imp::product`).
 const K_CHUNK_STEPS: usize = 16;
 
-/// A left operand (`m × k`) in bf16, row-major, rows padded to a multiple of 32 and each row
-/// to `k` rounded up to 32 plus 32 zeros: a product may start at any column `k0` and read
-/// `kk` (rounded up to 32) columns as long as `k0 + kk ≤ k`.
+/// A left operand (`m × k`) in bf16, row-major, rows padded with zero rows to a multiple of 32
+/// and each row to `k` rounded up to 32 plus 32 (values not read, see [`shape`]): a product
+/// may start at any column `k0` and read `kk` columns as long as `k0 + kk ≤ k`.
 #[derive(Default)]
 pub struct Left {
     data: Vec<u16>,
@@ -55,6 +55,8 @@ pub struct Left {
     rows: usize,
     cols: usize,
     row_len: usize,
+    /// The layout whose padding rows are zero (see [`shape`]).
+    zeroed: Zeroed,
 }
 
 impl Left {
@@ -66,37 +68,57 @@ impl Left {
 
     /// Shapes this buffer for an `m × k` operand whose rows the caller converts itself:
     /// `fill(rows, row_len)` writes the first `k` values of each of the `m` rows (`row_len`
-    /// apart); the padding is zeroed here.
+    /// apart); the padding rows are zeroed here.
     pub fn pack_with(&mut self, m: usize, k: usize, fill: impl FnOnce(&mut [u16], usize)) {
         self.rows = m;
         self.cols = k;
         self.row_len = k.next_multiple_of(TILE_K) + TILE_K;
-        self.start = shape(&mut self.data, [m, m.next_multiple_of(2 * TILE)], self.row_len, k, fill);
+        self.start = shape(&mut self.data, [m, m.next_multiple_of(2 * TILE)], self.row_len, &mut self.zeroed, fill);
     }
 
-    /// The packed rows, padding included.
+    /// What a product may read: the used rows' first `cols` values, then the padding rows.
     #[cfg(test)]
-    pub(crate) fn packed(&self) -> &[u16] {
-        &self.data[self.start..][..self.rows.next_multiple_of(2 * TILE) * self.row_len]
+    pub(crate) fn packed(&self) -> Vec<u16> {
+        meaningful(&self.data[self.start..], [self.rows, self.rows.next_multiple_of(2 * TILE)], self.row_len, self.cols)
     }
 }
 
 /// Lays out `rows` rows of `row_len` in `data` from its first 64-byte boundary (returned):
-/// `fill(used rows, row_len)` writes the first `cols` values of each used row, and everything
-/// else (the rest of each used row, the padding rows) is zeroed here.
+/// `fill(used rows, row_len)` writes the first `cols` values of each used row, and the padding
+/// rows after them are zeroed here, unless `zeroed` says they still are (the same layout as
+/// the last call: `fill` is given the used rows alone, so nothing else writes them). The rest
+/// of each used row is left as it was: no product reads it. A left row is read up to column
+/// `k0 + k` (a partial k step goes through a copy with zeros after it), and a right column
+/// past `n` only feeds output columns that are dropped. Zeroing it (one `memset` call per row)
+/// and the padding on every pack was 1–2 % of a bf16 step (`perf`).
 fn shape<T: Copy + Default>(
     data: &mut Vec<T>,
     [used, rows]: [usize; 2],
     row_len: usize,
-    cols: usize,
+    zeroed: &mut Zeroed,
     fill: impl FnOnce(&mut [T], usize),
 ) -> usize {
     let start = crate::blocks::aligned(data, rows * row_len);
     let (filled, padding) = data[start..][..rows * row_len].split_at_mut(used * row_len);
     fill(filled, row_len);
-    filled.chunks_exact_mut(row_len).for_each(|row| row[cols..].fill(T::default()));
-    padding.fill(T::default());
+    let layout = Zeroed([start, used, rows, row_len]);
+    if *zeroed != layout {
+        padding.fill(T::default());
+        *zeroed = layout;
+    }
     start
+}
+
+/// The layout (start, used rows, rows, row length) whose padding rows hold zeros.
+#[derive(Default, PartialEq)]
+struct Zeroed([usize; 4]);
+
+/// The used rows' first `cols` values of `data`, then its padding rows.
+#[cfg(test)]
+fn meaningful<T: Copy>(data: &[T], [used, rows]: [usize; 2], row_len: usize, cols: usize) -> Vec<T> {
+    let rows_of =
+        |from: usize, to: usize, len: usize| (from..to).flat_map(move |r| data[r * row_len..][..len].iter().copied());
+    rows_of(0, used, cols).chain(rows_of(used, rows, row_len)).collect()
 }
 
 crate::simd::simd_fn!(
@@ -117,7 +139,8 @@ fn pack_left_body(a: &[f32], rs: usize, k: usize, row_len: usize, out: &mut [u16
 
 /// A right operand (`k × n`) in the tile unit's pair layout: row `p` holds, per column, rows
 /// `2p` and `2p + 1` as two bf16 in one u32. Columns are padded to `n` rounded up to 32 plus
-/// 32 and pair rows likewise, so a product may start at any column and at any even row.
+/// 32 (values not read into kept outputs, see [`shape`]) and pair rows likewise (zeros), so a
+/// product may start at any column and at any even row.
 #[derive(Default)]
 pub struct Right {
     data: Vec<u32>,
@@ -126,6 +149,8 @@ pub struct Right {
     rows: usize,
     cols: usize,
     row_len: usize,
+    /// As [`Left::zeroed`].
+    zeroed: Zeroed,
 }
 
 impl Right {
@@ -144,13 +169,15 @@ impl Right {
         self.cols = n;
         self.row_len = n.next_multiple_of(2 * TILE) + 2 * TILE;
         let pairs = k.div_ceil(2);
-        self.start = shape(&mut self.data, [pairs, pairs.next_multiple_of(TILE) + TILE], self.row_len, n, fill);
+        let rows = [pairs, pairs.next_multiple_of(TILE) + TILE];
+        self.start = shape(&mut self.data, rows, self.row_len, &mut self.zeroed, fill);
     }
 
-    /// The packed pair rows, padding included.
+    /// As [`Left::packed`].
     #[cfg(test)]
-    pub(crate) fn packed(&self) -> &[u32] {
-        &self.data[self.start..][..(self.rows.div_ceil(2).next_multiple_of(TILE) + TILE) * self.row_len]
+    pub(crate) fn packed(&self) -> Vec<u32> {
+        let pairs = self.rows.div_ceil(2);
+        meaningful(&self.data[self.start..], [pairs, pairs.next_multiple_of(TILE) + TILE], self.row_len, self.cols)
     }
 }
 
@@ -548,6 +575,47 @@ mod tests {
                         (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
                         "k0 {k0} k1 {k1} n0 {n0} k {k} at ({r}, {j}): {got} vs {want}"
                     );
+                }
+            }
+        }
+    }
+
+    /// Buffers that held NaN everywhere before, as reused scratch may: the rows' tails (not
+    /// cleared on packing) must not reach a kept output, and rows that were used and are now
+    /// padding must be zeroed again (a partial k step reads them).
+    #[test]
+    fn reused_buffers_with_nan_left_behind() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AMX-BF16");
+            return;
+        }
+        let value = |i: usize| ((i * 7919) % 2003) as f32 / 1000.0 - 1.0;
+        let (mut left, mut right) = (Left::default(), Right::default());
+        for (m, kt, nt) in [(37, 70, 45), (64, 33, 32), (5, 7, 3)] {
+            // A larger operand first (more used rows), all of it NaN.
+            left.pack_with(m + 40, kt, |rows, _| rows.fill(bf16(f32::NAN)));
+            right.pack_with(kt + 64, nt, |rows, _| rows.fill(pair(f32::NAN, f32::NAN)));
+            let a: Vec<f32> = (0..m * kt).map(value).collect();
+            let b: Vec<f32> = (0..kt * nt).map(|i| value(i + 5)).collect();
+            left.pack(&a, kt, m, kt);
+            right.pack(&b, nt, kt, nt);
+            for (k0, k1, n0, k, n) in [(0, 0, 0, kt, nt), (1, 2, 1, kt - 2, nt - 1), (kt / 2, 0, 0, kt - kt / 2, 1)] {
+                let mut dst = vec![0.0f32; m * n];
+                product(&left, k0, &right, [k1, n0], [m, n, k], &mut dst, n, false);
+                for r in 0..m {
+                    for j in 0..n {
+                        let want: f64 = (0..k)
+                            .map(|kk| {
+                                f32_of(bf16(a[r * kt + k0 + kk])) as f64
+                                    * f32_of(bf16(b[(k1 + kk) * nt + n0 + j])) as f64
+                            })
+                            .sum();
+                        let got = dst[r * n + j] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                            "{m}×{kt}×{nt}, k0 {k0} k1 {k1} n0 {n0}: ({r}, {j}) {got} vs {want}"
+                        );
+                    }
                 }
             }
         }

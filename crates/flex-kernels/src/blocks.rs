@@ -144,43 +144,71 @@ pub fn par_images_with(
 
 /// `len` floats summed over the blocks of `n` images: `f(b0, k, acc, scratch)` adds the
 /// contribution of images `b0..b0 + k` into `acc` (64-byte aligned, for the tile unit). Each
-/// thread sums its own blocks, then the partial sums are added.
+/// thread sums its own blocks, then the partial sums are added in order.
 pub fn sum_over_blocks(
     n: usize,
     per_block: usize,
     len: usize,
     f: impl Fn(usize, usize, &mut [f32], &mut [Vec<f32>; 3]) + Sync + Send,
 ) -> Vec<f32> {
-    let blocks: Vec<usize> = (0..n).step_by(per_block.max(1)).collect();
-    // A sum with the offset of its first 64-byte boundary.
-    let zeros = || {
-        let mut v = Vec::new();
-        let start = aligned(&mut v, len);
-        v.truncate(start + len);
-        (v, start)
-    };
-    // One run of consecutive blocks per thread, each into its own sum, added in order: as
-    // many zero-filled sums as threads (rayon's `fold` made one per split it stole, each
-    // zero-filled and added: the deep layers' sums are 9.4 MB), and the same order of
-    // additions on every run.
-    let threads = rayon::current_num_threads().max(1);
-    let per_thread = blocks.len().div_ceil(threads).max(1);
-    let mut sums: Vec<(Vec<f32>, usize)> = blocks
-        .par_chunks(per_thread)
-        .map(|run| {
-            let (mut acc, start) = zeros();
-            for &b0 in run {
-                with_scratch(|s| f(b0, per_block.min(n - b0), &mut acc[start..], s));
-            }
-            (acc, start)
-        })
-        .collect();
-    let (mut sum, start) = if sums.is_empty() { zeros() } else { sums.remove(0) };
-    for (b, sb) in &sums {
-        sum[start..].iter_mut().zip(&b[*sb..]).for_each(|(x, y)| *x += y);
+    let mut partial = partial_sums_over_blocks(n, per_block, len, f).into_iter();
+    let Partial { data: mut sum, start } = partial.next().expect("partial_sums_over_blocks gives one sum or more");
+    for b in partial {
+        sum[start..].iter_mut().zip(b.values()).for_each(|(x, y)| *x += y);
     }
     sum.drain(..start);
     sum
+}
+
+/// One thread's sum over its blocks, from its first 64-byte boundary.
+pub struct Partial {
+    data: Vec<f32>,
+    start: usize,
+}
+
+impl Partial {
+    pub fn values(&self) -> &[f32] {
+        &self.data[self.start..]
+    }
+}
+
+/// [`sum_over_blocks`] before the last addition: one sum per thread (at least one, zeros when
+/// there are no images), each over a run of consecutive blocks, in block order. A caller that
+/// reorders the result anyway adds them as it goes, in parallel, instead of in a pass of its
+/// own on one thread.
+pub fn partial_sums_over_blocks(
+    n: usize,
+    per_block: usize,
+    len: usize,
+    f: impl Fn(usize, usize, &mut [f32], &mut [Vec<f32>; 3]) + Sync + Send,
+) -> Vec<Partial> {
+    let blocks: Vec<usize> = (0..n).step_by(per_block.max(1)).collect();
+    let zeros = || {
+        let mut data = Vec::new();
+        let start = aligned(&mut data, len);
+        data.truncate(start + len);
+        Partial { data, start }
+    };
+    // One run of consecutive blocks per thread, each into its own sum: as many zero-filled
+    // sums as threads (rayon's `fold` made one per split it stole, each zero-filled and added:
+    // the deep layers' sums are 9.4 MB), and the same order of additions on every run.
+    let threads = rayon::current_num_threads().max(1);
+    let per_thread = blocks.len().div_ceil(threads).max(1);
+    let mut sums: Vec<Partial> = blocks
+        .par_chunks(per_thread)
+        .map(|run| {
+            let mut acc = zeros();
+            for &b0 in run {
+                let start = acc.start;
+                with_scratch(|s| f(b0, per_block.min(n - b0), &mut acc.data[start..], s));
+            }
+            acc
+        })
+        .collect();
+    if sums.is_empty() {
+        sums.push(zeros());
+    }
+    sums
 }
 
 /// `dst (m × n) = [dst +] a (m × k) · b (k × n)`, all given by (row stride, column stride); in
