@@ -87,7 +87,7 @@ impl Left {
 /// `fill(used rows, row_len)` writes the first `cols` values of each used row, and the padding
 /// rows after them are zeroed here, unless `zeroed` says they still are (the same layout as
 /// the last call: `fill` is given the used rows alone, so nothing else writes them). The rest
-/// of each used row is left as it was: no product reads it. A left row is read up to column
+/// of each used row is left as it was, or as `fill` left it: no product reads it. A left row is read up to column
 /// `k0 + k` (a partial k step goes through a copy with zeros after it), and a right column
 /// past `n` only feeds output columns that are dropped. Zeroing it (one `memset` call per row)
 /// and the padding on every pack was 1–2 % of a bf16 step (`perf`).
