@@ -32,15 +32,12 @@ pub(crate) fn tensor(v: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(v, shape))
 }
 
-/// `f(ch, at)` (the plane of channel `ch` starting at `at`) summed over the `n` images, per
-/// channel, in f64: image by image, each thread over its own run of images in memory order,
-/// the runs' sums added in order, so the order is the same on every run. Channel by channel
-/// (planes `c · hw` floats apart: one to four cache lines each on the 4×4 and 8×8 maps) the
-/// hardware prefetchers found no stream to follow.
-fn channel_sums<const K: usize>(
-    [n, c, hw]: [usize; 3],
-    f: impl Fn(usize, usize) -> [f64; K] + Sync + Send,
-) -> Vec<[f64; K]> {
+/// Per-channel sums over the `n` images, in f64: `f(b, acc)` adds image `b`'s `c` planes into
+/// `acc` (one entry per channel), image by image, each thread over its own run of images in
+/// memory order, the runs' sums added in order, so the order is the same on every run.
+/// Channel by channel (planes `c · hw` floats apart: one to four cache lines each on the 4×4
+/// and 8×8 maps) the hardware prefetchers found no stream to follow.
+fn channel_sums<const K: usize>(n: usize, c: usize, f: impl Fn(usize, &mut [[f64; K]]) + Sync + Send) -> Vec<[f64; K]> {
     if n == 0 {
         return vec![[0.0; K]; c];
     }
@@ -51,9 +48,7 @@ fn channel_sums<const K: usize>(
         .map(|run| {
             let mut acc = vec![[0.0; K]; c];
             for &b in run {
-                for (ch, a) in acc.iter_mut().enumerate() {
-                    a.iter_mut().zip(f(ch, (b * c + ch) * hw)).for_each(|(a, v)| *a += v);
-                }
+                f(b, &mut acc);
             }
             acc
         })
@@ -72,11 +67,15 @@ fn channel_sums<const K: usize>(
 pub(crate) fn stats_kernel(x: &[f32], [n, c, h, w]: [usize; 4]) -> Vec<f32> {
     let hw = h * w;
     let count = (n * hw) as f64;
-    let means: Vec<f32> = channel_sums([n, c, hw], |_, at| [plane_sum(&x[at..][..hw]) as f64])
-        .iter()
-        .map(|s| (s[0] / count) as f32)
-        .collect();
-    let vars = channel_sums([n, c, hw], |ch, at| [plane_squares(&x[at..][..hw], means[ch]) as f64]);
+    let planes = |b: usize| x[b * c * hw..][..c * hw].chunks_exact(hw.max(1)).enumerate();
+    let means: Vec<f32> =
+        channel_sums::<1>(n, c, |b, acc| planes(b).for_each(|(ch, p)| acc[ch][0] += plane_sum(p) as f64))
+            .iter()
+            .map(|s| (s[0] / count) as f32)
+            .collect();
+    let vars = channel_sums::<1>(n, c, |b, acc| {
+        planes(b).for_each(|(ch, p)| acc[ch][0] += plane_squares(p, means[ch]) as f64)
+    });
     means.iter().copied().chain(vars.iter().map(|v| (v[0] / count) as f32)).collect()
 }
 
@@ -139,31 +138,53 @@ pub(crate) fn apply_kernel(
     let inv = inv_std(stats, c, eps);
     assert_eq!(x.len(), n * c * hw, "bn_relu_dropout: input has the wrong size");
     let mut out = uninit(n * c * hw);
-    out.par_chunks_mut(hw).zip(x.par_chunks(hw)).enumerate().for_each(|(plane, (o, xs))| {
-        let ch = plane % c;
-        let scale = gamma[ch] * inv[ch];
-        let shift = beta[ch] - stats[ch] * scale;
-        apply_plane(o, xs, scale, shift, mask, plane * hw);
+    if out.is_empty() {
+        return Vec::new();
+    }
+    let scale: Vec<f32> = (0..c).map(|ch| gamma[ch] * inv[ch]).collect();
+    let shift: Vec<f32> = (0..c).map(|ch| beta[ch] - stats[ch] * scale[ch]).collect();
+    out.par_chunks_mut(c * hw).zip(x.par_chunks(c * hw)).enumerate().for_each(|(b, (o, xs))| {
+        apply_image(o, xs, &scale, &shift, mask, b * c * hw);
     });
-    // SAFETY: `apply_plane` writes every element of its plane, and the planes cover `out`.
+    // SAFETY: `apply_image` writes every element of its image, and the images cover `out`.
     unsafe { assume_init(out) }
 }
 
+/// Floats per group of planes that [`apply_image`] masks after their ReLU pass: in L1.
+const MASK_GROUP: usize = 4096;
+
 simd_fn!(
-    /// One plane of [`apply_kernel`]; `start` is its first element's index in the tensor.
-    fn apply_plane(o: &mut [MaybeUninit<f32>], xs: &[f32], scale: f32, shift: f32, mask: Option<Mask>, start: usize) => apply_plane_body
+    /// One image of [`apply_kernel`] (its `c = scale.len()` planes); `start` is its first
+    /// element's index in the tensor. Image by image: a call (and a channel's constants) per
+    /// plane cost more than the plane on the 4×4 maps (16 values).
+    fn apply_image(o: &mut [MaybeUninit<f32>], xs: &[f32], scale: &[f32], shift: &[f32], mask: Option<Mask>, start: usize) => apply_image_body
 );
 
 #[inline(always)]
-fn apply_plane_body(o: &mut [MaybeUninit<f32>], xs: &[f32], scale: f32, shift: f32, mask: Option<Mask>, start: usize) {
-    assert_eq!(o.len(), xs.len(), "apply_plane: lengths differ");
-    for (o, &v) in o.iter_mut().zip(xs) {
-        o.write(relu(v * scale + shift));
-    }
-    // SAFETY: the loop above wrote every element.
-    let o = unsafe { written(o) };
-    if let Some(mask) = mask {
-        mask.apply(start, o);
+fn apply_image_body(
+    o: &mut [MaybeUninit<f32>],
+    xs: &[f32],
+    scale: &[f32],
+    shift: &[f32],
+    mask: Option<Mask>,
+    start: usize,
+) {
+    assert!(o.len() == xs.len() && scale.len() == shift.len(), "apply_image: lengths differ");
+    let hw = xs.len() / scale.len().max(1);
+    // Planes per group: masked while they are in cache.
+    let group = (MASK_GROUP / hw.max(1)).max(1);
+    for (g, (o, xs)) in o.chunks_mut(group * hw).zip(xs.chunks(group * hw)).enumerate() {
+        for (i, (o, xs)) in o.chunks_exact_mut(hw).zip(xs.chunks_exact(hw)).enumerate() {
+            let (scale, shift) = (scale[g * group + i], shift[g * group + i]);
+            for (o, &v) in o.iter_mut().zip(xs) {
+                o.write(relu(v * scale + shift));
+            }
+        }
+        // SAFETY: the loop above wrote every element of the group.
+        let o = unsafe { written(o) };
+        if let Some(mask) = mask {
+            mask.apply(start + g * group * hw, o);
+        }
     }
 }
 
@@ -183,59 +204,78 @@ fn relu(y: f32) -> f32 {
 }
 
 simd_fn!(
-    /// `(Σ d, Σ d·(v − mean))` over a plane, where `d` is the gradient at the BatchNorm output:
-    /// `dy · keep` where the fused op's output `out` is positive (ReLU active, element kept),
-    /// else 0. Eight independent lanes, which the compiler vectorises (one running f32 sum is
-    /// a chain of dependent adds).
-    fn gated_sums(dy: &[f32], out: &[f32], v: &[f32], keep: f32, mean: f32) -> (f32, f32) => gated_sums_body
-);
-
-#[inline(always)]
-fn gated_sums_body(dy: &[f32], out: &[f32], v: &[f32], keep: f32, mean: f32) -> (f32, f32) {
-    let (mut s, mut sx) = ([0.0f32; 8], [0.0f32; 8]);
-    let (dc, oc, vc) = (dy.chunks_exact(8), out.chunks_exact(8), v.chunks_exact(8));
-    let (dr, or, vr) = (dc.remainder(), oc.remainder(), vc.remainder());
-    for ((d, o), v) in dc.zip(oc).zip(vc) {
-        for l in 0..8 {
-            let g = select(o[l] > 0.0, d[l] * keep);
-            s[l] += g;
-            sx[l] += g * (v[l] - mean);
-        }
-    }
-    for ((&d, &o), &v) in dr.iter().zip(or).zip(vr) {
-        let g = select(o > 0.0, d * keep);
-        s[0] += g;
-        sx[0] += g * (v - mean);
-    }
-    (s.iter().sum(), sx.iter().sum())
-}
-
-simd_fn!(
-    /// One plane of the input gradient: `scale · (d − mean(d) − x̂ · mean(d · x̂))`, `d` gated
-    /// as in [`gated_sums`].
+    /// For each plane of one image (its `c = mean.len()` planes), `(Σ d, Σ d·(v − mean))`
+    /// added into `acc` as `[Σ d, Σ d·(v − mean) · inv]` in f64, where `d` is the gradient at
+    /// the BatchNorm output: `dy · keep` where the fused op's output `out` is positive (ReLU
+    /// active, element kept), else 0. Each plane in eight independent lanes, which the
+    /// compiler vectorises (one running f32 sum is a chain of dependent adds). Image by image
+    /// as [`apply_image`].
     #[allow(clippy::too_many_arguments)]
-    fn dx_plane(dx: &mut [MaybeUninit<f32>], dy: &[f32], out: &[f32], v: &[f32], keep: f32, mean: f32, is: f32, scale: f32, mean_dy: f32, mean_dyx: f32) => dx_plane_body
+    fn gated_sums(dy: &[f32], out: &[f32], v: &[f32], keep: f32, mean: &[f32], inv: &[f32], acc: &mut [[f64; 2]]) => gated_sums_body
 );
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn dx_plane_body(
+fn gated_sums_body(dy: &[f32], out: &[f32], v: &[f32], keep: f32, mean: &[f32], inv: &[f32], acc: &mut [[f64; 2]]) {
+    let hw = dy.len() / mean.len().max(1);
+    assert!(out.len() == dy.len() && v.len() == dy.len() && acc.len() == mean.len(), "gated_sums: lengths differ");
+    if hw == 0 {
+        return;
+    }
+    let planes = dy.chunks_exact(hw).zip(out.chunks_exact(hw)).zip(v.chunks_exact(hw));
+    for (ch, ((dy, out), v)) in planes.enumerate() {
+        let mean = mean[ch];
+        let (mut s, mut sx) = ([0.0f32; 8], [0.0f32; 8]);
+        let (dc, oc, vc) = (dy.chunks_exact(8), out.chunks_exact(8), v.chunks_exact(8));
+        let (dr, or, vr) = (dc.remainder(), oc.remainder(), vc.remainder());
+        for ((d, o), v) in dc.zip(oc).zip(vc) {
+            for l in 0..8 {
+                let g = select(o[l] > 0.0, d[l] * keep);
+                s[l] += g;
+                sx[l] += g * (v[l] - mean);
+            }
+        }
+        for ((&d, &o), &v) in dr.iter().zip(or).zip(vr) {
+            let g = select(o > 0.0, d * keep);
+            s[0] += g;
+            sx[0] += g * (v - mean);
+        }
+        let (ps, psx): (f32, f32) = (s.iter().sum(), sx.iter().sum());
+        acc[ch][0] += ps as f64;
+        acc[ch][1] += (psx * inv[ch]) as f64;
+    }
+}
+
+/// A channel's constants in the input gradient: mean, 1/σ, γ/σ, mean(d), mean(d · x̂).
+type DxConstants = [f32; 5];
+
+simd_fn!(
+    /// One image of the input gradient: `scale · (d − mean(d) − x̂ · mean(d · x̂))` per plane,
+    /// `d` gated as in [`gated_sums`].
+    fn dx_image(dx: &mut [MaybeUninit<f32>], dy: &[f32], out: &[f32], v: &[f32], keep: f32, constants: &[DxConstants]) => dx_image_body
+);
+
+#[inline(always)]
+fn dx_image_body(
     dx: &mut [MaybeUninit<f32>],
     dy: &[f32],
     out: &[f32],
     v: &[f32],
     keep: f32,
-    mean: f32,
-    is: f32,
-    scale: f32,
-    mean_dy: f32,
-    mean_dyx: f32,
+    constants: &[DxConstants],
 ) {
-    assert!(dy.len() == dx.len() && out.len() == dx.len() && v.len() == dx.len(), "dx_plane: lengths differ");
-    for (((o, &d), &y), &v) in dx.iter_mut().zip(dy).zip(out).zip(v) {
-        let g = select(y > 0.0, d * keep);
-        let xhat = (v - mean) * is;
-        o.write(scale * (g - mean_dy - xhat * mean_dyx));
+    assert!(dy.len() == dx.len() && out.len() == dx.len() && v.len() == dx.len(), "dx_image: lengths differ");
+    let hw = dx.len() / constants.len().max(1);
+    if hw == 0 {
+        return;
+    }
+    let planes = dx.chunks_exact_mut(hw).zip(dy.chunks_exact(hw)).zip(out.chunks_exact(hw)).zip(v.chunks_exact(hw));
+    for ((((dx, dy), out), v), &[mean, is, scale, mean_dy, mean_dyx]) in planes.zip(constants) {
+        for (((o, &d), &y), &v) in dx.iter_mut().zip(dy).zip(out).zip(v) {
+            let g = select(y > 0.0, d * keep);
+            let xhat = (v - mean) * is;
+            o.write(scale * (g - mean_dy - xhat * mean_dyx));
+        }
     }
 }
 
@@ -254,27 +294,32 @@ pub(crate) fn bn_backward_kernel(
     let hw = h * w;
     let count = (n * hw) as f32;
     let inv = inv_std(stats, c, eps);
+    fn image(a: &[f32], b: usize, len: usize) -> &[f32] {
+        &a[b * len..][..len]
+    }
+    let len = c * hw;
     // Σ dy and Σ dy·x̂ per channel.
-    let sums: Vec<(f32, f32)> = channel_sums([n, c, hw], |ch, at| {
-        let (ps, psx) = gated_sums(&dy[at..][..hw], &out[at..][..hw], &x[at..][..hw], keep, stats[ch]);
-        [ps as f64, (psx * inv[ch]) as f64]
+    let sums: Vec<(f32, f32)> = channel_sums(n, c, |b, acc| {
+        gated_sums(image(dy, b, len), image(out, b, len), image(x, b, len), keep, &stats[..c], &inv, acc)
     })
     .into_iter()
     .map(|[s, sx]| (s as f32, sx as f32))
     .collect();
+    let constants: Vec<DxConstants> = (0..c)
+        .map(|ch| {
+            let (s, sx) = sums[ch];
+            [stats[ch], inv[ch], gamma[ch] * inv[ch], s / count, sx / count]
+        })
+        .collect();
     let mut dx = uninit(n * c * hw);
-    dx.par_chunks_mut(hw).enumerate().for_each(|(plane, dx_out)| {
-        let ch = plane % c;
-        let (mean, is) = (stats[ch], inv[ch]);
-        let (s, sx) = sums[ch];
-        let scale = gamma[ch] * is;
-        let (mean_dy, mean_dyx) = (s / count, sx / count);
-        let at = plane * hw;
-        dx_plane(dx_out, &dy[at..][..hw], &out[at..][..hw], &x[at..][..hw], keep, mean, is, scale, mean_dy, mean_dyx);
-    });
+    if !dx.is_empty() {
+        dx.par_chunks_mut(c * hw).enumerate().for_each(|(b, dx_out)| {
+            dx_image(dx_out, image(dy, b, len), image(out, b, len), image(x, b, len), keep, &constants);
+        });
+    }
     let dgamma = sums.iter().map(|s| s.1).collect();
     let dbeta = sums.iter().map(|s| s.0).collect();
-    // SAFETY: `dx_plane` writes every element of its plane, and the planes cover `dx`.
+    // SAFETY: `dx_image` writes every element of its image, and the images cover `dx`.
     (unsafe { assume_init(dx) }, dgamma, dbeta)
 }
 
