@@ -483,10 +483,37 @@ pub(crate) fn packed_lefts(p: Precision, a: &[f32], count: usize, o: usize, k: u
     })
 }
 
+/// The weights of a convolution with `o` outputs and `c` inputs, as [`blocks_forward`] reads
+/// them: `[o, c, 3, 3]` as given, or (the input gradient's) another convolution's `[c, o, 3, 3]`
+/// with each kernel rotated by 180° and the channels swapped, read so rather than copied
+/// first (a pass over all weights per step).
+#[derive(Clone, Copy)]
+enum Kernel<'a> {
+    Given(&'a [f32]),
+    Flipped(&'a [f32]),
+}
+
+impl Kernel<'_> {
+    /// Weight `(oc, ci, ky, kx)` of the `o × c` convolution.
+    #[inline(always)]
+    fn at(self, [o, c]: [usize; 2], oc: usize, ci: usize, ky: usize, kx: usize) -> f32 {
+        match self {
+            Kernel::Given(wt) => wt[((oc * c + ci) * 3 + ky) * 3 + kx],
+            Kernel::Flipped(wt) => wt[((ci * o + oc) * 3 + 2 - ky) * 3 + 2 - kx],
+        }
+    }
+
+    fn len(self) -> usize {
+        match self {
+            Kernel::Given(wt) | Kernel::Flipped(wt) => wt.len(),
+        }
+    }
+}
+
 /// [`weights_for`] packed for AMX: one [`amx::Left`] per GEMM, each row converted from `wt`
 /// directly and in parallel (reordering first, then packing each GEMM's matrix on one thread,
 /// was two passes over the weights, 1.5 % of a bf16 step, `perf`).
-fn packed_weights(plan: Plan, wt: &[f32], o: usize, c: usize) -> Vec<amx::Left> {
+fn packed_weights(plan: Plan, wt: Kernel, o: usize, c: usize) -> Vec<amx::Left> {
     assert_eq!(wt.len(), o * c * 9, "conv3x3: weight has the wrong size");
     let k = plan.taps() * c;
     (0..plan.gemms())
@@ -500,7 +527,7 @@ fn packed_weights(plan: Plan, wt: &[f32], o: usize, c: usize) -> Vec<amx::Left> 
                     for t in 0..plan.taps() {
                         let (ky, kx) = plan.tap(g, t);
                         for (ci, d) in row[t * c..][..c].iter_mut().enumerate() {
-                            *d = amx::bf16(wt[((oc * c + ci) * 3 + ky) * 3 + kx]);
+                            *d = amx::bf16(wt.at([o, c], oc, ci, ky, kx));
                         }
                     }
                 });
@@ -513,7 +540,7 @@ fn packed_weights(plan: Plan, wt: &[f32], o: usize, c: usize) -> Vec<amx::Left> 
 /// Weights `[o, c, 3, 3]` as `plan.gemms()` matrices `o × taps·c`: `[g][o][t·c + ci]`. This
 /// and the other reorderings of the weights run in parallel: on one thread they were 2–3 % of
 /// a bf16 step with the other core idle (`perf`, the main thread's samples).
-fn weights_for(plan: Plan, wt: &[f32], o: usize, c: usize) -> Vec<f32> {
+fn weights_for(plan: Plan, wt: Kernel, o: usize, c: usize) -> Vec<f32> {
     let k = plan.taps() * c;
     let mut out = vec![0.0f32; plan.gemms() * o * k];
     if k == 0 {
@@ -524,7 +551,7 @@ fn weights_for(plan: Plan, wt: &[f32], o: usize, c: usize) -> Vec<f32> {
         for t in 0..plan.taps() {
             let (ky, kx) = plan.tap(g, t);
             for (ci, d) in dst[t * c..][..c].iter_mut().enumerate() {
-                *d = wt[((oc * c + ci) * 3 + ky) * 3 + kx];
+                *d = wt.at([o, c], oc, ci, ky, kx);
             }
         }
     });
@@ -553,7 +580,8 @@ pub fn forward_stats(p: Precision, x: &[f32], wt: &[f32], dims: Dims, o: usize) 
         let stats = stats_kernel(&out, [n, o, h, w]);
         return (out, stats);
     }
-    let (out, _, moments) = blocks_forward(q, Plan::for_map(q, h, w), Planes::Dense(x), wt, dims, o, [false, true]);
+    let (out, _, moments) =
+        blocks_forward(q, Plan::for_map(q, h, w), Planes::Dense(x), Kernel::Given(wt), dims, o, [false, true]);
     (out, combined_moments(&moments, [n, o], h * w))
 }
 
@@ -598,7 +626,7 @@ fn use_winograd(p: Precision, [_, c, h, w]: Dims, o: usize) -> bool {
 }
 
 pub fn forward_with(p: Precision, plan: Plan, x: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec<f32> {
-    blocks_forward(p, plan, Planes::Dense(x), wt, dims, o, [false, false]).0
+    blocks_forward(p, plan, Planes::Dense(x), Kernel::Given(wt), dims, o, [false, false]).0
 }
 
 /// The forward convolution followed by 2×2 max pooling, stride 2: `[n, o, h/2, w/2]` and which
@@ -611,7 +639,8 @@ pub fn forward_pooled(p: Precision, x: &[f32], wt: &[f32], dims: Dims, o: usize)
     let [n, c, h, w] = dims;
     let q = precision_for(p, c, o);
     if pooled_in_blocks(q, dims, o) {
-        let (out, cells, _) = blocks_forward(q, Plan::for_map(q, h, w), Planes::Dense(x), wt, dims, o, [true, false]);
+        let (out, cells, _) =
+            blocks_forward(q, Plan::for_map(q, h, w), Planes::Dense(x), Kernel::Given(wt), dims, o, [true, false]);
         return (out, cells);
     }
     crate::kernels::pool_kernel(&forward(p, x, wt, dims, o), [n, o, h, w])
@@ -635,7 +664,7 @@ pub fn forward_pooled_stats(
     let q = precision_for(p, c, o);
     if pooled_in_blocks(q, dims, o) {
         let (out, cells, moments) =
-            blocks_forward(q, Plan::for_map(q, h, w), Planes::Dense(x), wt, dims, o, [true, true]);
+            blocks_forward(q, Plan::for_map(q, h, w), Planes::Dense(x), Kernel::Given(wt), dims, o, [true, true]);
         let stats = combined_moments(&moments, [n, o], (h / 2) * (w / 2));
         return (out, cells, stats);
     }
@@ -676,7 +705,7 @@ pub fn backward_pooled(
     let dy = Planes::Unpooled { dy: dp, cells };
     (
         want_dx
-            .then(|| blocks_forward(q, Plan::for_map(q, h, w), dy, &flipped(wt, o, c), [n, o, h, w], c, [false; 2]).0),
+            .then(|| blocks_forward(q, Plan::for_map(q, h, w), dy, Kernel::Flipped(wt), [n, o, h, w], c, [false; 2]).0),
         want_dw.then(|| weight_grad_blocks(q, Plan::for_weight_grad(q, h, w), x, dy, dims, o)),
     )
 }
@@ -686,7 +715,7 @@ fn blocks_forward(
     p: Precision,
     plan: Plan,
     x: Planes,
-    wt: &[f32],
+    wt: Kernel,
     dims: Dims,
     o: usize,
     [pooled, moments]: [bool; 2],
@@ -825,11 +854,16 @@ fn blocks_forward(
 /// The input gradient: the forward convolution of `dy [n, o, h, w]` by the weights flipped in
 /// both spatial axes with input and output channels swapped → `[n, c, h, w]`.
 pub fn input_grad(p: Precision, dy: &[f32], wt: &[f32], [n, c, h, w]: Dims, o: usize) -> Vec<f32> {
-    forward(p, dy, &flipped(wt, o, c), [n, o, h, w], c)
+    let q = precision_for(p, o, c);
+    if use_winograd(q, [n, o, h, w], c) {
+        return winograd::forward(q, dy, &flipped(wt, o, c), [n, o, h, w], c);
+    }
+    input_grad_with(q, Plan::for_map(q, h, w), dy, wt, [n, c, h, w], o)
 }
 
 pub fn input_grad_with(p: Precision, plan: Plan, dy: &[f32], wt: &[f32], [n, c, h, w]: Dims, o: usize) -> Vec<f32> {
-    forward_with(p, plan, dy, &flipped(wt, o, c), [n, o, h, w], c)
+    assert_eq!(wt.len(), o * c * 9, "conv3x3 input grad: weight has the wrong size");
+    blocks_forward(p, plan, Planes::Dense(dy), Kernel::Flipped(wt), [n, o, h, w], c, [false; 2]).0
 }
 
 /// `[o, c, 3, 3]` → `[c, o, 3, 3]`, each kernel rotated by 180°.
