@@ -98,15 +98,18 @@ impl Plan {
     /// the same nine shifts once without the separator rows (a fifth of the columns on 4×4
     /// maps). Per layer, width 1, batch 512, ms forward / input gradient, `Rows` → `Taps`:
     /// 512 → 512 at 4×4 31.3 / 35.5 → 25.5 / 29.9, 256 → 512 at 8×8 (pooled) 45.0 / 60.1 →
-    /// 41.1 / 45.6.
-    pub fn for_map(p: Precision, h: usize, w: usize) -> Plan {
+    /// 41.1 / 45.6. In f32 `Taps` also on large maps from fewer than [`ROWS_MIN_CHANNELS`]
+    /// input channels `c`: the first layer (3 → 64) then runs one GEMM with K = 27 instead of
+    /// three with K = 9, each adding into the output (forward 14.3 → 11.6 ms at width 1,
+    /// batch 512; its weight gradient is as fast either way).
+    pub fn for_map(p: Precision, c: usize, h: usize, w: usize) -> Plan {
         if let Some(plan) = Plan::forced() {
             return plan;
         }
         match p {
             Precision::Bf16 if w.is_multiple_of(16) => Plan::Rows,
             Precision::Bf16 => Plan::Taps,
-            Precision::F32 if h * w >= TAPS_BELOW_PIXELS => Plan::Rows,
+            Precision::F32 if h * w >= TAPS_BELOW_PIXELS && c >= ROWS_MIN_CHANNELS => Plan::Rows,
             Precision::F32 => Plan::Taps,
         }
     }
@@ -114,11 +117,11 @@ impl Plan {
     /// The weight gradient's plan. In bf16 always `Rows`: there the shifted input is the left
     /// operand, whose offsets are taken as rows of the output gradient (`weight_grad_blocks`),
     /// and `Taps`' 9c-row operand measured slower (512 → 512 at 4×4: 37.0 → 38.2 ms).
-    pub fn for_weight_grad(p: Precision, h: usize, w: usize) -> Plan {
+    pub fn for_weight_grad(p: Precision, c: usize, h: usize, w: usize) -> Plan {
         match (Plan::forced(), p) {
             (Some(plan), _) => plan,
             (None, Precision::Bf16) => Plan::Rows,
-            (None, Precision::F32) => Plan::for_map(p, h, w),
+            (None, Precision::F32) => Plan::for_map(p, c, h, w),
         }
     }
 
@@ -134,6 +137,8 @@ impl Plan {
 
 /// Maps smaller than this take `Plan::Taps`, where a separator row would waste 1/h.
 const TAPS_BELOW_PIXELS: usize = 256;
+/// In f32, fewer input channels than this take `Plan::Taps` (see [`Plan::for_map`]).
+const ROWS_MIN_CHANNELS: usize = 8;
 
 /// Images per block, so that a block's shifted input and output (`o` rows) are about
 /// `BLOCK_FLOATS` large and there are enough blocks for every thread. (Counting the input
@@ -565,7 +570,7 @@ pub fn forward(p: Precision, x: &[f32], wt: &[f32], dims: Dims, o: usize) -> Vec
     if use_winograd(p, dims, o) {
         return winograd::forward(p, x, wt, dims, o);
     }
-    forward_with(p, Plan::for_map(p, dims[2], dims[3]), x, wt, dims, o)
+    forward_with(p, Plan::for_map(p, dims[1], dims[2], dims[3]), x, wt, dims, o)
 }
 
 /// [`forward`] and its output's per-channel mean and biased variance, `[mean; var]` (`2·o`,
@@ -581,7 +586,7 @@ pub fn forward_stats(p: Precision, x: &[f32], wt: &[f32], dims: Dims, o: usize) 
         return (out, stats);
     }
     let (out, _, moments) =
-        blocks_forward(q, Plan::for_map(q, h, w), Planes::Dense(x), Kernel::Given(wt), dims, o, [false, true]);
+        blocks_forward(q, Plan::for_map(q, c, h, w), Planes::Dense(x), Kernel::Given(wt), dims, o, [false, true]);
     (out, combined_moments(&moments, [n, o], h * w))
 }
 
@@ -640,7 +645,7 @@ pub fn forward_pooled(p: Precision, x: &[f32], wt: &[f32], dims: Dims, o: usize)
     let q = precision_for(p, c, o);
     if pooled_in_blocks(q, dims, o) {
         let (out, cells, _) =
-            blocks_forward(q, Plan::for_map(q, h, w), Planes::Dense(x), Kernel::Given(wt), dims, o, [true, false]);
+            blocks_forward(q, Plan::for_map(q, c, h, w), Planes::Dense(x), Kernel::Given(wt), dims, o, [true, false]);
         return (out, cells);
     }
     crate::kernels::pool_kernel(&forward(p, x, wt, dims, o), [n, o, h, w])
@@ -664,7 +669,7 @@ pub fn forward_pooled_stats(
     let q = precision_for(p, c, o);
     if pooled_in_blocks(q, dims, o) {
         let (out, cells, moments) =
-            blocks_forward(q, Plan::for_map(q, h, w), Planes::Dense(x), Kernel::Given(wt), dims, o, [true, true]);
+            blocks_forward(q, Plan::for_map(q, c, h, w), Planes::Dense(x), Kernel::Given(wt), dims, o, [true, true]);
         let stats = combined_moments(&moments, [n, o], (h / 2) * (w / 2));
         return (out, cells, stats);
     }
@@ -704,9 +709,10 @@ pub fn backward_pooled(
     }
     let dy = Planes::Unpooled { dy: dp, cells };
     (
-        want_dx
-            .then(|| blocks_forward(q, Plan::for_map(q, h, w), dy, Kernel::Flipped(wt), [n, o, h, w], c, [false; 2]).0),
-        want_dw.then(|| weight_grad_blocks(q, Plan::for_weight_grad(q, h, w), x, dy, dims, o)),
+        want_dx.then(|| {
+            blocks_forward(q, Plan::for_map(q, o, h, w), dy, Kernel::Flipped(wt), [n, o, h, w], c, [false; 2]).0
+        }),
+        want_dw.then(|| weight_grad_blocks(q, Plan::for_weight_grad(q, c, h, w), x, dy, dims, o)),
     )
 }
 
@@ -858,7 +864,7 @@ pub fn input_grad(p: Precision, dy: &[f32], wt: &[f32], [n, c, h, w]: Dims, o: u
     if use_winograd(q, [n, o, h, w], c) {
         return winograd::forward(q, dy, &flipped(wt, o, c), [n, o, h, w], c);
     }
-    input_grad_with(q, Plan::for_map(q, h, w), dy, wt, [n, c, h, w], o)
+    input_grad_with(q, Plan::for_map(q, o, h, w), dy, wt, [n, c, h, w], o)
 }
 
 pub fn input_grad_with(p: Precision, plan: Plan, dy: &[f32], wt: &[f32], [n, c, h, w]: Dims, o: usize) -> Vec<f32> {
@@ -894,7 +900,7 @@ pub fn weight_grad(p: Precision, x: &[f32], dy: &[f32], dims: Dims, o: usize) ->
     if use_winograd(p, dims, o) {
         return winograd::weight_grad(p, x, dy, dims, o);
     }
-    weight_grad_with(p, Plan::for_weight_grad(p, dims[2], dims[3]), x, dy, dims, o)
+    weight_grad_with(p, Plan::for_weight_grad(p, dims[1], dims[2], dims[3]), x, dy, dims, o)
 }
 
 pub fn weight_grad_with(p: Precision, plan: Plan, x: &[f32], dy: &[f32], dims: Dims, o: usize) -> Vec<f32> {
