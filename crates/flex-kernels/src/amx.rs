@@ -560,9 +560,21 @@ mod tests {
         let (mut left, mut right) = (Left::default(), Right::default());
         left.pack(&a, kt, m, kt);
         right.pack(&b, nt, kt, nt);
-        for (k0, k1, n0, k, n) in [(0, 0, 0, 130, 70), (5, 6, 3, 37, 40), (64, 32, 1, 66, 69), (1, 2, 30, 7, 9)] {
+        let parts = [(0, 0, 0, 130, 70), (5, 6, 3, 37, 40), (64, 32, 1, 66, 69), (1, 2, 30, 7, 9)];
+        check_parts((&left, &right), (&a, &b), [m, kt, nt], &parts);
+    }
+
+    /// Each part `(k0, k1, n0, k, n)` of the packed `a` (`m × kt`) and `b` (`kt × nt`)
+    /// multiplied, against the product of the rounded values summed in f64.
+    fn check_parts(
+        (left, right): (&Left, &Right),
+        (a, b): (&[f32], &[f32]),
+        [m, kt, nt]: [usize; 3],
+        parts: &[(usize, usize, usize, usize, usize)],
+    ) {
+        for &(k0, k1, n0, k, n) in parts {
             let mut dst = vec![0.0f32; m * n];
-            product(&left, k0, &right, [k1, n0], [m, n, k], &mut dst, n, false);
+            product(left, k0, right, [k1, n0], [m, n, k], &mut dst, n, false);
             for r in 0..m {
                 for j in 0..n {
                     let want: f64 = (0..k)
@@ -573,7 +585,7 @@ mod tests {
                     let got = dst[r * n + j] as f64;
                     assert!(
                         (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                        "k0 {k0} k1 {k1} n0 {n0} k {k} at ({r}, {j}): {got} vs {want}"
+                        "{m}×{kt}×{nt}, k0 {k0} k1 {k1} n0 {n0} k {k} at ({r}, {j}): {got} vs {want}"
                     );
                 }
             }
@@ -599,25 +611,8 @@ mod tests {
             let b: Vec<f32> = (0..kt * nt).map(|i| value(i + 5)).collect();
             left.pack(&a, kt, m, kt);
             right.pack(&b, nt, kt, nt);
-            for (k0, k1, n0, k, n) in [(0, 0, 0, kt, nt), (1, 2, 1, kt - 2, nt - 1), (kt / 2, 0, 0, kt - kt / 2, 1)] {
-                let mut dst = vec![0.0f32; m * n];
-                product(&left, k0, &right, [k1, n0], [m, n, k], &mut dst, n, false);
-                for r in 0..m {
-                    for j in 0..n {
-                        let want: f64 = (0..k)
-                            .map(|kk| {
-                                f32_of(bf16(a[r * kt + k0 + kk])) as f64
-                                    * f32_of(bf16(b[(k1 + kk) * nt + n0 + j])) as f64
-                            })
-                            .sum();
-                        let got = dst[r * n + j] as f64;
-                        assert!(
-                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                            "{m}×{kt}×{nt}, k0 {k0} k1 {k1} n0 {n0}: ({r}, {j}) {got} vs {want}"
-                        );
-                    }
-                }
-            }
+            let parts = [(0, 0, 0, kt, nt), (1, 2, 1, kt - 2, nt - 1), (kt / 2, 0, 0, kt - kt / 2, 1)];
+            check_parts((&left, &right), (&a, &b), [m, kt, nt], &parts);
         }
     }
 
