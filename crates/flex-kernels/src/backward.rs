@@ -13,9 +13,9 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 
-use crate::CpuOps;
 use crate::conv;
 use crate::kernels::{bn_backward_kernel, dims4, pool_backward_kernel, pool_kernel, tensor, values};
+use crate::{AdamStep, CpuOps};
 
 #[derive(Debug)]
 struct BnBackward;
@@ -167,30 +167,13 @@ impl<C: CheckpointStrategy> CpuOps for Autodiff<Flex, C> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn adam_step(
-        p: Ad<C>,
-        g: Ad<C>,
-        m: Ad<C>,
-        v: Ad<C>,
-        weight_decay: f64,
-        beta1: f64,
-        beta2: f64,
-        root_bc2: f64,
-        eps: f64,
-        step_size: f64,
-    ) -> (Ad<C>, Ad<C>, Ad<C>) {
+    fn adam_step(p: Ad<C>, g: Ad<C>, m: Ad<C>, v: Ad<C>, s: AdamStep) -> (Ad<C>, Ad<C>, Ad<C>) {
         let (p, m, v) = <Flex as CpuOps>::adam_step(
             p.into_primitive(),
             g.into_primitive(),
             m.into_primitive(),
             v.into_primitive(),
-            weight_decay,
-            beta1,
-            beta2,
-            root_bc2,
-            eps,
-            step_size,
+            s,
         );
         (Ad::<C>::new(p), Ad::<C>::new(m), Ad::<C>::new(v))
     }

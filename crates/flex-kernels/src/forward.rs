@@ -3,10 +3,10 @@
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
 
-use crate::CpuOps;
 use crate::conv;
 use crate::kernels::{adam_kernel, apply_kernel, dims4, pool_kernel, sgd_kernel, stats_kernel, tensor, values};
 use crate::mask::Mask;
+use crate::{AdamStep, CpuOps};
 
 impl CpuOps for Flex {
     fn bn_stats(x: FlexTensor) -> FlexTensor {
@@ -28,20 +28,15 @@ impl CpuOps for Flex {
         tensor(out, dims.to_vec())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn adam_step(
         p: FlexTensor,
         g: FlexTensor,
         m: FlexTensor,
         v: FlexTensor,
-        weight_decay: f64,
-        beta1: f64,
-        beta2: f64,
-        root_bc2: f64,
-        eps: f64,
-        step_size: f64,
+        s: AdamStep,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let shape = p.layout().shape().to_vec();
+        let AdamStep { weight_decay, beta1, beta2, root_bc2, eps, step_size } = s;
         let s = [weight_decay, beta1, 1.0 - beta1, beta2, 1.0 - beta2, root_bc2, eps, step_size].map(|v| v as f32);
         let (p, m, v) = adam_kernel(&values(&p), &values(&g), &values(&m), &values(&v), s);
         (tensor(p, shape.clone()), tensor(m, shape.clone()), tensor(v, shape))

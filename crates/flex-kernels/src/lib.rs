@@ -103,22 +103,15 @@ pub trait CpuOps: burn::backend::Backend {
     /// [`conv3x3_pool2`](CpuOps::conv3x3_pool2) and the pooled output's statistics, likewise.
     fn conv3x3_pool2_stats(x: FloatTensor<Self>, w: FloatTensor<Self>) -> (FloatTensor<Self>, FloatTensor<Self>);
     /// One Adam step (PyTorch's rule: L2 decay added to the gradient, eps outside the root) on
-    /// a parameter `p` with gradient `g` and moments `m`, `v`: `(p', m', v')`, where
-    /// `root_bc2 = √(1 − beta2^t)` and `step_size = lr / (1 − beta1^t)`. The same f32
+    /// a parameter `p` with gradient `g` and moments `m`, `v`: `(p', m', v')`. The same f32
     /// operations, in the same order, as the optimizer on Burn's tensor ops, in one parallel
     /// pass instead of 16 (on flex some of those ran on one thread: 32 ms of a step at width 1).
-    #[allow(clippy::too_many_arguments)]
     fn adam_step(
         p: FloatTensor<Self>,
         g: FloatTensor<Self>,
         m: FloatTensor<Self>,
         v: FloatTensor<Self>,
-        weight_decay: f64,
-        beta1: f64,
-        beta2: f64,
-        root_bc2: f64,
-        eps: f64,
-        step_size: f64,
+        s: AdamStep,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
     /// One SGD-Nesterov step (no dampening) with momentum buffer `buf`: `(p', buf')`, as
     /// [`adam_step`](CpuOps::adam_step) is for Adam.
@@ -194,18 +187,8 @@ pub fn adam_step<const D: usize>(
     v: Tensor<D>,
     s: AdamStep,
 ) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
-    let (p, m, v) = <Dispatch as CpuOps>::adam_step(
-        p.into_dispatch(),
-        g.into_dispatch(),
-        m.into_dispatch(),
-        v.into_dispatch(),
-        s.weight_decay,
-        s.beta1,
-        s.beta2,
-        s.root_bc2,
-        s.eps,
-        s.step_size,
-    );
+    let (p, m, v) =
+        <Dispatch as CpuOps>::adam_step(p.into_dispatch(), g.into_dispatch(), m.into_dispatch(), v.into_dispatch(), s);
     (Tensor::from_dispatch(p), Tensor::from_dispatch(m), Tensor::from_dispatch(v))
 }
 
