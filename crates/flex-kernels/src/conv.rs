@@ -529,17 +529,32 @@ fn packed_weights(plan: Plan, wt: Kernel, o: usize, c: usize) -> Vec<amx::Left> 
                     return;
                 }
                 rows.par_chunks_mut(row_len).enumerate().for_each(|(oc, row)| {
-                    for t in 0..plan.taps() {
-                        let (ky, kx) = plan.tap(g, t);
-                        for (ci, d) in row[t * c..][..c].iter_mut().enumerate() {
-                            *d = amx::bf16(wt.at([o, c], oc, ci, ky, kx));
-                        }
-                    }
+                    weight_row(plan, g, wt, [o, c], oc, row, amx::bf16);
                 });
             });
             left
         })
         .collect()
+}
+
+/// Row `oc` of GEMM `g`'s weight matrix (`plan.taps() · c` values, `[t·c + ci]`), each
+/// weight through `convert`.
+#[inline(always)]
+fn weight_row<T>(
+    plan: Plan,
+    g: usize,
+    wt: Kernel,
+    [o, c]: [usize; 2],
+    oc: usize,
+    row: &mut [T],
+    convert: impl Fn(f32) -> T,
+) {
+    for t in 0..plan.taps() {
+        let (ky, kx) = plan.tap(g, t);
+        for (ci, d) in row[t * c..][..c].iter_mut().enumerate() {
+            *d = convert(wt.at([o, c], oc, ci, ky, kx));
+        }
+    }
 }
 
 /// Weights `[o, c, 3, 3]` as `plan.gemms()` matrices `o × taps·c`: `[g][o][t·c + ci]`. This
@@ -552,13 +567,7 @@ fn weights_for(plan: Plan, wt: Kernel, o: usize, c: usize) -> Vec<f32> {
         return out;
     }
     out.par_chunks_mut(k).enumerate().for_each(|(row, dst)| {
-        let (g, oc) = (row / o, row % o);
-        for t in 0..plan.taps() {
-            let (ky, kx) = plan.tap(g, t);
-            for (ci, d) in dst[t * c..][..c].iter_mut().enumerate() {
-                *d = wt.at([o, c], oc, ci, ky, kx);
-            }
-        }
+        weight_row(plan, row / o, wt, [o, c], row % o, dst, |v| v);
     });
     out
 }
