@@ -14,7 +14,7 @@ pub enum Backend {
     Wgpu,
     /// Burn's pure-Rust multi-threaded CPU backend.
     Flex,
-    /// NVIDIA CUDA (build with `--features cuda`).
+    /// NVIDIA CUDA (build with tools/cuda_build.sh: `--features cuda` and Debian's LLVM).
     #[cfg(feature = "cuda")]
     Cuda,
     /// Burn's deprecated ndarray CPU backend (build with `--features ndarray`), for comparison.
@@ -187,6 +187,48 @@ fn wgpu_device() -> Result<(Device, DeviceInfo), String> {
     .clone()
 }
 
+/// CUDA device 0 and what it is, asked of the driver first (cudarc loads `libcuda` at run
+/// time), so that a machine without an NVIDIA driver or GPU gets a sentence, not a panic in
+/// CubeCL's runtime.
+#[cfg(feature = "cuda")]
+fn cuda_device() -> Result<(Device, DeviceInfo), Error> {
+    use cudarc::driver::{CudaContext, sys};
+    let fail = |why: String| Error::Backend(format!("backend cuda could not start: {why}"));
+    // SAFETY: only looks for the driver library; nothing is called through it.
+    if !unsafe { sys::is_culib_present() } {
+        return Err(fail(
+            "the NVIDIA driver's library (libcuda.so) was not found; this needs an NVIDIA GPU \
+             and its driver (--backend wgpu or flex otherwise)"
+                .into(),
+        ));
+    }
+    let count = CudaContext::device_count().map_err(|e| fail(format!("the driver found no GPU ({e})")))?;
+    if count < 1 {
+        return Err(fail("the driver reports no CUDA device".into()));
+    }
+    let ctx = CudaContext::new(0).map_err(|e| fail(format!("device 0: {e}")))?;
+    let name = ctx.name().map_err(|e| fail(format!("device 0's name: {e}")))?;
+    let (major, minor) = ctx.compute_capability().map_err(|e| fail(format!("device 0: {e}")))?;
+    let memory = ctx.total_mem().map_err(|e| fail(format!("device 0: {e}")))?;
+    let mut driver = 0;
+    // SAFETY: the driver writes one int; the library was found above.
+    unsafe { sys::cuDriverGetVersion(&mut driver) }.result().map_err(|e| fail(format!("the driver's version: {e}")))?;
+    let info = DeviceInfo {
+        backend: "cuda".into(),
+        adapter: format!("{name} (device 0 of {count}, sm_{major}{minor}, {} MiB)", memory >> 20),
+        device_type: "DiscreteGpu".into(),
+        // cuDriverGetVersion: 1000 × major + 10 × minor, the CUDA version the driver supports.
+        driver: format!("CUDA {}.{}", driver / 1000, (driver % 1000) / 10),
+        api: "CUDA".into(),
+        precision: "f32".into(),
+        gpu_conv: None,
+        reason: None,
+        limits: None,
+    };
+    drop(ctx);
+    Ok((Device::cuda(0), info))
+}
+
 /// The device for `backend` and what it is. `auto` picks wgpu on a real GPU adapter, flex
 /// otherwise, and says why. Every device is checked with a tiny computation so that a broken
 /// one is reported here rather than as a panic in the middle of training. `precision` is then
@@ -253,20 +295,7 @@ fn select_device(backend: Backend) -> Result<(Device, DeviceInfo), Error> {
         })?,
         Backend::Flex => (Device::flex(), flex_info(None)),
         #[cfg(feature = "cuda")]
-        Backend::Cuda => (
-            Device::cuda(0),
-            DeviceInfo {
-                backend: "cuda".into(),
-                adapter: "CUDA device 0".into(),
-                device_type: "DiscreteGpu".into(),
-                driver: String::new(),
-                api: "CUDA".into(),
-                precision: "f32".into(),
-                gpu_conv: None,
-                reason: None,
-                limits: None,
-            },
-        ),
+        Backend::Cuda => cuda_device()?,
         #[cfg(feature = "ndarray")]
         Backend::Ndarray => (Device::ndarray(), DeviceInfo { backend: "ndarray".into(), ..flex_info(None) }),
     };
