@@ -14,10 +14,11 @@
 #                 it the flex run happens here
 # Environment: GPU_CHECK_TINY=1 runs tiny shapes (for lavapipe: known to work before a GPU sees
 # it); PYTHON (default python3) with PyTorch; PYTORCH_DEVICE (default: cuda if PyTorch sees
-# one, else cpu); BACKENDS to override the backends benched; TOLERANCE in points (default 5, measured on an H100:
-# wgpu 38.80 % against flex 33.90 %, dropout masks and round-off differing; 10 with TINY).
+# one, else cpu); BACKENDS to override the backends benched, BENCH_WIDTHS and BENCH_BATCHES
+# the shapes; TOLERANCE in points (default 5, measured on an H100: wgpu 38.80 % against flex
+# 33.90 %, dropout masks and round-off differing; 10 with TINY).
 set -euo pipefail
-[ $# -ge 3 ] || { sed -n 2,18p "$0" >&2; exit 2; }
+[ $# -ge 3 ] || { sed -n 2,19p "$0" >&2; exit 2; }
 bin=$1 data=$2 out=$3 flex_metrics=${4:-}
 here=$(cd "$(dirname "$0")" && pwd)
 python=${PYTHON:-python3}
@@ -38,6 +39,9 @@ if [ -n "${GPU_CHECK_TINY:-}" ]; then
 else
   widths=1.0,0.25 batches=512,128 warmup=3 steps=10 width=1.0 train=10000 test=2000 epochs=2 batch=512
 fi
+# A session short of device time benches fewer shapes (each row's first step compiles and
+# autotunes its kernels: 3 to 70 s on an H200).
+widths=${BENCH_WIDTHS:-$widths} batches=${BENCH_BATCHES:-$batches}
 backends=${BACKENDS:-wgpu}
 # cuda only where the binary was built with it (its --backend values list it).
 if [ -z "${BACKENDS:-}" ] && "$bin" check-device --help | grep -q '^ *- cuda:'; then backends=wgpu,cuda; fi

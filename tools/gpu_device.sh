@@ -32,6 +32,7 @@ mkdir -p "$gpu/parts"
 for p in .gpu/*/; do
   [ -f "$p/part" ] || continue
   cp "$p/MANIFEST" "$gpu/MANIFEST"
+  [ -f "$p/flex-metrics.jsonl" ] && cp "$p/flex-metrics.jsonl" "$gpu/"
   cp "$p/part" "$gpu/parts/$(basename "$p")"
 done
 [ -f "$gpu/MANIFEST" ] || { echo "gpu_device: no .gpu/<part> carried and none staged before" >&2; exit 2; }
@@ -85,7 +86,11 @@ case $step in
   check)
     # The CLI reads all six files, though the check trains on 10,000 images.
     need cifar-webgpu test_batch.bin data_batch_1.bin data_batch_2.bin data_batch_3.bin data_batch_4.bin data_batch_5.bin
-    BACKENDS=${1:-${BACKENDS:-}} tools/gpu_check.sh "$gpu/cifar-webgpu" "$gpu/data" "$out/check" 2>&1 | tee "$out/check.log"
+    # The flex reference run, when gpu_pack.sh carried one made beforehand (FLEX_METRICS).
+    flex=()
+    [ -f "$gpu/flex-metrics.jsonl" ] && flex=("$gpu/flex-metrics.jsonl")
+    BACKENDS=${1:-${BACKENDS:-}} tools/gpu_check.sh "$gpu/cifar-webgpu" "$gpu/data" "$out/check" "${flex[@]}" 2>&1 |
+      tee "$out/check.log"
     ;;
   full)
     backend=${1:?"gpu_device: full BACKEND (wgpu or cuda)"}

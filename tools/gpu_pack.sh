@@ -15,9 +15,11 @@
 #   run(carry=[".gl"], command="tools/gpu_device.sh full cuda")
 # A file is unpacked there once the parts holding it have come; they live in /tmp/gpu and
 # survive between calls while the machine stays warm (30 s after a call ends).
-# PART_BYTES overrides the part size.
+# PART_BYTES overrides the part size; FLEX_METRICS (a metrics.jsonl of gpu_check.sh's flex
+# run, `train --backend flex --width 1 --epochs 2 --train-limit 10000 --test-limit 2000
+# --batch-size 512 --seed 7`) goes with every part, so that `check` need not train on flex.
 set -euo pipefail
-[ $# -ge 2 ] || { sed -n 2,18p "$0" >&2; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,20p "$0" >&2; exit 2; }
 bin=$1 data=$2 pack=${3:-.gpu}
 bin=$(realpath "$bin") data=$(realpath "$data")
 cd "$(dirname "$0")/.."
@@ -71,6 +73,8 @@ for p in "$work"/part.*; do
   mkdir -p "$pack/${p##*.}"
   mv "$p" "$pack/${p##*.}/part"
   cp "$work/MANIFEST" "$pack/${p##*.}/"
+  # gpu_check.sh's flex reference, run here beforehand, saves the GPU machine that run.
+  if [ -n "${FLEX_METRICS:-}" ]; then cp "$FLEX_METRICS" "$pack/${p##*.}/flex-metrics.jsonl"; fi
 done
 
 letters=abcdefghijklmnopqrstuvwxyz
