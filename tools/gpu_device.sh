@@ -14,8 +14,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 step=${1:-stage}
 shift || true
-out=${OUT:-/tmp/gpu/out}
-gpu=/tmp/gpu
+# GPU_PARTS and GPU_DIR: where the parts come and where they are unpacked (the tests' own).
+parts=${GPU_PARTS:-.gpu}
+gpu=${GPU_DIR:-/tmp/gpu}
+out=${OUT:-$gpu/out}
 mkdir -p "$gpu/data" "$out"
 export PYTHONUNBUFFERED=1 XDG_RUNTIME_DIR=/tmp WGPU_BACKEND=vulkan
 
@@ -29,13 +31,13 @@ icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 # Copy the carried part, then unpack every file whose bytes have all come (checked against
 # the MANIFEST's size and MD5); say what is still missing.
 mkdir -p "$gpu/parts"
-for p in .gpu/*/; do
+for p in "$parts"/*/; do
   [ -f "$p/part" ] || continue
   cp "$p/MANIFEST" "$gpu/MANIFEST"
   [ -f "$p/flex-metrics.jsonl" ] && cp "$p/flex-metrics.jsonl" "$gpu/"
   cp "$p/part" "$gpu/parts/$(basename "$p")"
 done
-[ -f "$gpu/MANIFEST" ] || { echo "gpu_device: no .gpu/<part> carried and none staged before" >&2; exit 2; }
+[ -f "$gpu/MANIFEST" ] || { echo "gpu_device: no $parts/<part> carried and none staged before" >&2; exit 2; }
 missing=$(python3 - "$gpu" <<'PY'
 import hashlib, lzma, os, sys
 gpu = sys.argv[1]
@@ -56,7 +58,10 @@ for name, start, length, size, md5 in (r for r in rows if r[0] != "part_bytes"):
         with open(f"{gpu}/parts/{l}", "rb") as f:
             f.seek(max(start - (ord(l) - 97) * part, 0))
             xz += f.read(start + length - (ord(l) - 97) * part - f.tell())
-    raw = lzma.decompress(bytes(xz))
+    try:
+        raw = lzma.decompress(bytes(xz))
+    except (lzma.LZMAError, EOFError) as e:
+        sys.exit(f"gpu_device: {name}: its xz data is damaged ({e})")
     if len(raw) != size or hashlib.md5(raw).hexdigest() != md5:
         sys.exit(f"gpu_device: {name}: size or MD5 differs from the MANIFEST")
     with open(dest + ".tmp", "wb") as f:

@@ -15,7 +15,7 @@
 #   run(carry=[".gl"], command="tools/gpu_device.sh full cuda")
 # A file is unpacked there once the parts holding it have come; they live in /tmp/gpu and
 # survive between calls while the machine stays warm (30 s after a call ends).
-# PART_BYTES overrides the part size; FLEX_METRICS (a metrics.jsonl of gpu_check.sh's flex
+# PART_BYTES overrides the part size, NO_GL=1 leaves .gl out; FLEX_METRICS (a metrics.jsonl of gpu_check.sh's flex
 # run, `train --backend flex --width 1 --epochs 2 --train-limit 10000 --test-limit 2000
 # --batch-size 512 --seed 7`) goes with every part, so that `check` need not train on flex.
 set -euo pipefail
@@ -28,33 +28,41 @@ files=(test_batch.bin data_batch_1.bin data_batch_2.bin data_batch_3.bin data_ba
 for f in "${files[@]}"; do
   [ -f "$data/$f" ] || { echo "gpu_pack: $data/$f is missing" >&2; exit 2; }
 done
-for ignored in /.gl/ "/${pack#./}/"; do
-  grep -qxF "$ignored" .git/info/exclude 2>/dev/null || echo "$ignored" >> .git/info/exclude
-done
+ignore() { grep -qxF "$1" .git/info/exclude 2>/dev/null || echo "$1" >> .git/info/exclude; }
+case $pack in /*) ;; *) ignore "/${pack#./}/" ;; esac
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 strip -o "$work/cifar-webgpu" "$bin"
-# One file per core: xz -9 compresses a file this size in one thread.
-xz -9 -c "$work/cifar-webgpu" > "$work/cifar-webgpu.xz" &
-for f in "${files[@]}"; do xz -9 -c "$data/$f" > "$work/$f.xz" & done
+# One file per core: xz -9 compresses a file this size in one thread. (XZ_LEVEL: the tests'
+# faster packing.)
+level=${XZ_LEVEL:-9}
+xz "-$level" -c "$work/cifar-webgpu" > "$work/cifar-webgpu.xz" &
+for f in "${files[@]}"; do xz "-$level" -c "$data/$f" > "$work/$f.xz" & done
 wait
 
-if ! ls .gl/*.deb >/dev/null 2>&1; then
+gl=0
+if [ -n "${NO_GL:-}" ]; then
+  : # a machine that has the loaders, or a test without network
+elif ! ls .gl/*.deb >/dev/null 2>&1; then
   # The device README's recipe: the loaders for amd64, whatever this machine is.
   mkdir -p .gl "$work/lists/partial"
   o=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 "-oDir::State::Lists=$work/lists")
   apt-get "${o[@]}" update -qq
   (cd .gl && apt-get "${o[@]}" download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
 fi
+if [ -z "${NO_GL:-}" ]; then
+  ignore /.gl/
+  gl=$(cat .gl/*.deb | wc -c)
+fi
 
 # What travels with every call besides a part: the tracked files, the untracked ones git
 # does not ignore, and .gl. A part fills the rest of the 64 MiB, less 1 MiB for what changes
 # before the GPU session (a results file, a note).
 travels=$( { git ls-files -z; git ls-files -z --others --exclude-standard; } | xargs -0 stat -c %s | awk '{ s += $1 } END { print s + 0 }')
-gl=$(cat .gl/*.deb | wc -c)
 part=${PART_BYTES:-$((64 * 1024 * 1024 - travels - gl - 1024 * 1024))}
-[ "$part" -gt $((8 * 1024 * 1024)) ] || { echo "gpu_pack: only $part bytes per call are left beside the tree" >&2; exit 1; }
+[ -n "${PART_BYTES:-}" ] || [ "$part" -gt $((8 * 1024 * 1024)) ] ||
+  { echo "gpu_pack: only $part bytes per call are left beside the tree" >&2; exit 1; }
 
 # MANIFEST: name, offset and length in the stream, the unpacked file's size and MD5.
 offset=0

@@ -697,3 +697,98 @@ fn the_shipped_model_gives_its_recorded_accuracy() {
         assert!(out.status.success() && text(&out).contains(&want), "expected {want} in {}", text(&out));
     }
 }
+
+/// tools/gpu_pack.sh and tools/gpu_device.sh, as a GPU session uses them, on synthetic data:
+/// the parts come one call at a time, each file is unpacked once the parts holding it have
+/// come and checked against its MD5, what is missing is named, the full recipe's step trains
+/// on what was staged, and a damaged part is refused by the file's name.
+#[test]
+fn gpu_pack_parts_stage_one_call_at_a_time_and_train() {
+    use cifar_core::data::synthetic;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = scratch("gpupack");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for (name, bytes) in synthetic::all_files() {
+        std::fs::write(data.join(name), bytes).unwrap();
+    }
+    let pack = dir.join("pack");
+    // Parts of 4 MiB: the binary (xz -0) spans several; the synthetic data packs small.
+    let out = Command::new(root.join("tools/gpu_pack.sh"))
+        .arg(env!("CARGO_BIN_EXE_cifar-webgpu"))
+        .arg(&data)
+        .arg(&pack)
+        .env("PART_BYTES", (4 << 20).to_string())
+        .env("XZ_LEVEL", "0")
+        .env("NO_GL", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let mut parts: Vec<String> =
+        std::fs::read_dir(&pack).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    parts.sort();
+    assert!(parts.len() >= 3, "{parts:?}\n{}", text(&out));
+
+    let staged = dir.join("staged");
+    let device = |carried: Option<&str>, args: &[&str]| {
+        // Each call carries one part, as the device tool's `carry` does.
+        let call = dir.join("call");
+        let _ = std::fs::remove_dir_all(&call);
+        std::fs::create_dir_all(&call).unwrap();
+        if let Some(p) = carried {
+            let copy = Command::new("cp").arg("-r").arg(pack.join(p)).arg(&call).status().unwrap();
+            assert!(copy.success());
+        }
+        Command::new(root.join("tools/gpu_device.sh"))
+            .args(args)
+            .env("GPU_PARTS", &call)
+            .env("GPU_DIR", &staged)
+            .env("OUT", dir.join("out"))
+            .output()
+            .unwrap()
+    };
+    for (i, part) in parts.iter().enumerate() {
+        let out = device(Some(part), &["stage"]);
+        assert!(out.status.success(), "part {part}: {}", text(&out));
+        let last = i + 1 == parts.len();
+        assert_eq!(text(&out).contains("still missing: "), !last, "part {part}: {}", text(&out));
+        if !last {
+            // The file whose last bytes lie in the next part is named with it.
+            let next = &parts[i + 1];
+            let named = text(&out)
+                .split("(parts ")
+                .skip(1)
+                .any(|group| group.split(')').next().unwrap().split(' ').any(|p| p == next));
+            assert!(named, "part {part}: {}", text(&out));
+        }
+    }
+    for name in ["data_batch_3.bin", "test_batch.bin"] {
+        assert_eq!(std::fs::read(staged.join("data").join(name)).unwrap(), std::fs::read(data.join(name)).unwrap());
+    }
+
+    // A later call carries no part and trains on what is staged.
+    let tiny = ["--no-verify", "--width", "0.0625", "--epochs", "1", "--batch-size", "64", "--train-limit", "256"];
+    let out = device(None, &[&["full", "flex"][..], &tiny].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    let metrics = std::fs::read_to_string(dir.join("out/full-flex-metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 1, "{metrics}");
+
+    // A damaged part: the file it holds is refused by name, and nothing is left half-written.
+    let _ = std::fs::remove_dir_all(&staged);
+    let last = pack.join(parts.last().unwrap()).join("part");
+    let mut bytes = std::fs::read(&last).unwrap();
+    let end = bytes.len() - 100;
+    bytes[end] ^= 0x55;
+    std::fs::write(&last, bytes).unwrap();
+    let mut failed = None;
+    for part in &parts {
+        let out = device(Some(part), &["stage"]);
+        if !out.status.success() {
+            failed = Some(text(&out));
+        }
+    }
+    let failed = failed.expect("a damaged part was accepted");
+    assert!(failed.contains("data_batch_5.bin"), "{failed}");
+    assert!(!staged.join("data/data_batch_5.bin").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
