@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU proof in one command, for a Linux machine with a GPU, no network and ~10 minutes:
-#   1. `check-device`: the device's reductions and BatchNorm statistics against the host;
-#   2. a real-data check: the same short training on the GPU and on flex (same seed, same
-#      images), whose test accuracies must agree within noise;
+#   1. `check-device` on every GPU backend: its reductions, BatchNorm statistics and GEMM
+#      convolution against the host;
+#   2. a real-data check on every GPU backend: the same short training as on flex (same
+#      seed, same images), whose test accuracies must agree within noise;
 #   3. `bench` on every GPU backend the binary has (wgpu; cuda when built with it) beside
 #      PyTorch with the same shapes in the same invocation: ours/PyTorch per row, first-step
 #      time and peak device memory, all in OUT_DIR/bench.json.
@@ -48,30 +49,37 @@ if [ -z "${BACKENDS:-}" ] && "$bin" check-device --help | grep -q '^ *- cuda:'; 
 pydev=${PYTORCH_DEVICE:-$("$python" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")' 2>/dev/null || echo none)}
 if [ "$pydev" = cuda ]; then modes=fp32,tf32,amp_channels_last; else modes=fp32,channels_last; fi
 
-echo "== check-device"
-"$bin" check-device --backend "${backends%%,*}" | tee "$out/check-device.txt"
-
-echo "== real data: width $width, $epochs epochs on $train training images, tested on $test"
 run() { # backend name
   "$bin" train --backend "$1" --data-dir "$data" --no-download --no-verify --train-limit "$train" --test-limit "$test" \
     --width "$width" --epochs "$epochs" --batch-size "$batch" --seed 7 --runs-dir "$out" --name "$2"
 }
-gpu_backend=${backends%%,*}
-SECONDS=0
-run "$gpu_backend" "check-$gpu_backend"
-echo "real-data run on $gpu_backend: ${SECONDS} s" | tee -a "$out/machine.txt"
-if [ -z "$flex_metrics" ]; then
-  # BACKENDS=flex (a machine with neither a GPU nor lavapipe) compares flex with itself.
-  [ "$gpu_backend" = flex ] || run flex check-flex
-  flex_metrics=$out/check-flex/metrics.jsonl
-fi
 last_acc() { tail -n 1 "$1" | sed 's/.*"test_acc":\([0-9.eE+-]*\).*/\1/'; }
-gpu_acc=$(last_acc "$out/check-$gpu_backend/metrics.jsonl")
-flex_acc=$(last_acc "$flex_metrics")
-verdict=$(awk -v g="$gpu_acc" -v f="$flex_acc" -v t="$tolerance" 'BEGIN {
-  d = (g - f) * 100; if (d < 0) d = -d
-  printf "%s test accuracy %.2f%%, flex %.2f%%: %.2f points apart (tolerance %s): %s", "'"$gpu_backend"'", g * 100, f * 100, d, t, (d <= t ? "PASS" : "FAIL") }')
-echo "$verdict" | tee "$out/verdict.txt"
+# Each GPU backend is checked on its own; a failure is reported at the end, after the bench.
+failed=0
+: > "$out/verdict.txt"
+for backend in ${backends//,/ }; do
+  echo "== check-device --backend $backend"
+  "$bin" check-device --backend "$backend" | tee "$out/check-device-$backend.txt" || failed=1
+
+  echo "== real data on $backend: width $width, $epochs epochs on $train training images, tested on $test"
+  SECONDS=0
+  if ! run "$backend" "check-$backend"; then
+    echo "$backend: the real-data run failed: FAIL" | tee -a "$out/verdict.txt"
+    failed=1
+    continue
+  fi
+  echo "real-data run on $backend: ${SECONDS} s" | tee -a "$out/machine.txt"
+  if [ -z "$flex_metrics" ]; then
+    # BACKENDS=flex (a machine with neither a GPU nor lavapipe) compares flex with itself.
+    [ "$backend" = flex ] || run flex check-flex
+    flex_metrics=$out/check-flex/metrics.jsonl
+  fi
+  verdict=$(awk -v g="$(last_acc "$out/check-$backend/metrics.jsonl")" -v f="$(last_acc "$flex_metrics")" -v t="$tolerance" 'BEGIN {
+    d = (g - f) * 100; if (d < 0) d = -d
+    printf "%s test accuracy %.2f%%, flex %.2f%%: %.2f points apart (tolerance %s): %s", "'"$backend"'", g * 100, f * 100, d, t, (d <= t ? "PASS" : "FAIL") }')
+  echo "$verdict" | tee -a "$out/verdict.txt"
+  case $verdict in *PASS) ;; *) failed=1 ;; esac
+done
 
 echo "== bench: $backends, widths $widths, batches $batches; PyTorch on $pydev ($modes)"
 pytorch=()
@@ -79,4 +87,4 @@ pytorch=()
 "$bin" bench --backend "$backends" --width "$widths" --batch-size "$batches" --warmup "$warmup" --steps "$steps" \
   "${pytorch[@]}" --json "$out/bench.json" | tee "$out/bench.txt"
 
-case $verdict in *PASS) ;; *) exit 1 ;; esac
+exit "$failed"

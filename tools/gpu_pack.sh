@@ -15,11 +15,12 @@
 #   run(carry=[".gl"], command="tools/gpu_device.sh full cuda")
 # A file is unpacked there once the parts holding it have come; they live in /tmp/gpu and
 # survive between calls while the machine stays warm (30 s after a call ends).
-# PART_BYTES overrides the part size, NO_GL=1 leaves .gl out; FLEX_METRICS (a metrics.jsonl of gpu_check.sh's flex
-# run, `train --backend flex --width 1 --epochs 2 --train-limit 10000 --test-limit 2000
-# --batch-size 512 --seed 7`) goes with every part, so that `check` need not train on flex.
+# PART_BYTES overrides the part size, NO_GL=1 leaves .gl out; FLEX_METRICS (a metrics.jsonl
+# of gpu_check.sh's flex run, `train --backend flex --width 1 --epochs 2 --train-limit 10000
+# --test-limit 2000 --batch-size 512 --seed 7`) goes with every part, so that `check` need
+# not train on flex.
 set -euo pipefail
-[ $# -ge 2 ] || { sed -n 2,20p "$0" >&2; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,21p "$0" >&2; exit 2; }
 bin=$1 data=$2 pack=${3:-.gpu}
 bin=$(realpath "$bin") data=$(realpath "$data")
 cd "$(dirname "$0")/.."
