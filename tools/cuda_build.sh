@@ -63,14 +63,16 @@ long __isoc23_strtol(const char *s, char **end, int base) { return strtol(s, end
 long long __isoc23_strtoll(const char *s, char **end, int base) { return strtoll(s, end, base); }
 unsigned long long __isoc23_strtoull(const char *s, char **end, int base) { return strtoull(s, end, base); }
 EOF
-  gcc -O2 -fPIC -c "$cache/isoc23.c" -o "$cache/isoc23.o"
-  ar rcs "$llvm/lib/libcifar_isoc23.a" "$cache/isoc23.o"
+  if [ ! -f "$llvm/lib/libcifar_isoc23.a" ]; then
+    gcc -O2 -fPIC -c "$cache/isoc23.c" -o "$cache/isoc23.o"
+    ar rcs "$llvm/lib/libcifar_isoc23.a" "$cache/isoc23.o"
+  fi
   shim=" -lcifar_isoc23"
 fi
 
 prefix="$cache/xdg/tracel/tracel-llvm-$bundler"
 mkdir -p "$prefix/bin"
-cat > "$prefix/bin/llvm-config" <<EOF
+cat > "$cache/llvm-config" <<EOF
 #!/bin/sh
 # tools/cuda_build.sh: Debian's llvm-config for tracel-llvm-bundler.
 real="$llvm/bin/llvm-config"
@@ -81,8 +83,10 @@ case " \$* " in
   *) exec "\$real" "\$@" ;;
 esac
 EOF
-chmod +x "$prefix/bin/llvm-config"
-touch "$prefix/.tracel-llvm-installed"
+# Written only when new: the bundler's build script reruns when its marker changes, and
+# everything above cubecl-llvm would be rebuilt.
+cmp -s "$cache/llvm-config" "$prefix/bin/llvm-config" || install -m 755 "$cache/llvm-config" "$prefix/bin/llvm-config"
+[ -f "$prefix/.tracel-llvm-installed" ] || touch "$prefix/.tracel-llvm-installed"
 
 # The cache marker above stops the bundler's download; only its build script reads this.
 export XDG_DATA_HOME="$cache/xdg"
