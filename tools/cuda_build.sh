@@ -57,13 +57,13 @@ fi
 shim=""
 glibc=$(getconf GNU_LIBC_VERSION | cut -d' ' -f2)
 if [ "$(printf '%s\n2.38\n' "$glibc" | sort -V | head -n 1)" != 2.38 ]; then
-  cat > "$cache/isoc23.c" <<'EOF'
+  if [ ! -f "$llvm/lib/libcifar_isoc23.a" ]; then
+    cat > "$cache/isoc23.c" <<'EOF'
 #include <stdlib.h>
 long __isoc23_strtol(const char *s, char **end, int base) { return strtol(s, end, base); }
 long long __isoc23_strtoll(const char *s, char **end, int base) { return strtoll(s, end, base); }
 unsigned long long __isoc23_strtoull(const char *s, char **end, int base) { return strtoull(s, end, base); }
 EOF
-  if [ ! -f "$llvm/lib/libcifar_isoc23.a" ]; then
     gcc -O2 -fPIC -c "$cache/isoc23.c" -o "$cache/isoc23.o"
     ar rcs "$llvm/lib/libcifar_isoc23.a" "$cache/isoc23.o"
   fi

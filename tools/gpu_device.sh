@@ -72,13 +72,8 @@ PY
 )
 echo "gpu_device: staged in $gpu: $(ls "$gpu/data" | tr '\n' ' ')$([ -x "$gpu/cifar-webgpu" ] && echo "and the binary")"
 [ -z "$missing" ] || echo "gpu_device: still missing: $(echo "$missing" | tr '\n' ';')"
-need() { # files the step cannot do without
-  for f in "$@"; do
-    if echo "$missing" | grep -q "^$f "; then
-      echo "gpu_device: $step needs $f; carry its parts first" >&2
-      exit 2
-    fi
-  done
+need_all() { # check and full: the CLI reads all six data files, whatever --train-limit says
+  [ -z "$missing" ] || { echo "gpu_device: $step needs every file; carry the parts named above first" >&2; exit 2; }
 }
 
 {
@@ -89,8 +84,7 @@ need() { # files the step cannot do without
 case $step in
   stage) ;;
   check)
-    # The CLI reads all six files, though the check trains on 10,000 images.
-    need cifar-webgpu test_batch.bin data_batch_1.bin data_batch_2.bin data_batch_3.bin data_batch_4.bin data_batch_5.bin
+    need_all
     # The flex reference run, when gpu_pack.sh carried one made beforehand (FLEX_METRICS).
     flex=()
     [ -f "$gpu/flex-metrics.jsonl" ] && flex=("$gpu/flex-metrics.jsonl")
@@ -100,7 +94,7 @@ case $step in
   full)
     backend=${1:?"gpu_device: full BACKEND (wgpu or cuda)"}
     shift
-    need cifar-webgpu test_batch.bin data_batch_1.bin data_batch_2.bin data_batch_3.bin data_batch_4.bin data_batch_5.bin
+    need_all
     name=full-$backend
     # A checkpoint from an earlier call: go on with its recipe (ARGS would be refused).
     run=(--runs-dir "$gpu/runs" --name "$name" "$@")
