@@ -39,20 +39,20 @@ strip -o "$work/cifar-webgpu" "$bin"
 # faster packing.)
 level=${XZ_LEVEL:-9}
 xz "-$level" -c "$work/cifar-webgpu" > "$work/cifar-webgpu.xz" &
-for f in "${files[@]}"; do xz "-$level" -c "$data/$f" > "$work/$f.xz" & done
-wait
+jobs=($!)
+for f in "${files[@]}"; do xz "-$level" -c "$data/$f" > "$work/$f.xz" & jobs+=($!); done
+# Each job's own status: a bare `wait` returns 0 whatever they did.
+for job in "${jobs[@]}"; do wait "$job"; done
 
 gl=0
-if [ -n "${NO_GL:-}" ]; then
-  : # a machine that has the loaders, or a test without network
-elif ! ls .gl/*.deb >/dev/null 2>&1; then
-  # The device README's recipe: the loaders for amd64, whatever this machine is.
-  mkdir -p .gl "$work/lists/partial"
-  o=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 "-oDir::State::Lists=$work/lists")
-  apt-get "${o[@]}" update -qq
-  (cd .gl && apt-get "${o[@]}" download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
-fi
-if [ -z "${NO_GL:-}" ]; then
+if [ -z "${NO_GL:-}" ]; then # NO_GL: a machine that has the loaders, or a test without network
+  if ! ls .gl/*.deb >/dev/null 2>&1; then
+    # The device README's recipe: the loaders for amd64, whatever this machine is.
+    mkdir -p .gl "$work/lists/partial"
+    o=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 "-oDir::State::Lists=$work/lists")
+    apt-get "${o[@]}" update -qq
+    (cd .gl && apt-get "${o[@]}" download libvulkan1 libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2)
+  fi
   ignore /.gl/
   gl=$(cat .gl/*.deb | wc -c)
 fi
