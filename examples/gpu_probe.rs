@@ -17,7 +17,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Distribution, Tensor};
 use cifar_core::io::readback;
 use cifar_core::model::ModelConfig;
-use cifar_core::model::gpu_conv::conv3x3 as conv3x3_gemm;
+use cifar_core::model::gpu_conv::{chunk_images, conv3x3 as conv3x3_gemm, im2col3x3};
 use cifar_core::model::ops::{GpuConvPath, set_gpu_conv_path};
 use cifar_core::train::{Trainer, TrainingConfig, predict};
 use cifar_webgpu::backend::{self, Backend};
@@ -42,6 +42,17 @@ fn phase(name: &str, device: &Device, images: usize, mut f: impl FnMut()) {
         ms[2],
         images as f64 / ms[0] * 1000.0
     );
+}
+
+/// The im2col matrix of images `start..start + m` as tensor ops: how the GEMM forward built
+/// it before the kernel (padded NHWC copy, nine shifted slices, one concatenation).
+fn im2col_ops(x: Tensor<4>, start: usize, m: usize) -> Tensor<2> {
+    use burn::tensor::ops::PadMode;
+    let [_, c, h, w] = x.dims();
+    let x = x.permute([0, 2, 3, 1]).slice([start..start + m, 0..h, 0..w, 0..c]);
+    let padded = x.pad([(0, 0), (1, 1), (1, 1), (0, 0)], PadMode::Constant(0.0));
+    let taps = (0..9).map(|k| padded.clone().slice([0..m, k / 3..k / 3 + h, k % 3..k % 3 + w])).collect();
+    Tensor::cat(taps, 3).reshape([m * h * w, 9 * c])
 }
 
 fn main() {
@@ -92,6 +103,20 @@ fn main() {
         let name = "  GEMMs over im2col chunks (model::gpu_conv)";
         phase(name, &plain, n, || {
             let _ = conv3x3_gemm(x.clone(), w.clone()).sum().into_scalar::<f32>();
+        });
+        // The im2col matrices alone, chunk by chunk as the forward builds them; the first
+        // element read back, so that nothing is left unexecuted.
+        let chunk = chunk_images(ci, side, side);
+        let chunks = move || (0..n).step_by(chunk).map(move |s| (s, chunk.min(n - s)));
+        phase("  its im2col chunks, one kernel each (model::gpu_im2col)", &plain, n, || {
+            for (s, m) in chunks() {
+                let _ = im2col3x3(x.clone(), s, m).slice([0..1, 0..1]).into_scalar::<f32>();
+            }
+        });
+        phase("  its im2col chunks as tensor ops (pad, 9 slices, cat)", &plain, n, || {
+            for (s, m) in chunks() {
+                let _ = im2col_ops(x.clone(), s, m).slice([0..1, 0..1]).into_scalar::<f32>();
+            }
         });
         let a = Tensor::<2>::random([n * side * side, ci * 9], Distribution::Normal(0.0, 1.0), &plain);
         let b = Tensor::<2>::random([ci * 9, co], Distribution::Normal(0.0, 0.1), &plain);

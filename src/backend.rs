@@ -470,14 +470,32 @@ fn check_gpu_conv(ad: &Device, uniform: &mut impl FnMut() -> f32) -> Vec<Check> 
     };
     let (want, got) = (run(false), run(true));
     let shape = [n, c, h, w];
-    ["output", "input gradient", "weight gradient"]
+    // A missing tensor must not pass as an empty comparison.
+    let compare = |want: &[f32], got: &[f32]| {
+        let want: Vec<f64> = want.iter().map(|v| *v as f64).collect();
+        if got.len() == want.len() && !want.is_empty() { rel_err(&want, got) } else { f64::INFINITY }
+    };
+    let mut checks: Vec<Check> = ["output", "input gradient", "weight gradient"]
         .iter()
         .zip(want.iter().zip(&got))
-        .map(|(what, (want, got))| {
-            let want: Vec<f64> = want.iter().map(|v| *v as f64).collect();
-            // A missing tensor must not pass as an empty comparison.
-            let rel_err = if got.len() == want.len() && !want.is_empty() { rel_err(&want, got) } else { f64::INFINITY };
-            Check { what: format!("our GPU 3x3 conv (GEMM) {what}, {shape:?} -> {o}"), rel_err, ours: true }
+        .map(|(what, (want, got))| Check {
+            what: format!("our GPU 3x3 conv (GEMM) {what}, {shape:?} -> {o}"),
+            rel_err: compare(want, got),
+            ours: true,
         })
-        .collect()
+        .collect();
+    // The im2col kernel alone, from a channels-last input (the layout our BatchNorm op leaves),
+    // for a chunk in the middle of the batch; a copy, so it must be exact.
+    let plain = ad.clone().inner();
+    let (start, m) = (3, 5);
+    let nhwc = Tensor::<4>::from_data(TensorData::new(xs.clone(), [n, h, w, c]), &plain);
+    let x = nhwc.clone().permute([0, 3, 1, 2]);
+    let nchw = x.clone().into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+    let cols = gpu_conv::im2col3x3(x, start, m).into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+    checks.push(Check {
+        what: format!("our GPU im2col, channels-last {shape:?}, images {start}..{}", start + m),
+        rel_err: compare(&gpu_conv::im2col3x3_host(&nchw, shape, start, m), &cols),
+        ours: true,
+    });
+    checks
 }

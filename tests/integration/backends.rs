@@ -218,3 +218,45 @@ fn wgpu_learns_with_dropout_and_augmentation() {
     // 2,000 test images: chance is 10 ± 0.7 %.
     assert!(last.test_acc > 0.15, "test accuracy {:.2}% after {} steps", 100.0 * last.test_acc, 2 * steps);
 }
+
+/// The GPU convolution's im2col matrix (`model::gpu_im2col`, one kernel on wgpu) against the
+/// host's, element for element: an NCHW input and a channels-last one (the layout our
+/// BatchNorm op leaves), odd sizes, a chunk that starts past the first image. The same call on
+/// an autodiff device runs the tensor-op body (pad, nine slices, a concatenation), checked here
+/// too.
+#[test]
+fn gpu_im2col_matches_the_host() {
+    use cifar_core::model::gpu_conv::{im2col3x3, im2col3x3_host, im2col_shape};
+    let wgpu = backend::device(Backend::Wgpu).expect("a wgpu adapter (lavapipe in CI: mesa-vulkan-drivers)");
+    let shape = [5, 3, 7, 6];
+    let [n, c, h, w] = shape;
+    let xs: Vec<f32> = (0..n * c * h * w).map(|i| (i as f32 * 0.37).sin() + 0.01 * i as f32).collect();
+    // The same values, stored channels-last and viewed as NCHW.
+    let nhwc: Vec<f32> = (0..n * h * w * c)
+        .map(|j| {
+            let (ch, p) = (j % c, j / c);
+            let (x, y, i) = (p % w, p / w % h, p / (w * h));
+            xs[((i * c + ch) * h + y) * w + x]
+        })
+        .collect();
+    let mut checked = 0;
+    for device in [wgpu.clone(), wgpu.autodiff()] {
+        for (start, m) in [(0, n), (2, 3), (4, 1)] {
+            let want = im2col3x3_host(&xs, shape, start, m);
+            assert_eq!(want.len(), m * h * w * 9 * c);
+            assert_eq!(im2col_shape(&burn::tensor::Shape::new(shape), m).dims::<2>(), [m * h * w, 9 * c]);
+            let inputs = [
+                ("NCHW", Tensor::<4>::from_data(TensorData::new(xs.clone(), shape), &device)),
+                ("channels-last", Tensor::<4>::from_data(TensorData::new(nhwc.clone(), [n, h, w, c]), &device).permute([0, 3, 1, 2])),
+            ];
+            for (layout, x) in inputs {
+                let cols = im2col3x3(x, start, m);
+                assert_eq!(cols.dims(), [m * h * w, 9 * c], "{device:?} {layout}");
+                let got = values(cols);
+                assert!(got == want, "{device:?} {layout} images {start}..{}: {:?}", start + m, rel_diff(&got, &want));
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 12);
+}

@@ -5,9 +5,9 @@
 //! for a dense 3×3 convolution is `conv_direct`. On an H200 it was 202 ms of a 228 ms training
 //! step (width 1, batch 512; CubeCL's kernel profile, `examples/gpu_probe.rs`), about 2 TFLOP/s,
 //! while Burn's backward kernels (im2col + matmul) took a tenth of that and a matmul of
-//! layer1's im2col shape ran at 17 TFLOP/s. So the forward is built here from tensor ops the
-//! backend does well: nine shifted slices of the padded NHWC input concatenated into an
-//! im2col matrix, times the weights as one `[9·c_in, c_out]` matrix. The backward keeps
+//! layer1's im2col shape ran at 17 TFLOP/s. So the forward here is an im2col matrix (one
+//! kernel, `gpu_im2col.rs`; as tensor ops it was three quarters of layer1's forward) times the
+//! weights as one `[9·c_in, c_out]` matrix, Burn's matmul. The backward keeps
 //! `conv2d_x_backward` / `conv2d_weight_backward`, not the backward of those slices (nine
 //! zero-filled scatters: 4× slower than Burn's at layer1's shape).
 //!
@@ -36,44 +36,86 @@ pub trait GpuConv: Backend {
     fn conv3x3_gemm(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         im2col_forward::<Self>(x, w)
     }
+
+    /// The im2col matrix `[m·h·w, 9·c]` of images `start..start + m` of `x [n, c, h, w]`:
+    /// row `(i·h + y)·w + x`, column `k·c + ch` is `x[start + i, ch, y + k/3 − 1, x + k%3 − 1]`,
+    /// zero outside the image. The default body is tensor ops (the reference); CubeCL devices
+    /// run one kernel (`gpu_im2col.rs`).
+    #[fusion(dtype = x, shape = im2col_shape(x, *m))]
+    fn im2col3x3(x: FloatTensor<Self>, start: usize, m: usize) -> FloatTensor<Self> {
+        im2col_slices::<Self>(x, start, m)
+    }
 }
 
-impl GpuConv for burn_cubecl::CubeBackend {}
+impl GpuConv for burn_cubecl::CubeBackend {
+    fn im2col3x3(x: FloatTensor<Self>, start: usize, m: usize) -> FloatTensor<Self> {
+        super::gpu_im2col::im2col3x3(x, start, m)
+    }
+}
+
+/// The shape of [`GpuConv::im2col3x3`]'s matrix for `m` images of `x`'s shape.
+pub fn im2col_shape(x: &Shape, m: usize) -> Shape {
+    let [_, c, h, w] = x.dims::<4>();
+    Shape::new([m * h * w, 9 * c])
+}
 
 /// Images per im2col chunk for images of `h × w` with `c` channels (at least one).
 pub fn chunk_images(c: usize, h: usize, w: usize) -> usize {
     (CHUNK_BYTES / (9 * c * h * w * 4).max(1)).max(1)
 }
 
-fn im2col_forward<B: Backend>(x: FloatTensor<B>, w: FloatTensor<B>) -> FloatTensor<B> {
+fn im2col_forward<B: GpuConv>(x: FloatTensor<B>, w: FloatTensor<B>) -> FloatTensor<B> {
     let [n, c, h, wd] = x.shape().dims::<4>();
     let o = w.shape().dims::<4>()[0];
-    // NHWC, so that a tap's slice keeps each pixel's channels contiguous.
-    let x = B::float_permute(x, &[0, 2, 3, 1]);
-    let padded = B::float_pad(x, &[(0, 0), (1, 1), (1, 1), (0, 0)], PadMode::Constant(0.0));
     // Row k·c + i of the weight matrix is tap k = 3·dy + dx of input channel i.
     let wm = B::float_reshape(B::float_permute(w, &[2, 3, 1, 0]), Shape::new([9 * c, o]));
     let per = chunk_images(c, h, wd);
     let mut outs = Vec::with_capacity(n.div_ceil(per));
     for start in (0..n).step_by(per) {
-        let m = per.min(n - start);
-        let taps = (0..9)
-            .map(|k| {
-                let (dy, dx) = (k / 3, k % 3);
-                let s = [
-                    Slice::from(start..start + m),
-                    Slice::from(dy..dy + h),
-                    Slice::from(dx..dx + wd),
-                    Slice::from(0..c),
-                ];
-                B::float_slice(padded.clone(), &s)
-            })
-            .collect();
-        let cols = B::float_reshape(B::float_cat(taps, 3), Shape::new([m * h * wd, 9 * c]));
+        let cols = B::im2col3x3(x.clone(), start, per.min(n - start));
         outs.push(B::float_matmul(cols, wm.clone()));
     }
     let y = if outs.len() == 1 { outs.pop().expect("one chunk") } else { B::float_cat(outs, 0) };
     B::float_permute(B::float_reshape(y, Shape::new([n, h, wd, o])), &[0, 3, 1, 2])
+}
+
+/// [`GpuConv::im2col3x3`] as tensor ops: the padded NHWC input, nine shifted slices of it,
+/// concatenated along the channels (so that a tap's slice keeps each pixel's channels together).
+fn im2col_slices<B: Backend>(x: FloatTensor<B>, start: usize, m: usize) -> FloatTensor<B> {
+    let [_, c, h, w] = x.shape().dims::<4>();
+    let x = B::float_permute(x, &[0, 2, 3, 1]);
+    let x = B::float_slice(x, &[Slice::from(start..start + m), Slice::from(..), Slice::from(..), Slice::from(..)]);
+    let padded = B::float_pad(x, &[(0, 0), (1, 1), (1, 1), (0, 0)], PadMode::Constant(0.0));
+    let taps = (0..9)
+        .map(|k| {
+            let (dy, dx) = (k / 3, k % 3);
+            let s = [Slice::from(0..m), Slice::from(dy..dy + h), Slice::from(dx..dx + w), Slice::from(0..c)];
+            B::float_slice(padded.clone(), &s)
+        })
+        .collect();
+    B::float_reshape(B::float_cat(taps, 3), Shape::new([m * h * w, 9 * c]))
+}
+
+/// [`GpuConv::im2col3x3`] on tensors of a CubeCL device: the kernel, or on an autodiff device
+/// the tensor-op body.
+pub fn im2col3x3(x: Tensor<4>, start: usize, m: usize) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as GpuConv>::im2col3x3(x.into_dispatch(), start, m))
+}
+
+/// [`im2col3x3`] on the host, from `xs` in NCHW order: the reference of the tests and
+/// `check-device`.
+pub fn im2col3x3_host(xs: &[f32], [_, c, h, w]: [usize; 4], start: usize, m: usize) -> Vec<f32> {
+    let mut cols = Vec::with_capacity(m * h * w * 9 * c);
+    for i in start..start + m {
+        for (y, x) in (0..h).flat_map(|y| (0..w).map(move |x| (y, x))) {
+            for (dy, dx) in (0..3).flat_map(|dy| (0..3).map(move |dx| (dy, dx))) {
+                let (sy, sx) = ((y + dy).wrapping_sub(1), (x + dx).wrapping_sub(1));
+                let inside = sy < h && sx < w;
+                cols.extend((0..c).map(|ch| if inside { xs[((i * c + ch) * h + sy) * w + sx] } else { 0.0 }));
+            }
+        }
+    }
+    cols
 }
 
 fn options() -> ConvOptions<2> {

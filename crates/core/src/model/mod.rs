@@ -25,6 +25,7 @@ pub mod batchnorm;
 pub mod dropout;
 pub mod gpu_bn;
 pub mod gpu_conv;
+mod gpu_im2col;
 pub mod ops;
 pub mod summary;
 
