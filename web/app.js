@@ -53,6 +53,14 @@ async function describeAdapter() {
   return { name, cpu, limits, vendor: info.vendor || '', architecture: info.architecture || '' };
 }
 
+// The convolution takes effect from the next step or evaluation; the status line names it.
+function applyGpuConv() {
+  const used = state.session.set_gpu_conv($('gpu-conv').value, Boolean(state.adapter && state.adapter.cpu));
+  state.gpuConv = used;
+  const on = state.adapter ? ` on ${state.adapter.name}` : '';
+  say('gpu-status', `WebGPU ready${on}; convolutions: ${used === 'gemm' ? 'GEMM over im2col' : 'Burn\'s direct kernel'}.`);
+}
+
 function bindings() {
   if (window.wasmBindings) return Promise.resolve(window.wasmBindings);
   return new Promise((resolve) => addEventListener('TrunkApplicationStarted', () => resolve(window.wasmBindings), { once: true }));
@@ -410,7 +418,8 @@ async function main() {
     say('gpu-status', `WebGPU could not start: ${e.message || e}`, true);
     return;
   }
-  say('gpu-status', state.adapter ? `WebGPU ready on ${state.adapter.name}.` : 'WebGPU ready.');
+  applyGpuConv();
+  $('gpu-conv').onchange = applyGpuConv;
   if (state.adapter && state.adapter.cpu) {
     const w = $('gpu-warning');
     w.textContent = `${state.adapter.name} is a CPU implementation of WebGPU, not a GPU: training here is `

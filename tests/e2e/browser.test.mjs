@@ -81,7 +81,7 @@ test('the browser trains the shared model on WebGPU and its weights load nativel
     const adapter = await page.evaluate(() => window.appState.adapter);
     assert.ok(adapter && /swiftshader/i.test(adapter.name), `adapter shown: ${JSON.stringify(adapter)}`);
     assert.ok(adapter.cpu, 'SwiftShader is recognised as a CPU implementation');
-    assert.match(await page.textContent('#gpu-status'), /WebGPU ready on google swiftshader/);
+    assert.match(await page.textContent('#gpu-status'), /WebGPU ready on google swiftshader.*; convolutions: Burn's direct kernel\./);
     assert.ok(await page.isVisible('#gpu-warning'), 'the CPU-adapter warning is shown');
     assert.match(await page.textContent('#gpu-warning'), /CPU implementation of WebGPU/);
 
@@ -239,6 +239,20 @@ test('the browser trains the shared model on WebGPU and its weights load nativel
     });
     assert.deepEqual(pagePreds.predictions, nativePreds, 'native weights predict differently in the page');
     assert.ok(evalOut.includes(`test accuracy ${(100 * pagePreds.accuracy).toFixed(2)}%`), evalOut);
+
+    // The other convolution (GEMM over the im2col kernel: WGSL of our own, which Dawn must
+    // accept) predicts the same; `auto` goes back to Burn's on SwiftShader.
+    const evaluateWith = async (conv) => {
+      await page.selectOption('#gpu-conv', conv);
+      return page.evaluate(async () => {
+        await window.appState.session.evaluate(false);
+        return { conv: window.appState.gpuConv, predictions: JSON.parse(window.appState.session.predictions()).map((p) => p[0]) };
+      });
+    };
+    const gemm = await evaluateWith('gemm');
+    assert.match(await page.textContent('#gpu-status'), /convolutions: GEMM over im2col\./);
+    assert.deepEqual(gemm, { conv: 'gemm', predictions: nativePreds }, 'the GEMM convolution predicts differently in the page');
+    assert.equal((await evaluateWith('auto')).conv, 'burn');
 
     // A fine-tuning run starts from the loaded weights: before its first step it predicts what
     // they predict (the session evaluates the run's model once a run exists), also with SGD's

@@ -226,7 +226,7 @@ fn wgpu_learns_with_dropout_and_augmentation() {
 /// too.
 #[test]
 fn gpu_im2col_matches_the_host() {
-    use cifar_core::model::gpu_conv::{im2col3x3, im2col3x3_host, im2col_shape};
+    use cifar_core::model::gpu_conv::{im2col_shape, im2col3x3, im2col3x3_host};
     let wgpu = backend::device(Backend::Wgpu).expect("a wgpu adapter (lavapipe in CI: mesa-vulkan-drivers)");
     let shape = [5, 3, 7, 6];
     let [n, c, h, w] = shape;
@@ -247,7 +247,10 @@ fn gpu_im2col_matches_the_host() {
             assert_eq!(im2col_shape(&burn::tensor::Shape::new(shape), m).dims::<2>(), [m * h * w, 9 * c]);
             let inputs = [
                 ("NCHW", Tensor::<4>::from_data(TensorData::new(xs.clone(), shape), &device)),
-                ("channels-last", Tensor::<4>::from_data(TensorData::new(nhwc.clone(), [n, h, w, c]), &device).permute([0, 3, 1, 2])),
+                (
+                    "channels-last",
+                    Tensor::<4>::from_data(TensorData::new(nhwc.clone(), [n, h, w, c]), &device).permute([0, 3, 1, 2]),
+                ),
             ];
             for (layout, x) in inputs {
                 let cols = im2col3x3(x, start, m);

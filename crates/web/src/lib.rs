@@ -18,6 +18,7 @@ use wasm_bindgen::prelude::*;
 
 use cifar_core::data::{self, CLASSES, Cifar10, IMAGE_BYTES};
 use cifar_core::io::weights;
+use cifar_core::model::ops::{GpuConvPath, set_gpu_conv_path};
 use cifar_core::model::{Model, ModelConfig};
 use cifar_core::train::driver::{Driver, Event};
 use cifar_core::train::limits::{self, BufferLimits};
@@ -89,6 +90,22 @@ impl Session {
         let limits = BufferLimits { max_binding: max_binding as u64, max_buffer: max_buffer as u64 };
         let state = State { device, limits, data: None, driver: None, loaded: None, evaluation: None };
         Ok(Session { state: Rc::new(RefCell::new(state)) })
+    }
+
+    /// Picks how 3×3 convolutions run: `gemm` (im2col kernel + matmul), `burn` (Burn's
+    /// direct kernel) or `auto`, the native CLI's rule: `burn` on a CPU implementation of
+    /// WebGPU (SwiftShader, where the two are about even), `gemm` on a GPU (2.27× Burn's at
+    /// width 1 through the same WGSL on an H200, natively). Returns the one in use.
+    pub fn set_gpu_conv(&self, choice: &str, cpu_adapter: bool) -> Result<String, JsError> {
+        let path = match choice {
+            "gemm" => GpuConvPath::Gemm,
+            "burn" => GpuConvPath::Burn,
+            "auto" if cpu_adapter => GpuConvPath::Burn,
+            "auto" => GpuConvPath::Gemm,
+            other => return Err(err(format!("unknown convolution {other:?} (auto, gemm or burn)"))),
+        };
+        set_gpu_conv_path(path);
+        Ok(path.name().to_string())
     }
 
     fn state(&self) -> Result<std::cell::RefMut<'_, State>, JsError> {

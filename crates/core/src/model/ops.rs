@@ -65,9 +65,9 @@ pub fn set_gpu_conv_path(path: GpuConvPath) {
     GEMM.store(path == GpuConvPath::Gemm, Ordering::Relaxed);
 }
 
-/// The GPU convolution in use: Burn's unless set. The native CLI sets GEMM on a real GPU
-/// (`--gpu-conv auto`); on CPU adapters (lavapipe, SwiftShader) Burn's direct kernel is the
-/// faster, and in the browser the GEMM path has not been measured on a real GPU yet.
+/// The GPU convolution in use: Burn's unless set. The native CLI (`--gpu-conv auto`) and the
+/// page set GEMM on a real GPU and keep Burn's direct kernel on CPU adapters (lavapipe,
+/// SwiftShader).
 pub fn gpu_conv_path() -> GpuConvPath {
     if GEMM.load(Ordering::Relaxed) { GpuConvPath::Gemm } else { GpuConvPath::Burn }
 }
