@@ -79,10 +79,10 @@ fn inv_std<B: Backend>(var: FloatTensor<B>, eps: f64) -> FloatTensor<B> {
     B::float_recip(B::float_sqrt(B::float_add_scalar(var, eps.into())))
 }
 
-/// Per-channel sums of `[n, c, h, w]` as a `[1, c, 1, 1]` column: over each plane, then over the
-/// batch.
+/// Per-channel sums of `[n, c, h, w]` as a `[1, c, 1, 1]` column: over each image's pixels, then
+/// over the batch, channels-last as [`super::batchnorm::batch_stats`] takes them.
 fn channel_sums<B: Backend>(t: FloatTensor<B>, [n, c, h, w]: [usize; 4]) -> FloatTensor<B> {
-    let planes = B::float_sum_dim(B::float_reshape(t, Shape::new([n, c, h * w])), 2);
+    let planes = B::float_sum_dim(B::float_reshape(B::float_permute(t, &[0, 2, 3, 1]), Shape::new([n, h * w, c])), 1);
     B::float_reshape(B::float_sum_dim(planes, 0), Shape::new([1, c, 1, 1]))
 }
 
