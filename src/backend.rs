@@ -254,8 +254,7 @@ pub fn select(backend: Backend, precision: Precision, gpu_conv: GpuConv) -> Resu
         let path = match gpu_conv {
             GpuConv::Gemm => GpuConvPath::Gemm,
             GpuConv::Burn => GpuConvPath::Burn,
-            GpuConv::Auto if info.device_type == "Cpu" => GpuConvPath::Burn,
-            GpuConv::Auto => GpuConvPath::Gemm,
+            GpuConv::Auto => GpuConvPath::auto(info.device_type == "Cpu"),
         };
         set_gpu_conv_path(path);
         info.gpu_conv = Some(path.name().into());
@@ -489,7 +488,7 @@ fn check_gpu_conv(ad: &Device, uniform: &mut impl FnMut() -> f32) -> Vec<Check> 
     let plain = ad.clone().inner();
     let (start, m) = (3, 5);
     let nhwc = Tensor::<4>::from_data(TensorData::new(xs.clone(), [n, h, w, c]), &plain);
-    let x = nhwc.clone().permute([0, 3, 1, 2]);
+    let x = nhwc.permute([0, 3, 1, 2]);
     let nchw = x.clone().into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
     let cols = gpu_conv::im2col3x3(x, start, m).into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
     checks.push(Check {

@@ -100,8 +100,7 @@ impl Session {
         let path = match choice {
             "gemm" => GpuConvPath::Gemm,
             "burn" => GpuConvPath::Burn,
-            "auto" if cpu_adapter => GpuConvPath::Burn,
-            "auto" => GpuConvPath::Gemm,
+            "auto" => GpuConvPath::auto(cpu_adapter),
             other => return Err(err(format!("unknown convolution {other:?} (auto, gemm or burn)"))),
         };
         set_gpu_conv_path(path);

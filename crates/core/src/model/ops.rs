@@ -50,6 +50,12 @@ pub enum GpuConvPath {
 }
 
 impl GpuConvPath {
+    /// `--gpu-conv auto` (and the page's `auto`): GEMM on a GPU, Burn's direct kernel on a CPU
+    /// implementation of the API (lavapipe, SwiftShader), where the GEMM path does not pay.
+    pub fn auto(cpu_adapter: bool) -> Self {
+        if cpu_adapter { GpuConvPath::Burn } else { GpuConvPath::Gemm }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             GpuConvPath::Gemm => "gemm",
