@@ -14,10 +14,10 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{DType, Device, Distribution, Tensor};
 use cifar_core::io::readback;
 use cifar_core::model::ModelConfig;
-use cifar_core::model::gpu_conv::{chunk_images, conv3x3 as conv3x3_gemm, im2col3x3};
+use cifar_core::model::gpu_conv::{chunk_images, conv3x3 as conv3x3_gemm, im2col3x3, matmul_f32};
 use cifar_core::model::ops::{GpuConvPath, set_gpu_conv_path};
 use cifar_core::train::{Trainer, TrainingConfig, predict};
 use cifar_webgpu::backend::{self, Backend};
@@ -58,7 +58,9 @@ fn main() {
 
     let pixels: Vec<u8> = (0..n * 3072).map(|i| (i * 7 % 251) as u8).collect();
     let labels: Vec<i64> = (0..n as i64).map(|i| i % 10).collect();
-    for path in [GpuConvPath::Burn, GpuConvPath::Gemm] {
+    let half = GpuConvPath::GemmF16.supported_on(&plain);
+    let paths = [GpuConvPath::Burn, GpuConvPath::Gemm, GpuConvPath::GemmF16];
+    for path in paths.into_iter().filter(|p| p.supported_on(&plain)) {
         set_gpu_conv_path(path);
         let p = path.name();
         let config = TrainingConfig::new(ModelConfig::new().with_width(width)).with_batch_size(n).with_epochs(1);
@@ -91,23 +93,35 @@ fn main() {
         println!("{:<58} {gflop:.3} GFLOP per call", "");
         let name = "  GEMMs over im2col chunks (model::gpu_conv)";
         phase(name, &plain, n, || {
-            let _ = conv3x3_gemm(x.clone(), w.clone()).sum().into_scalar::<f32>();
+            let _ = conv3x3_gemm(x.clone(), w.clone(), false).sum().into_scalar::<f32>();
         });
+        if half {
+            phase("  the same in f16 (f16 im2col and weights, f32 sums)", &plain, n, || {
+                let _ = conv3x3_gemm(x.clone(), w.clone(), true).sum().into_scalar::<f32>();
+            });
+        }
         // The im2col matrices alone, chunk by chunk as the forward builds them; the first
         // element read back, so that nothing is left unexecuted.
         let chunk = chunk_images(ci, side, side);
         let chunks = move || (0..n).step_by(chunk).map(move |s| (s, chunk.min(n - s)));
         phase("  its im2col chunks, one kernel each (model::gpu_im2col)", &plain, n, || {
             for (s, m) in chunks() {
-                let _ = im2col3x3(x.clone(), s, m).slice([0..1, 0..1]).into_scalar::<f32>();
+                let _ = im2col3x3(x.clone(), s, m, false).slice([0..1, 0..1]).into_scalar::<f32>();
             }
         });
+        if half {
+            phase("  its im2col chunks in f16, one kernel each", &plain, n, || {
+                for (s, m) in chunks() {
+                    let _ = im2col3x3(x.clone(), s, m, true).slice([0..1, 0..1]).cast(DType::F32).into_scalar::<f32>();
+                }
+            });
+        }
         // On an autodiff device the extension runs its default body, the tensor ops the
         // forward used before the kernel (padded NHWC copy, nine shifted slices, a concatenation).
         let x_ad = Tensor::<4>::from_data(x.clone().into_data(), &ad);
         phase("  its im2col chunks as tensor ops (pad, 9 slices, cat)", &plain, n, || {
             for (s, m) in chunks() {
-                let _ = im2col3x3(x_ad.clone(), s, m).slice([0..1, 0..1]).into_scalar::<f32>();
+                let _ = im2col3x3(x_ad.clone(), s, m, false).slice([0..1, 0..1]).into_scalar::<f32>();
             }
         });
         let a = Tensor::<2>::random([n * side * side, ci * 9], Distribution::Normal(0.0, 1.0), &plain);
@@ -115,7 +129,14 @@ fn main() {
         phase("  the GEMM alone (matmul of the im2col shape)", &plain, n, || {
             let _ = a.clone().matmul(b.clone()).sum().into_scalar::<f32>();
         });
-        let diff = (conv2d(x.clone(), w.clone(), None, opts.clone()) - conv3x3_gemm(x.clone(), w.clone())).abs().max();
+        if half {
+            let (a, b) = (a.clone().cast(DType::F16), b.clone().cast(DType::F16));
+            phase("  the same GEMM, f16 operands, f32 sums (gpu_conv::matmul_f32)", &plain, n, || {
+                let _ = matmul_f32(a.clone(), b.clone()).sum().into_scalar::<f32>();
+            });
+        }
+        let diff =
+            (conv2d(x.clone(), w.clone(), None, opts.clone()) - conv3x3_gemm(x.clone(), w.clone(), false)).abs().max();
         println!("{:<58} max |conv2d - im2col GEMM| = {:e}", "", diff.into_scalar::<f32>());
         let xa = x.clone().detach();
         let xa = Tensor::<4>::from_data(xa.into_data(), &ad).require_grad();
@@ -125,7 +146,7 @@ fn main() {
             let _ = (xa.grad(&g).unwrap().sum() + wa.grad(&g).unwrap().sum()).into_scalar::<f32>();
         });
         phase("  im2col GEMM forward + backward (dx, dw)", &plain, n, || {
-            let g = conv3x3_gemm(xa.clone(), wa.clone()).sum().backward();
+            let g = conv3x3_gemm(xa.clone(), wa.clone(), false).sum().backward();
             let _ = (xa.grad(&g).unwrap().sum() + wa.grad(&g).unwrap().sum()).into_scalar::<f32>();
         });
     }

@@ -66,6 +66,9 @@ pub enum GpuConv {
     Auto,
     /// GEMMs over im2col, Burn's backward kernels (`cifar_core::model::gpu_conv`).
     Gemm,
+    /// `gemm` with f16 operands (im2col matrix and weights) and f32 sums in the forward GEMMs;
+    /// the backward stays f32. Needs an adapter with f16 shaders.
+    GemmF16,
     /// Burn's `conv2d` forward (`conv_direct` without cooperative matrices).
     Burn,
 }
@@ -253,9 +256,18 @@ pub fn select(backend: Backend, precision: Precision, gpu_conv: GpuConv) -> Resu
         use cifar_core::model::ops::{GpuConvPath, set_gpu_conv_path};
         let path = match gpu_conv {
             GpuConv::Gemm => GpuConvPath::Gemm,
+            GpuConv::GemmF16 => GpuConvPath::GemmF16,
             GpuConv::Burn => GpuConvPath::Burn,
             GpuConv::Auto => GpuConvPath::auto(info.device_type == "Cpu"),
         };
+        if !path.supported_on(&device) {
+            return Err(Error::Backend(format!(
+                "--gpu-conv {} needs f16 shaders, and {} ({}) has none (--gpu-conv gemm runs in f32)",
+                path.name(),
+                info.adapter,
+                info.api
+            )));
+        }
         set_gpu_conv_path(path);
         info.gpu_conv = Some(path.name().into());
     }
@@ -452,7 +464,7 @@ fn check_gpu_conv(ad: &Device, uniform: &mut impl FnMut() -> f32) -> Vec<Check> 
         let x = Tensor::<4>::from_data(TensorData::new(xs.clone(), [n, c, h, w]), ad).require_grad();
         let wt = Tensor::<4>::from_data(TensorData::new(ws.clone(), [o, c, 3, 3]), ad).require_grad();
         let y = if ours {
-            gpu_conv::conv3x3(x.clone(), wt.clone())
+            gpu_conv::conv3x3(x.clone(), wt.clone(), false)
         } else {
             conv2d(x.clone(), wt.clone(), None, ConvOptions::new([1, 1], [1, 1], [1, 1], 1))
         };
@@ -483,14 +495,30 @@ fn check_gpu_conv(ad: &Device, uniform: &mut impl FnMut() -> f32) -> Vec<Check> 
             ours: true,
         })
         .collect();
+    let plain = ad.clone().inner();
+    // gemm-f16 against f32 conv2d of the operands rounded to f16: the same products, so only
+    // the summation order differs if the sums are f32 (f16 sums would be ~1e-3 off).
+    if cifar_core::model::ops::GpuConvPath::GemmF16.supported_on(&plain) {
+        use burn::tensor::DType;
+        let x = Tensor::<4>::from_data(TensorData::new(xs.clone(), [n, c, h, w]), &plain);
+        let wt = Tensor::<4>::from_data(TensorData::new(ws.clone(), [o, c, 3, 3]), &plain);
+        let round = |t: Tensor<4>| t.cast(DType::F16).cast(DType::F32);
+        let want = conv2d(round(x.clone()), round(wt.clone()), None, ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
+        let host = |t: Tensor<4>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+        checks.push(Check {
+            what: format!("our GPU 3x3 conv (GEMM, f16 operands, f32 sums) output, {shape:?} -> {o}"),
+            rel_err: compare(&host(want), &host(gpu_conv::conv3x3(x, wt, true))),
+            ours: true,
+        });
+    }
     // The im2col kernel alone, from a channels-last input (the layout our BatchNorm op leaves),
     // for a chunk in the middle of the batch; a copy, so it must be exact.
-    let plain = ad.clone().inner();
     let (start, m) = (3, 5);
     let nhwc = Tensor::<4>::from_data(TensorData::new(xs.clone(), [n, h, w, c]), &plain);
     let x = nhwc.permute([0, 3, 1, 2]);
     let nchw = x.clone().into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
-    let cols = gpu_conv::im2col3x3(x, start, m).into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+    let cols =
+        gpu_conv::im2col3x3(x, start, m, false).into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
     checks.push(Check {
         what: format!("our GPU im2col, channels-last {shape:?}, images {start}..{}", start + m),
         rel_err: compare(&gpu_conv::im2col3x3_host(&nchw, shape, start, m), &cols),

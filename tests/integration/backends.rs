@@ -221,9 +221,9 @@ fn wgpu_learns_with_dropout_and_augmentation() {
 
 /// The GPU convolution's im2col matrix (`model::gpu_im2col`, one kernel on wgpu) against the
 /// host's, element for element: an NCHW input and a channels-last one (the layout our
-/// BatchNorm op leaves), odd sizes, a chunk that starts past the first image. The same call on
-/// an autodiff device runs the tensor-op body (pad, nine slices, a concatenation), checked here
-/// too.
+/// BatchNorm op leaves), odd sizes, a chunk that starts past the first image, in f32 and in
+/// f16 (`gemm-f16`). The same call on an autodiff device runs the tensor-op body (pad, nine
+/// slices, a concatenation, a cast), checked here too.
 #[test]
 fn gpu_im2col_matches_the_host() {
     use cifar_core::model::gpu_conv::{im2col_shape, im2col3x3, im2col3x3_host};
@@ -252,14 +252,69 @@ fn gpu_im2col_matches_the_host() {
                     Tensor::<4>::from_data(TensorData::new(nhwc.clone(), [n, h, w, c]), &device).permute([0, 3, 1, 2]),
                 ),
             ];
+            // gemm-f16's matrix: the same values rounded to f16.
+            let want_half: Vec<f32> = want.iter().map(|v| burn::tensor::f16::from_f32(*v).to_f32()).collect();
+            assert!(want_half != want, "the test's values must change when rounded to f16");
             for (layout, x) in inputs {
-                let cols = im2col3x3(x, start, m);
-                assert_eq!(cols.dims(), [m * h * w, 9 * c], "{device:?} {layout}");
-                let got = values(cols);
-                assert!(got == want, "{device:?} {layout} images {start}..{}: {:?}", start + m, rel_diff(&got, &want));
-                checked += 1;
+                for (half, want) in [(false, &want), (true, &want_half)] {
+                    let cols = im2col3x3(x.clone(), start, m, half);
+                    assert_eq!(cols.dims(), [m * h * w, 9 * c], "{device:?} {layout}");
+                    let dtype = if half { burn::tensor::DType::F16 } else { burn::tensor::DType::F32 };
+                    assert_eq!(cols.dtype(), dtype, "{device:?} {layout}");
+                    let got = values(cols.cast(burn::tensor::DType::F32));
+                    let what = format!("{device:?} {layout} half {half} images {start}..{}", start + m);
+                    assert!(got == *want, "{what}: {:?}", rel_diff(&got, want));
+                    checked += 1;
+                }
             }
         }
     }
-    assert_eq!(checked, 12);
+    assert_eq!(checked, 24);
+}
+
+/// `--gpu-conv gemm-f16`: the forward rounds its operands to f16 and sums in f32, so it equals
+/// an f32 convolution of the rounded operands up to summation order (f16 sums would be ~1e-3
+/// off), and differs from the unrounded one; the backward is Burn's f32 backward, unchanged.
+/// On plain wgpu (im2col kernel, mixed-precision matmul) and autodiff wgpu.
+#[test]
+fn gpu_conv_f16_rounds_operands_and_sums_in_f32() {
+    use burn::tensor::DType;
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    use cifar_core::model::gpu_conv::conv3x3;
+    use cifar_core::model::ops::GpuConvPath;
+    let wgpu = backend::device(Backend::Wgpu).expect("a wgpu adapter (lavapipe in CI: mesa-vulkan-drivers)");
+    assert!(GpuConvPath::GemmF16.supported_on(&wgpu), "lavapipe has f16 shaders");
+    let [n, c, h, w, o] = [4, 24, 8, 8, 16];
+    let xs: Vec<f32> = (0..n * c * h * w).map(|i| (i as f32 * 0.731).sin()).collect();
+    let ws: Vec<f32> = (0..o * c * 9).map(|i| (i as f32 * 0.377).cos() * 0.2).collect();
+    let opts = || ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+    for (device, tracked) in [(wgpu.clone(), false), (wgpu.autodiff(), true)] {
+        let leaf = |t: Tensor<4>| if tracked { t.require_grad() } else { t };
+        let x = leaf(Tensor::<4>::from_data(TensorData::new(xs.clone(), [n, c, h, w]), &device));
+        let wt = leaf(Tensor::<4>::from_data(TensorData::new(ws.clone(), [o, c, 3, 3]), &device));
+        let round = |t: Tensor<4>| t.detach().cast(DType::F16).cast(DType::F32);
+        let rounded = values(conv2d(round(x.clone()), round(wt.clone()), None, opts()));
+        let exact = values(conv2d(x.clone().detach(), wt.clone().detach(), None, opts()));
+        let y = conv3x3(x.clone(), wt.clone(), true);
+        assert_eq!(y.dtype(), DType::F32, "{device:?}");
+        let got = values(y.clone());
+        let (to_rounded, to_exact) = (rel_diff(&got, &rounded), rel_diff(&got, &exact));
+        eprintln!(
+            "{device:?}: gemm-f16 against f32 conv of rounded operands {to_rounded:e}, of exact ones {to_exact:e}"
+        );
+        assert!(to_rounded < 1e-5, "{device:?}: {to_rounded:e} from the conv of the rounded operands");
+        assert!(to_exact > 2e-5, "{device:?}: {to_exact:e}: the operands were not rounded to f16");
+        if tracked {
+            let weights = Tensor::<4>::from_data(
+                TensorData::new((0..n * o * h * w).map(|i| (i % 5) as f32 - 2.0).collect::<Vec<f32>>(), [n, o, h, w]),
+                &device,
+            );
+            let g = (y * weights.clone()).sum().backward();
+            let (dx, dw) = (values(x.grad(&g).unwrap()), values(wt.grad(&g).unwrap()));
+            let g = (conv2d(x.clone(), wt.clone(), None, opts()) * weights).sum().backward();
+            assert_eq!(dx, values(x.grad(&g).unwrap()), "input gradient");
+            assert_eq!(dw, values(wt.grad(&g).unwrap()), "weight gradient");
+        }
+    }
 }

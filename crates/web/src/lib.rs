@@ -92,17 +92,26 @@ impl Session {
         Ok(Session { state: Rc::new(RefCell::new(state)) })
     }
 
-    /// Picks how 3×3 convolutions run: `gemm` (im2col kernel + matmul), `burn` (Burn's
+    /// Picks how 3×3 convolutions run: `gemm` (im2col kernel + matmul), `gemm-f16` (the same
+    /// with f16 operands and f32 sums, where the device has f16 shaders), `burn` (Burn's
     /// direct kernel) or `auto`, the native CLI's rule: `burn` on a CPU implementation of
     /// WebGPU (SwiftShader, where the two are about even), `gemm` on a GPU (2.27× Burn's at
-    /// width 1 through the same WGSL on an H200, natively). Returns the one in use.
+    /// width 1 through the same WGSL on an H200, natively). Returns the one in use; a choice
+    /// the device cannot run is refused and the previous one stays.
     pub fn set_gpu_conv(&self, choice: &str, cpu_adapter: bool) -> Result<String, JsError> {
         let path = match choice {
             "gemm" => GpuConvPath::Gemm,
+            "gemm-f16" => GpuConvPath::GemmF16,
             "burn" => GpuConvPath::Burn,
             "auto" => GpuConvPath::auto(cpu_adapter),
-            other => return Err(err(format!("unknown convolution {other:?} (auto, gemm or burn)"))),
+            other => return Err(err(format!("unknown convolution {other:?} (auto, gemm, gemm-f16 or burn)"))),
         };
+        if !path.supported_on(&self.state()?.device) {
+            return Err(err(format!(
+                "the convolution {} needs f16 shaders (WebGPU's shader-f16), and this device has none",
+                path.name()
+            )));
+        }
         set_gpu_conv_path(path);
         Ok(path.name().to_string())
     }

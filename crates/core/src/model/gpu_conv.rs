@@ -11,6 +11,12 @@
 //! `conv2d_x_backward` / `conv2d_weight_backward`, not the backward of those slices (nine
 //! zero-filled scatters: 4× slower than Burn's at layer1's shape).
 //!
+//! With `half` (`--gpu-conv gemm-f16`) the im2col kernel writes the matrix in f16, the weights
+//! are cast to f16, and one matmul multiplies them with f32 sums into an f32 output: the
+//! mixed precision of PyTorch's AMP, confined to the forward GEMMs. It halves the im2col
+//! bytes (the matrix is the largest thing the forward writes) and gives Burn's matmul the
+//! operands that cooperative-matrix (tensor-core) kernels take where the compiler has them.
+//!
 //! The im2col matrix is 9× the input. It is built for a few images at a time so that no
 //! buffer exceeds [`CHUNK_BYTES`]: below WebGPU's 128 MiB binding limit, and small enough
 //! that the matrix never dominates memory (at width 1, batch 512, layer1's whole matrix would
@@ -24,32 +30,50 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, TensorMetadata, backend_extension};
 use burn::tensor::ops::{ConvOptions, PadMode};
-use burn::tensor::{Shape, Slice, Tensor};
+use burn::tensor::{DType, FloatDType, Shape, Slice, Tensor};
 
 /// The most bytes of im2col matrix built at once.
 pub const CHUNK_BYTES: usize = 64 << 20;
 
 #[backend_extension(Autodiff, Cube, Fusion)]
 pub trait GpuConv: Backend {
-    /// 3×3 convolution, stride 1, padding 1, no bias: `x [n, c, h, w]`, `w [o, c, 3, 3]`.
+    /// 3×3 convolution, stride 1, padding 1, no bias: `x [n, c, h, w]`, `w [o, c, 3, 3]`;
+    /// with `half`, f16 operands and f32 sums.
     #[fusion(default)]
-    fn conv3x3_gemm(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        im2col_forward::<Self>(x, w)
+    fn conv3x3_gemm(x: FloatTensor<Self>, w: FloatTensor<Self>, half: bool) -> FloatTensor<Self> {
+        im2col_forward::<Self>(x, w, half)
     }
 
     /// The im2col matrix `[m·h·w, 9·c]` of images `start..start + m` of `x [n, c, h, w]`:
     /// row `(i·h + y)·w + x`, column `k·c + ch` is `x[start + i, ch, y + k/3 − 1, x + k%3 − 1]`,
-    /// zero outside the image. The default body is tensor ops (the reference); CubeCL devices
-    /// run one kernel (`gpu_im2col.rs`).
-    #[fusion(dtype = x, shape = im2col_shape(x, *m))]
-    fn im2col3x3(x: FloatTensor<Self>, start: usize, m: usize) -> FloatTensor<Self> {
-        im2col_slices::<Self>(x, start, m)
+    /// zero outside the image; in f16 with `half`, else in `x`'s type. The default body is
+    /// tensor ops (the reference); CubeCL devices run one kernel (`gpu_im2col.rs`).
+    #[fusion(dtype = if *half { DType::F16 } else { x }, shape = im2col_shape(x, *m))]
+    fn im2col3x3(x: FloatTensor<Self>, start: usize, m: usize, half: bool) -> FloatTensor<Self> {
+        let cols = im2col_slices::<Self>(x, start, m);
+        if half { Self::float_cast(cols, FloatDType::F16) } else { cols }
+    }
+
+    /// `a [r, k] · b [k, o]` with the products summed in f32 and an f32 result, whatever the
+    /// operands' type (f16 in `gemm-f16`). The default body casts the operands to f32 first.
+    #[fusion(dtype = DType::F32, shape = Shape::new([a.dims::<2>()[0], b.dims::<2>()[1]]))]
+    fn matmul_f32(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_matmul(Self::float_cast(a, FloatDType::F32), Self::float_cast(b, FloatDType::F32))
     }
 }
 
 impl GpuConv for burn_cubecl::CubeBackend {
-    fn im2col3x3(x: FloatTensor<Self>, start: usize, m: usize) -> FloatTensor<Self> {
-        super::gpu_im2col::im2col3x3(x, start, m)
+    fn im2col3x3(x: FloatTensor<Self>, start: usize, m: usize, half: bool) -> FloatTensor<Self> {
+        let dtype = if half { DType::F16 } else { x.dtype };
+        super::gpu_im2col::im2col3x3(x, start, m, dtype)
+    }
+
+    fn matmul_f32(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        use burn_cubecl::kernel::matmul::{MatmulStrategy, matmul};
+        // Burn's float_matmul takes one dtype for all three; its kernel takes each apart and
+        // accumulates f16 operands in f32 (cubek's `MatmulElems::from_globals`).
+        matmul(a, b, None, MatmulStrategy::default(), DType::F32)
+            .unwrap_or_else(|e| panic!("matmul of f16 operands into f32 could not launch: {e:?}"))
     }
 }
 
@@ -64,16 +88,17 @@ pub fn chunk_images(c: usize, h: usize, w: usize) -> usize {
     (CHUNK_BYTES / (9 * c * h * w * 4).max(1)).max(1)
 }
 
-fn im2col_forward<B: GpuConv>(x: FloatTensor<B>, w: FloatTensor<B>) -> FloatTensor<B> {
+fn im2col_forward<B: GpuConv>(x: FloatTensor<B>, w: FloatTensor<B>, half: bool) -> FloatTensor<B> {
     let [n, c, h, wd] = x.shape().dims::<4>();
     let o = w.shape().dims::<4>()[0];
     // Row k·c + i of the weight matrix is tap k = 3·dy + dx of input channel i.
     let wm = B::float_reshape(B::float_permute(w, &[2, 3, 1, 0]), Shape::new([9 * c, o]));
+    let wm = if half { B::float_cast(wm, FloatDType::F16) } else { wm };
     let per = chunk_images(c, h, wd);
     let mut outs = Vec::with_capacity(n.div_ceil(per));
     for start in (0..n).step_by(per) {
-        let cols = B::im2col3x3(x.clone(), start, per.min(n - start));
-        outs.push(B::float_matmul(cols, wm.clone()));
+        let cols = B::im2col3x3(x.clone(), start, per.min(n - start), half);
+        outs.push(if half { B::matmul_f32(cols, wm.clone()) } else { B::float_matmul(cols, wm.clone()) });
     }
     let y = if outs.len() == 1 { outs.pop().expect("one chunk") } else { B::float_cat(outs, 0) };
     B::float_permute(B::float_reshape(y, Shape::new([n, h, wd, o])), &[0, 3, 1, 2])
@@ -97,9 +122,15 @@ fn im2col_slices<B: Backend>(x: FloatTensor<B>, start: usize, m: usize) -> Float
 }
 
 /// [`GpuConv::im2col3x3`] on tensors of a CubeCL device: the kernel, or on an autodiff device
-/// the tensor-op body.
-pub fn im2col3x3(x: Tensor<4>, start: usize, m: usize) -> Tensor<2> {
-    Tensor::from_dispatch(<Dispatch as GpuConv>::im2col3x3(x.into_dispatch(), start, m))
+/// the tensor-op body; in f16 with `half`.
+pub fn im2col3x3(x: Tensor<4>, start: usize, m: usize, half: bool) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as GpuConv>::im2col3x3(x.into_dispatch(), start, m, half))
+}
+
+/// [`GpuConv::matmul_f32`] on tensors of a CubeCL device: `a · b` with f32 sums and an f32
+/// result, for f16 operands (`gemm-f16`'s GEMM).
+pub fn matmul_f32(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as GpuConv>::matmul_f32(a.into_dispatch(), b.into_dispatch()))
 }
 
 /// [`im2col3x3`] on the host, from `xs` in NCHW order: the reference of the tests and
@@ -146,19 +177,20 @@ impl<B: Backend> Backward<B, 2> for ConvBackward {
 type Ad<B, C> = FloatTensor<Autodiff<B, C>>;
 
 impl<B: GpuConv, C: CheckpointStrategy> GpuConv for Autodiff<B, C> {
-    fn conv3x3_gemm(x: Ad<B, C>, w: Ad<B, C>) -> Ad<B, C> {
+    fn conv3x3_gemm(x: Ad<B, C>, w: Ad<B, C>, half: bool) -> Ad<B, C> {
         match ConvBackward.prepare::<C>([x.node(), w.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let (xp, wp) = (x.into_primitive(), w.into_primitive());
-                let out = B::conv3x3_gemm(xp.clone(), wp.clone());
+                let out = B::conv3x3_gemm(xp.clone(), wp.clone(), half);
                 prep.finish((xp, wp), out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::conv3x3_gemm(x.into_primitive(), w.into_primitive())),
+            OpsKind::UnTracked(prep) => prep.finish(B::conv3x3_gemm(x.into_primitive(), w.into_primitive(), half)),
         }
     }
 }
 
-/// [`GpuConv::conv3x3_gemm`] on tensors of a CubeCL device (wgpu, CUDA), autodiff or not.
-pub fn conv3x3(x: Tensor<4>, w: Tensor<4>) -> Tensor<4> {
-    Tensor::from_dispatch(<Dispatch as GpuConv>::conv3x3_gemm(x.into_dispatch(), w.into_dispatch()))
+/// [`GpuConv::conv3x3_gemm`] on tensors of a CubeCL device (wgpu, CUDA), autodiff or not;
+/// with `half`, f16 operands and f32 sums in the forward.
+pub fn conv3x3(x: Tensor<4>, w: Tensor<4>, half: bool) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as GpuConv>::conv3x3_gemm(x.into_dispatch(), w.into_dispatch(), half))
 }

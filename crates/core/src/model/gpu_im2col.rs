@@ -5,10 +5,10 @@
 //! `examples/gpu_probe.rs`), the GEMM itself 4.7: the padded copy, then a copy per tap, each
 //! launched per chunk. Here each output element is written once, straight from the input in
 //! whatever layout it has (channels-last after our BatchNorm op, NCHW for the first layer),
-//! zeros where a tap falls outside the image.
+//! zeros where a tap falls outside the image, in the type asked for (f16 for `gemm-f16`).
 
 use burn::backend::cubecl::dtype_to_storage_type;
-use burn::tensor::Shape;
+use burn::tensor::{DType, Shape};
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::cubecl::std::FastDivmod;
@@ -18,17 +18,17 @@ use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 
 /// One thread per element of `cols [m·h·w, 9·c]`: row `(i·h + y)·w + x`, column `k·c + ch` is
-/// `input[start + i, ch, y + k/3 − 1, x + k%3 − 1]`, zero outside the image.
+/// `input[start + i, ch, y + k/3 − 1, x + k%3 − 1]` cast to `G`, zero outside the image.
 #[cube(launch, address_type = "dynamic")]
-fn im2col3x3_kernel<F: Float>(
+fn im2col3x3_kernel<F: Float, G: Float>(
     input: &Tensor<F>,
-    cols: &mut Tensor<F>,
+    cols: &mut Tensor<G>,
     row_len: FastDivmod<usize>,
     chans: FastDivmod<usize>,
     width: FastDivmod<usize>,
     height: FastDivmod<usize>,
     start: usize,
-    #[define(F)] _dtype: ElemType,
+    #[define(F, G)] _dtypes: [ElemType; 2],
 ) {
     if ABSOLUTE_POS >= cols.len() {
         terminate!();
@@ -40,22 +40,25 @@ fn im2col3x3_kernel<F: Float>(
     // In padded coordinates, so that nothing goes below zero: the pixel is (y − 1, x − 1).
     let y = py + tap / 3;
     let x = px + tap % 3;
-    let mut value = F::new(0.0);
+    let mut value = G::new(0.0);
     if y >= 1 && y <= input.shape(2) && x >= 1 && x <= input.shape(3) {
-        value = input[(start + image) * input.stride(0)
-            + ch * input.stride(1)
-            + (y - 1) * input.stride(2)
-            + (x - 1) * input.stride(3)];
+        value = G::cast_from(
+            input[(start + image) * input.stride(0)
+                + ch * input.stride(1)
+                + (y - 1) * input.stride(2)
+                + (x - 1) * input.stride(3)],
+        );
     }
     cols[ABSOLUTE_POS] = value;
 }
 
-/// The im2col matrix `[m·h·w, 9·c]` of images `start..start + m` of `x [n, c, h, w]`.
-pub fn im2col3x3(x: CubeTensor, start: usize, m: usize) -> CubeTensor {
+/// The im2col matrix `[m·h·w, 9·c]` of images `start..start + m` of `x [n, c, h, w]`, in
+/// `dtype`.
+pub fn im2col3x3(x: CubeTensor, start: usize, m: usize, dtype: DType) -> CubeTensor {
     let x = untile(x);
     let [n, c, h, w] = x.meta.shape().dims::<4>();
     assert!(start + m <= n, "im2col3x3: images {start}..{} of {n}", start + m);
-    let dtype = x.dtype;
+    let in_dtype = x.dtype;
     let out = empty_device_dtype(x.client.clone(), x.device.clone(), Shape::new([m * h * w, 9 * c]), dtype);
     let count = m * h * w * 9 * c;
     let cube_dim = CubeDim::new(&x.client, count);
@@ -73,7 +76,7 @@ pub fn im2col3x3(x: CubeTensor, start: usize, m: usize) -> CubeTensor {
         w,
         h,
         start,
-        dtype_to_storage_type(dtype),
+        [dtype_to_storage_type(in_dtype), dtype_to_storage_type(dtype)],
     );
     out
 }

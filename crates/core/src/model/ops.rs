@@ -5,7 +5,7 @@
 //! (`gpu_conv.rs`) where [`gpu_conv_path`] says so, and in training BatchNorm → ReLU →
 //! dropout is one op with its own backward (`gpu_bn.rs`); everything else is Burn's ops.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use burn::nn::Relu;
 use burn::nn::conv::Conv2d;
@@ -45,6 +45,10 @@ pub fn is_cube(device: &Device) -> bool {
 pub enum GpuConvPath {
     /// Forward as GEMMs over im2col, backward Burn's kernels (`gpu_conv.rs`).
     Gemm,
+    /// [`GpuConvPath::Gemm`] with the forward's im2col matrix and weights in f16, the products
+    /// summed in f32 and the output f32 (the GPU's AMP: half the im2col bytes, and the operand
+    /// type of tensor-core matmuls). Needs an adapter with f16 shaders; the backward stays f32.
+    GemmF16,
     /// Burn's `conv2d` (its forward is `conv_direct` without cooperative matrices).
     Burn,
 }
@@ -59,23 +63,33 @@ impl GpuConvPath {
     pub fn name(self) -> &'static str {
         match self {
             GpuConvPath::Gemm => "gemm",
+            GpuConvPath::GemmF16 => "gemm-f16",
             GpuConvPath::Burn => "burn",
         }
     }
+
+    /// Whether `device` can run this path: f16 shaders for [`GpuConvPath::GemmF16`].
+    pub fn supported_on(self, device: &Device) -> bool {
+        self != GpuConvPath::GemmF16 || device.supports_dtype(burn::tensor::DType::F16)
+    }
 }
 
-static GEMM: AtomicBool = AtomicBool::new(false);
+static PATH: AtomicU8 = AtomicU8::new(GpuConvPath::Burn as u8);
 
-/// Sets the GPU convolution for the process (the CLI's `--gpu-conv`; `bench` measures both).
+/// Sets the GPU convolution for the process (the CLI's `--gpu-conv`; `bench` measures each).
 pub fn set_gpu_conv_path(path: GpuConvPath) {
-    GEMM.store(path == GpuConvPath::Gemm, Ordering::Relaxed);
+    PATH.store(path as u8, Ordering::Relaxed);
 }
 
 /// The GPU convolution in use: Burn's unless set. The native CLI (`--gpu-conv auto`) and the
 /// page set GEMM on a real GPU and keep Burn's direct kernel on CPU adapters (lavapipe,
 /// SwiftShader).
 pub fn gpu_conv_path() -> GpuConvPath {
-    if GEMM.load(Ordering::Relaxed) { GpuConvPath::Gemm } else { GpuConvPath::Burn }
+    match PATH.load(Ordering::Relaxed) {
+        p if p == GpuConvPath::Gemm as u8 => GpuConvPath::Gemm,
+        p if p == GpuConvPath::GemmF16 as u8 => GpuConvPath::GemmF16,
+        _ => GpuConvPath::Burn,
+    }
 }
 
 /// 3×3 convolution, stride 1, padding 1, no bias.
@@ -84,8 +98,9 @@ pub fn conv3x3(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     if is_host(&x.device()) {
         return flex_kernels::conv3x3(x, conv.weight.val());
     }
-    if gpu_conv_path() == GpuConvPath::Gemm && is_cube(&x.device()) {
-        return super::gpu_conv::conv3x3(x, conv.weight.val());
+    let path = gpu_conv_path();
+    if path != GpuConvPath::Burn && is_cube(&x.device()) {
+        return super::gpu_conv::conv3x3(x, conv.weight.val(), path == GpuConvPath::GemmF16);
     }
     conv.forward(x)
 }
