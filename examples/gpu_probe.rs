@@ -17,7 +17,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Device, Distribution, Tensor};
 use cifar_core::io::readback;
 use cifar_core::model::ModelConfig;
-use cifar_core::model::gpu_conv::{chunk_images, conv3x3 as conv3x3_gemm, im2col3x3, matmul_f32};
+use cifar_core::model::gpu_conv::{chunk_images, conv3x3 as conv3x3_gemm, half_matmul, im2col3x3};
 use cifar_core::model::ops::{GpuConvPath, set_gpu_conv_path};
 use cifar_core::train::{Trainer, TrainingConfig, predict};
 use cifar_webgpu::backend::{self, Backend};
@@ -130,9 +130,9 @@ fn main() {
             let _ = a.clone().matmul(b.clone()).sum().into_scalar::<f32>();
         });
         if half {
-            let (a, b) = (a.clone().cast(DType::F16), b.clone().cast(DType::F16));
-            phase("  the same GEMM, f16 operands, f32 sums (gpu_conv::matmul_f32)", &plain, n, || {
-                let _ = matmul_f32(a.clone(), b.clone()).sum().into_scalar::<f32>();
+            let a = a.clone().cast(DType::F16);
+            phase("  the same GEMM, f16 operands, f32 sums (gpu_conv::half_matmul)", &plain, n, || {
+                let _ = half_matmul(a.clone(), b.clone()).sum().into_scalar::<f32>();
             });
         }
         let diff =

@@ -4,7 +4,8 @@
 //! the next part starts (so the parts' fusion boundaries are a little different from a real
 //! step's: compare the total with `bench --kernels`).
 //!
-//! `WGPU_BACKEND=vulkan cargo run --release --example kernel_phases -- [width] [batch] [adam|sgd]`
+//! `WGPU_BACKEND=vulkan cargo run --release --example kernel_phases -- [width] [batch] [adam|sgd]
+//! [burn|gemm|gemm-f16]` (the last is `--gpu-conv`; Burn's convolution by default).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +14,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Int, Tensor, TensorData};
 use cifar_core::data::augment;
 use cifar_core::model::ModelConfig;
+use cifar_core::model::ops::{GpuConvPath, set_gpu_conv_path};
 use cifar_core::train::optim::OptimizerKind;
 use cifar_core::train::{Trainer, TrainingConfig, cross_entropy};
 use cifar_webgpu::backend::{self, Backend};
@@ -50,6 +52,14 @@ fn main() {
     let n: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(64);
     let kind: OptimizerKind = args.get(3).map_or(Ok(OptimizerKind::Adam), |s| s.parse()).expect("adam or sgd");
     let plain = backend::device(Backend::Wgpu).expect("a wgpu device");
+    let path = match args.get(4).map(String::as_str) {
+        None | Some("burn") => GpuConvPath::Burn,
+        Some("gemm") => GpuConvPath::Gemm,
+        Some("gemm-f16") => GpuConvPath::GemmF16,
+        Some(other) => panic!("unknown convolution {other} (burn, gemm or gemm-f16)"),
+    };
+    assert!(path.supported_on(&plain), "{} is not supported on this device", path.name());
+    set_gpu_conv_path(path);
     let pixels: Vec<u8> = (0..n * 3072).map(|i| (i * 7 % 251) as u8).collect();
     let labels: Vec<i64> = (0..n as i64).map(|i| i % 10).collect();
     let config = TrainingConfig::recipe(ModelConfig::new().with_width(width), kind).with_batch_size(n).with_epochs(1);

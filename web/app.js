@@ -54,11 +54,22 @@ async function describeAdapter() {
 }
 
 // The convolution takes effect from the next step or evaluation; the status line names it.
+// A choice the device cannot run (gemm-f16 without shader-f16) is refused with the reason, and
+// the form goes back to the choice in use.
+const CONV_NAMES = { gemm: 'GEMM over im2col', 'gemm-f16': 'GEMM over im2col, f16 operands and f32 sums', burn: 'Burn\'s direct kernel' };
 function applyGpuConv() {
-  const used = state.session.set_gpu_conv($('gpu-conv').value, Boolean(state.adapter && state.adapter.cpu));
-  state.gpuConv = used;
   const on = state.adapter ? ` on ${state.adapter.name}` : '';
-  say('gpu-status', `WebGPU ready${on}; convolutions: ${used === 'gemm' ? 'GEMM over im2col' : 'Burn\'s direct kernel'}.`);
+  let used;
+  try {
+    used = state.session.set_gpu_conv($('gpu-conv').value, Boolean(state.adapter && state.adapter.cpu));
+  } catch (e) {
+    $('gpu-conv').value = state.gpuConvChoice || 'auto';
+    say('gpu-status', `WebGPU ready${on}; convolutions: ${CONV_NAMES[state.gpuConv]} (${explain(e)}).`, true);
+    return;
+  }
+  state.gpuConv = used;
+  state.gpuConvChoice = $('gpu-conv').value;
+  say('gpu-status', `WebGPU ready${on}; convolutions: ${CONV_NAMES[used]}.`);
 }
 
 function bindings() {

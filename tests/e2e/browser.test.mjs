@@ -252,6 +252,24 @@ test('the browser trains the shared model on WebGPU and its weights load nativel
     const gemm = await evaluateWith('gemm');
     assert.match(await page.textContent('#gpu-status'), /convolutions: GEMM over im2col\./);
     assert.deepEqual(gemm, { conv: 'gemm', predictions: nativePreds }, 'the GEMM convolution predicts differently in the page');
+    // gemm-f16 rounds the forward's operands to f16: where the adapter offers shader-f16 it
+    // predicts nearly what f32 does; where it does not, the choice is refused by name and the
+    // convolution in use stays.
+    const f16 = await evaluateWith('gemm-f16');
+    const f16Status = await page.textContent('#gpu-status');
+    if (f16.conv === 'gemm-f16') {
+      assert.match(f16Status, /convolutions: GEMM over im2col, f16 operands and f32 sums\./);
+      const same = f16.predictions.filter((p, i) => p === nativePreds[i]).length;
+      console.log(`gemm-f16 on this adapter: ${same} of ${nativePreds.length} predictions as in f32`);
+      assert.ok(same >= 0.95 * nativePreds.length, `gemm-f16 agrees with f32 on ${same} of ${nativePreds.length}`);
+    } else {
+      console.log(`gemm-f16 refused: ${f16Status}`);
+      assert.equal(f16.conv, 'gemm', 'a refused convolution must leave the one in use');
+      assert.equal(await page.inputValue('#gpu-conv'), 'gemm');
+      assert.match(f16Status, /gemm-f16 needs f16 shaders \(WebGPU's shader-f16\)/);
+      assert.deepEqual(await page.evaluate(() => window.appState.errors), [f16Status]);
+      await page.evaluate(() => { window.appState.errors = []; });
+    }
     assert.equal((await evaluateWith('auto')).conv, 'burn');
 
     // A fine-tuning run starts from the loaded weights: before its first step it predicts what

@@ -108,7 +108,7 @@ impl Session {
         };
         if !path.supported_on(&self.state()?.device) {
             return Err(err(format!(
-                "the convolution {} needs f16 shaders (WebGPU's shader-f16), and this device has none",
+                "the convolution {} needs f16 shaders (WebGPU's shader-f16), which this adapter does not offer",
                 path.name()
             )));
         }

@@ -12,7 +12,7 @@
 //! zero-filled scatters: 4× slower than Burn's at layer1's shape).
 //!
 //! With `half` (`--gpu-conv gemm-f16`) the im2col kernel writes the matrix in f16, the weights
-//! are cast to f16, and one matmul multiplies them with f32 sums into an f32 output: the
+//! are rounded to f16, and one matmul multiplies them with f32 sums into an f32 output: the
 //! mixed precision of PyTorch's AMP, confined to the forward GEMMs. It halves the im2col
 //! bytes (the matrix is the largest thing the forward writes) and gives Burn's matmul the
 //! operands that cooperative-matrix (tensor-core) kernels take where the compiler has them.
@@ -54,24 +54,43 @@ pub trait GpuConv: Backend {
         if half { Self::float_cast(cols, FloatDType::F16) } else { cols }
     }
 
-    /// `a [r, k] · b [k, o]` with the products summed in f32 and an f32 result, whatever the
-    /// operands' type (f16 in `gemm-f16`). The default body casts the operands to f32 first.
+    /// `x` rounded to f16. An op of its own, not Burn's `float_cast`: a cast in the forward's
+    /// stream made Burn's fusion explorer run past its five blocks per segment and fall back
+    /// to unfused execution ("[repair] falling back to unfused stream order" in
+    /// `BURN_FUSION_LOG=full`): BatchNorm's element-wise ops became 71 more kernels per step at
+    /// width 0.125 (`examples/kernel_phases.rs`).
+    #[fusion(dtype = DType::F16, shape = x)]
+    fn to_half(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_cast(x, FloatDType::F16)
+    }
+
+    /// `a [r, k] · b [k, o]` with both operands rounded to f16 (if they are not f16 already),
+    /// the products summed in f32, and an f32 result: `gemm-f16`'s GEMM. The default body is
+    /// that arithmetic in tensor ops.
     #[fusion(dtype = DType::F32, shape = Shape::new([a.dims::<2>()[0], b.dims::<2>()[1]]))]
-    fn matmul_f32(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
-        Self::float_matmul(Self::float_cast(a, FloatDType::F32), Self::float_cast(b, FloatDType::F32))
+    fn half_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        let rounded = |t| Self::float_cast(Self::float_cast(t, FloatDType::F16), FloatDType::F32);
+        Self::float_matmul(rounded(a), rounded(b))
     }
 }
 
 impl GpuConv for burn_cubecl::CubeBackend {
+    fn to_half(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        burn_cubecl::kernel::cast(x, DType::F16)
+    }
+
     fn im2col3x3(x: FloatTensor<Self>, start: usize, m: usize, half: bool) -> FloatTensor<Self> {
         let dtype = if half { DType::F16 } else { x.dtype };
         super::gpu_im2col::im2col3x3(x, start, m, dtype)
     }
 
-    fn matmul_f32(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn half_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        use burn_cubecl::kernel::cast;
         use burn_cubecl::kernel::matmul::{MatmulStrategy, matmul};
-        // Burn's float_matmul takes one dtype for all three; its kernel takes each apart and
-        // accumulates f16 operands in f32 (cubek's `MatmulElems::from_globals`).
+        // No-ops for f16 operands (the forward passes both in f16). Burn's float_matmul takes
+        // one dtype for all three; its kernel takes each apart and sums f16 operands in f32
+        // (`MatmulElems::from_globals`).
+        let (a, b) = (cast(a, DType::F16), cast(b, DType::F16));
         matmul(a, b, None, MatmulStrategy::default(), DType::F32)
             .unwrap_or_else(|e| panic!("matmul of f16 operands into f32 could not launch: {e:?}"))
     }
@@ -93,12 +112,12 @@ fn im2col_forward<B: GpuConv>(x: FloatTensor<B>, w: FloatTensor<B>, half: bool) 
     let o = w.shape().dims::<4>()[0];
     // Row k·c + i of the weight matrix is tap k = 3·dy + dx of input channel i.
     let wm = B::float_reshape(B::float_permute(w, &[2, 3, 1, 0]), Shape::new([9 * c, o]));
-    let wm = if half { B::float_cast(wm, FloatDType::F16) } else { wm };
+    let wm = if half { B::to_half(wm) } else { wm };
     let per = chunk_images(c, h, wd);
     let mut outs = Vec::with_capacity(n.div_ceil(per));
     for start in (0..n).step_by(per) {
         let cols = B::im2col3x3(x.clone(), start, per.min(n - start), half);
-        outs.push(if half { B::matmul_f32(cols, wm.clone()) } else { B::float_matmul(cols, wm.clone()) });
+        outs.push(if half { B::half_matmul(cols, wm.clone()) } else { B::float_matmul(cols, wm.clone()) });
     }
     let y = if outs.len() == 1 { outs.pop().expect("one chunk") } else { B::float_cat(outs, 0) };
     B::float_permute(B::float_reshape(y, Shape::new([n, h, wd, o])), &[0, 3, 1, 2])
@@ -127,10 +146,10 @@ pub fn im2col3x3(x: Tensor<4>, start: usize, m: usize, half: bool) -> Tensor<2> 
     Tensor::from_dispatch(<Dispatch as GpuConv>::im2col3x3(x.into_dispatch(), start, m, half))
 }
 
-/// [`GpuConv::matmul_f32`] on tensors of a CubeCL device: `a · b` with f32 sums and an f32
-/// result, for f16 operands (`gemm-f16`'s GEMM).
-pub fn matmul_f32(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
-    Tensor::from_dispatch(<Dispatch as GpuConv>::matmul_f32(a.into_dispatch(), b.into_dispatch()))
+/// [`GpuConv::half_matmul`] on tensors of a CubeCL device: `a · b` with operands rounded to
+/// f16, f32 sums and an f32 result (`gemm-f16`'s GEMM).
+pub fn half_matmul(a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as GpuConv>::half_matmul(a.into_dispatch(), b.into_dispatch()))
 }
 
 /// [`im2col3x3`] on the host, from `xs` in NCHW order: the reference of the tests and
