@@ -16,10 +16,12 @@
 # Environment: GPU_CHECK_TINY=1 runs tiny shapes (for lavapipe: known to work before a GPU sees
 # it); PYTHON (default python3) with PyTorch; PYTORCH_DEVICE (default: cuda if PyTorch sees
 # one, else cpu); BACKENDS to override the backends benched, BENCH_WIDTHS and BENCH_BATCHES
-# the shapes; TOLERANCE in points (default 5, measured on an H100: wgpu 38.80 % against flex
-# 33.90 %, dropout masks and round-off differing; 10 with TINY).
+# the shapes; GPU_CONVS the GPU convolutions benched (default auto: gemm on a GPU; e.g.
+# gemm,gemm-f16,burn for each, rows labelled wgpu-gemm, wgpu-gemm-f16, ...); TOLERANCE in
+# points (default 5, measured on an H100: wgpu 38.80 % against flex 33.90 %, dropout masks
+# and round-off differing; 10 with TINY).
 set -euo pipefail
-[ $# -ge 3 ] || { sed -n 2,19p "$0" >&2; exit 2; }
+[ $# -ge 3 ] || { sed -n 2,22p "$0" >&2; exit 2; }
 bin=$1 data=$2 out=$3 flex_metrics=${4:-}
 here=$(cd "$(dirname "$0")" && pwd)
 python=${PYTHON:-python3}
@@ -81,10 +83,10 @@ for backend in ${backends//,/ }; do
   case $verdict in *PASS) ;; *) failed=1 ;; esac
 done
 
-echo "== bench: $backends, widths $widths, batches $batches; PyTorch on $pydev ($modes)"
+echo "== bench: $backends (${GPU_CONVS:-auto} convolutions), widths $widths, batches $batches; PyTorch on $pydev ($modes)"
 pytorch=()
 [ "$pydev" != none ] && pytorch=(--pytorch --python "$python" --pytorch-script "$here/pytorch_reference.py" --pytorch-device "$pydev" --pytorch-mode "$modes")
-"$bin" bench --backend "$backends" --width "$widths" --batch-size "$batches" --warmup "$warmup" --steps "$steps" \
-  "${pytorch[@]}" --json "$out/bench.json" | tee "$out/bench.txt"
+"$bin" bench --backend "$backends" --gpu-conv "${GPU_CONVS:-auto}" --width "$widths" --batch-size "$batches" \
+  --warmup "$warmup" --steps "$steps" "${pytorch[@]}" --json "$out/bench.json" | tee "$out/bench.txt"
 
 exit "$failed"
