@@ -313,7 +313,8 @@ fn parse_recipe(s: &str) -> Result<Recipe, String> {
 
 pub(crate) fn load_data(c: &Common) -> Result<Cifar10, Error> {
     let dir = download::resolve_data_dir(c.data_dir.clone());
-    let mut data = download::load(&dir, !c.no_download, !c.no_verify)?;
+    // Only the training files that hold the first --train-limit images are read.
+    let mut data = download::load(&dir, !c.no_download, !c.no_verify, c.train_limit)?;
     if c.train_limit > 0 {
         data.train = data.train.take(c.train_limit);
     }

@@ -21,23 +21,27 @@ pub fn resolve_data_dir(cli: Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
 }
 
-/// Loads CIFAR-10 from `dir`, which should hold the six `.bin` files.
+/// Loads CIFAR-10 from `dir`, which should hold the six `.bin` files: the test batch and the
+/// training batches that hold the first `train_images` images (0: all five), so that a run
+/// limited to the first 10,000 needs only `data_batch_1.bin` and `test_batch.bin`.
 ///
 /// Falls back to `cifar-10-binary.tar.gz` in `dir` or its parent, then (with
 /// `allow_download`) to downloading that archive into the parent and
 /// extracting it into `dir`. With `verify`, files are checked against the
 /// official MD5s; a download is always checked.
-pub fn load(dir: &Path, allow_download: bool, verify: bool) -> Result<Cifar10, DataError> {
+pub fn load(dir: &Path, allow_download: bool, verify: bool, train_images: usize) -> Result<Cifar10, DataError> {
     if dir.exists() && !dir.is_dir() {
         return Err(DataError::Io {
             file: shown(dir),
             problem: "not a directory: the data directory is the folder that holds the six .bin files".into(),
         });
     }
-    let paths: Vec<PathBuf> = ALL_FILES.iter().map(|name| dir.join(name)).collect();
+    let train_files = train_files_for(train_images);
+    let needed = TRAIN_FILES[..train_files].iter().chain([&TEST_FILE]);
+    let paths: Vec<PathBuf> = needed.map(|name| dir.join(name)).collect();
     let Some(first_missing) = paths.iter().find(|path| !path.is_file()) else {
         let files = paths.iter().map(|path| fs::read(path).map(|bytes| (shown(path), bytes)).map_err(io_err(path)));
-        return assemble(files, verify);
+        return assemble(files, verify, train_files);
     };
 
     let parent = parent_dir(dir);
@@ -61,7 +65,7 @@ pub fn load(dir: &Path, allow_download: bool, verify: bool) -> Result<Cifar10, D
         eprintln!("Extracted the CIFAR-10 batch files into {}", dir.display());
         let files = entries.into_iter().map(|(name, bytes)| Ok((shown(&dir.join(name)), bytes)));
         // The archive's MD5 was checked during the download.
-        return assemble(files, false);
+        return assemble(files, false, TRAIN_FILES.len());
     }
 
     Err(DataError::Missing {
@@ -102,7 +106,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 fn load_archive(archive: &Path, bytes: &[u8]) -> Result<Cifar10, DataError> {
     let entries = extract_archive(&shown(archive), bytes)?;
     let files = entries.into_iter().map(|(name, bytes)| Ok((format!("{} ({name})", archive.display()), bytes)));
-    assemble(files, false)
+    assemble(files, false, TRAIN_FILES.len())
 }
 
 /// Downloads the archive into `dest_dir`, returning its final path and bytes.
@@ -266,11 +270,11 @@ mod tests {
         let scratch = Scratch::new("load_ok");
         scratch.write_batches(&[]);
         let dir = scratch.data_dir();
-        assert_synthetic(&load(&dir, false, false).unwrap());
+        assert_synthetic(&load(&dir, false, false, 0).unwrap());
 
         // The synthetic files are not the official ones, so verification must
         // reject them, naming the full path.
-        let err = load(&dir, false, true).unwrap_err();
+        let err = load(&dir, false, true, 0).unwrap_err();
         let expected = shown(&dir.join("data_batch_1.bin"));
         assert!(matches!(&err, DataError::Checksum { file, .. } if *file == expected), "{err}");
     }
@@ -280,7 +284,7 @@ mod tests {
         let scratch = Scratch::new("load_missing");
         scratch.write_batches(&["data_batch_2.bin", TEST_FILE]);
         let dir = scratch.data_dir();
-        let err = load(&dir, false, false).unwrap_err();
+        let err = load(&dir, false, false, 0).unwrap_err();
         let expected = shown(&dir.join("data_batch_2.bin"));
         assert!(matches!(&err, DataError::Missing { file, .. } if *file == expected), "{err}");
         let message = err.to_string();
@@ -290,13 +294,32 @@ mod tests {
     }
 
     #[test]
+    fn load_reads_only_the_files_a_train_limit_needs() {
+        let scratch = Scratch::new("load_limited");
+        scratch.write_batches(&["data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"]);
+        let dir = scratch.data_dir();
+        for images in [1, 10_000] {
+            let data = load(&dir, false, false, images).unwrap();
+            assert_eq!((data.train.len(), data.test.len()), (10_000, 10_000), "{images}");
+            assert_eq!(data.train.labels[1], label(1, 0));
+            assert_eq!(data.test.labels[1], label(1, 5));
+        }
+        for images in [0, 10_001, 50_000] {
+            let err = load(&dir, false, false, images).unwrap_err();
+            let expected = shown(&dir.join("data_batch_2.bin"));
+            assert!(matches!(&err, DataError::Missing { file, .. } if *file == expected), "{images}: {err}");
+        }
+        assert_eq!([0, 1, 10_000, 10_001, 49_999, 50_000, 60_000].map(train_files_for), [5, 1, 1, 2, 5, 5, 5]);
+    }
+
+    #[test]
     fn load_names_path_of_truncated_file() {
         let scratch = Scratch::new("load_truncated");
         scratch.write_batches(&[]);
         let path = scratch.data_dir().join("data_batch_3.bin");
         let bytes = fs::read(&path).unwrap();
         fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
-        let err = load(&scratch.data_dir(), false, false).unwrap_err();
+        let err = load(&scratch.data_dir(), false, false, 0).unwrap_err();
         assert!(matches!(&err, DataError::BadSize { file, .. } if *file == shown(&path)), "{err}");
         assert!(err.to_string().starts_with(&shown(&path)));
     }
@@ -305,9 +328,9 @@ mod tests {
     fn load_falls_back_to_archive_in_parent() {
         let scratch = Scratch::new("load_archive");
         fs::write(scratch.root.join(ARCHIVE_NAME), tar_gz(&all_files())).unwrap();
-        assert_synthetic(&load(&scratch.data_dir(), false, false).unwrap());
+        assert_synthetic(&load(&scratch.data_dir(), false, false, 0).unwrap());
         // Not the official archive: verification must catch it.
-        let err = load(&scratch.data_dir(), false, true).unwrap_err();
+        let err = load(&scratch.data_dir(), false, true, 0).unwrap_err();
         assert!(matches!(err, DataError::Checksum { .. }), "{err}");
     }
 
@@ -367,7 +390,7 @@ mod tests {
             eprintln!("SKIPPED real_cifar10_loads_and_verifies: {DATA_DIR_ENV} is not set");
             return;
         };
-        let data = load(Path::new(&dir), false, true).unwrap_or_else(|e| panic!("{e}"));
+        let data = load(Path::new(&dir), false, true, 0).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(data.train.len(), 50_000);
         assert_eq!(data.test.len(), 10_000);
         assert_eq!(data.train.images.len(), 50_000 * IMAGE_BYTES);

@@ -9,8 +9,8 @@
 #      time and peak device memory, all in OUT_DIR/bench.json.
 #
 # usage: tools/gpu_check.sh BINARY DATA_DIR OUT_DIR [FLEX_METRICS]
-#   DATA_DIR      the six CIFAR-10 .bin files (all six must be there, not MD5-checked; only
-#                 the first 10,000 training and 2,000 test images are used)
+#   DATA_DIR      CIFAR-10's test_batch.bin and data_batch_1.bin at least (not MD5-checked:
+#                 only the first 10,000 training and 2,000 test images are used)
 #   FLEX_METRICS  metrics.jsonl of the same training on flex, run elsewhere beforehand; without
 #                 it the flex run happens here
 # Environment: GPU_CHECK_TINY=1 runs tiny shapes (for lavapipe: known to work before a GPU sees

@@ -72,9 +72,14 @@ PY
 )
 echo "gpu_device: staged in $gpu: $(ls "$gpu/data" | tr '\n' ' ')$([ -x "$gpu/cifar-webgpu" ] && echo "and the binary")"
 [ -z "$missing" ] || echo "gpu_device: still missing: $(echo "$missing" | tr '\n' ';')"
-need_all() { # check and full: the CLI reads all six data files, whatever --train-limit says
-  [ -z "$missing" ] || { echo "gpu_device: $step needs every file; carry the parts named above first" >&2; exit 2; }
+need() { # the files a step reads, all staged: check's runs read the first 10,000 training images
+  local absent=""
+  for f in "$@"; do
+    if echo "$missing" | grep -q "^$f "; then absent="$absent $f"; fi
+  done
+  [ -z "$absent" ] || { echo "gpu_device: $step needs$absent; carry the parts named above first" >&2; exit 2; }
 }
+all=(cifar-webgpu test_batch.bin data_batch_1.bin data_batch_2.bin data_batch_3.bin data_batch_4.bin data_batch_5.bin)
 
 {
   date -u
@@ -84,7 +89,7 @@ need_all() { # check and full: the CLI reads all six data files, whatever --trai
 case $step in
   stage) ;;
   check)
-    need_all
+    need cifar-webgpu test_batch.bin data_batch_1.bin
     # The flex reference run, when gpu_pack.sh carried one made beforehand (FLEX_METRICS).
     flex=()
     [ -f "$gpu/flex-metrics.jsonl" ] && flex=("$gpu/flex-metrics.jsonl")
@@ -94,7 +99,7 @@ case $step in
   full)
     backend=${1:?"gpu_device: full BACKEND (wgpu or cuda)"}
     shift
-    need_all
+    need "${all[@]}"
     name=full-$backend
     # A checkpoint from an earlier call: go on with its recipe (ARGS would be refused).
     run=(--runs-dir "$gpu/runs" --name "$name" "$@")

@@ -8,11 +8,14 @@
 #     says where each file lies;
 #   - .gl: the Vulkan loader packages the GPU machine lacks (for wgpu);
 #   - both added to .git/info/exclude.
-# Then one device call per part, in order, each carrying `.gl` and its part; the last one
-# runs a step (tools/gpu_device.sh), and later calls need carry only `.gl`:
-#   run(carry=[".gl", ".gpu/a"], command="tools/gpu_device.sh stage")   … b, c the same, then
-#   run(carry=[".gl", ".gpu/d"], command="tools/gpu_device.sh check")
-#   run(carry=[".gl"], command="tools/gpu_device.sh full cuda")
+# Then one device call per part, in order, each carrying `.gl` and its part; a call runs a
+# step (tools/gpu_device.sh) once the files it reads have come: `check` the binary,
+# test_batch.bin and data_batch_1.bin (packed first), `full` all six. With 4 parts:
+#   run(carry=[".gl", ".gpu/a"], command="tools/gpu_device.sh stage")
+#   run(carry=[".gl", ".gpu/b"], command="tools/gpu_device.sh check")
+#   run(carry=[".gl", ".gpu/c"], command="tools/gpu_device.sh stage")
+#   run(carry=[".gl", ".gpu/d"], command="tools/gpu_device.sh full cuda")
+# (each `stage` says which files are still missing and in which parts).
 # A file is unpacked there once the parts holding it have come; they live in /tmp/gpu and
 # survive between calls while the machine stays warm (30 s after a call ends).
 # PART_BYTES overrides the part size, NO_GL=1 leaves .gl out; FLEX_METRICS (a metrics.jsonl
@@ -20,7 +23,7 @@
 # --test-limit 2000 --batch-size 512 --seed 7`) goes with every part, so that `check` need
 # not train on flex.
 set -euo pipefail
-[ $# -ge 2 ] || { sed -n 2,21p "$0" >&2; exit 2; }
+[ $# -ge 2 ] || { sed -n 2,24p "$0" >&2; exit 2; }
 bin=$1 data=$2 pack=${3:-.gpu}
 bin=$(realpath "$bin") data=$(realpath "$data")
 cd "$(dirname "$0")/.."

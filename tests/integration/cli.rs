@@ -94,6 +94,30 @@ fn gpu_conv_gemm_is_checked_and_learns_on_wgpu() {
     let f16_check = s.lines().find(|l| l.starts_with("our GPU 3x3 conv (GEMM, f16 operands, f32 sums) output"));
     assert!(f16_check.is_some_and(|l| l.ends_with(" ok")), "{s}");
 
+    // gemm-f16 launches gemm's kernels plus one weight cast per convolution (8). Burn's fusion
+    // is fragile here: written with Burn's cast op, the forward's BatchNorm stopped fusing and
+    // a step launched 68 kernels more (374.2 against 306.2; README, "gemm-f16").
+    let dir = scratch("gemm-kernels");
+    let json = dir.join("bench.json");
+    let out = bin()
+        .args(["bench", "--backend", "wgpu", "--gpu-conv", "gemm,gemm-f16", "--width", "0.125", "--batch-size", "32"])
+        // One warm-up step is not enough: the first row's second step still launched Burn's
+        // autotune candidates (504 kernels against 309).
+        .args(["--warmup", "2", "--steps", "2", "--sync-every", "1", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let kernels = |label: &str| {
+        let rows = report["rows"].as_array().unwrap();
+        let row = rows.iter().find(|r| r["backend"] == label).unwrap_or_else(|| panic!("no {label} row: {report}"));
+        row["per_step"]["kernels"].as_f64().unwrap()
+    };
+    let (gemm, half) = (kernels("wgpu-gemm"), kernels("wgpu-gemm-f16"));
+    // Burn's backward kernels are autotuned by timing: a few either way.
+    assert!((half - gemm - 8.0).abs() <= 6.0, "kernels per step: gemm {gemm}, gemm-f16 {half}");
+
     // As `backends::wgpu_learns_with_dropout_and_augmentation`: 24 steps of 128 at max LR 0.01
     // (measured with `gemm`: 22.05 % on 2,000 test images, 12.85 % after the first epoch; with
     // the GPU BatchNorm op, 19.40 % on these 2,000). It trains with `gemm-f16`: `gemm` in f32
@@ -767,6 +791,15 @@ fn gpu_pack_parts_stage_one_call_at_a_time_and_train() {
     for (i, part) in parts.iter().enumerate() {
         let out = device(Some(part), &["stage"]);
         assert!(out.status.success(), "part {part}: {}", text(&out));
+        if i == 0 {
+            // `full` reads all six files: refused, naming what has not come yet.
+            let out = device(None, &["full", "flex"]);
+            let s = text(&out);
+            assert!(
+                !out.status.success() && s.contains("gpu_device: full needs") && s.contains("data_batch_5.bin"),
+                "{s}"
+            );
+        }
         let last = i + 1 == parts.len();
         assert_eq!(text(&out).contains("still missing: "), !last, "part {part}: {}", text(&out));
         if !last {

@@ -9,7 +9,7 @@ use cifar_core::train::driver::Driver;
 pub fn real_data(test: &str) -> Option<Cifar10> {
     match std::env::var_os("CIFAR10_DIR") {
         Some(dir) => Some(
-            cifar_webgpu::download::load(std::path::Path::new(&dir), false, true)
+            cifar_webgpu::download::load(std::path::Path::new(&dir), false, true, 0)
                 .unwrap_or_else(|e| panic!("CIFAR10_DIR is set but does not load: {e}")),
         ),
         None => {

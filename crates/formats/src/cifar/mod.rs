@@ -264,13 +264,22 @@ pub fn extract_archive(archive_name: &str, bytes: &[u8]) -> Result<Vec<(String, 
         .collect()
 }
 
-/// Builds the dataset from the six batch files, yielded as (name, bytes) in
-/// [`ALL_FILES`] order; names are only used in error messages. Taking an
-/// iterator lets native callers read one file at a time instead of holding
-/// all six raw files in memory next to the parsed copy.
+/// The training batch files that hold the first `train_images` images (0: all of them).
+pub fn train_files_for(train_images: usize) -> usize {
+    match train_images {
+        0 => TRAIN_FILES.len(),
+        n => n.div_ceil(RECORDS_PER_FILE).min(TRAIN_FILES.len()),
+    }
+}
+
+/// Builds the dataset from the first `train_files` training batch files then the test batch,
+/// yielded as (name, bytes) in [`ALL_FILES`] order; names are only used in error messages.
+/// Taking an iterator lets native callers read one file at a time instead of holding all
+/// the raw files in memory next to the parsed copy.
 pub fn assemble(
     files: impl IntoIterator<Item = Result<(String, Vec<u8>), DataError>>,
     verify: bool,
+    train_files: usize,
 ) -> Result<Cifar10, DataError> {
     let mut data = Cifar10::default();
     let mut count = 0;
@@ -280,14 +289,14 @@ pub fn assemble(
             verify_md5(&name, &bytes)?;
         }
         let split = parse_batch(&name, &bytes, true)?;
-        if count < TRAIN_FILES.len() {
+        if count < train_files {
             data.train.append(split);
         } else {
             data.test = split;
         }
         count += 1;
     }
-    assert_eq!(count, ALL_FILES.len(), "assemble needs exactly the six batch files");
+    assert_eq!(count, train_files + 1, "assemble takes {train_files} training batch files and the test batch");
     Ok(data)
 }
 
@@ -341,7 +350,7 @@ pub fn from_files(files: Vec<(String, Vec<u8>)>, verify: bool) -> Result<Cifar10
         ordered.push((shown, bytes));
     }
     // Checksums were handled above, per file or per archive.
-    assemble(ordered.into_iter().map(Ok), false)
+    assemble(ordered.into_iter().map(Ok), false, TRAIN_FILES.len())
 }
 
 #[cfg(test)]
