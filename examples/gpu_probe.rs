@@ -59,8 +59,7 @@ fn main() {
     let pixels: Vec<u8> = (0..n * 3072).map(|i| (i * 7 % 251) as u8).collect();
     let labels: Vec<i64> = (0..n as i64).map(|i| i % 10).collect();
     let half = GpuConvPath::GemmF16.supported_on(&plain);
-    let paths = [GpuConvPath::Burn, GpuConvPath::Gemm, GpuConvPath::GemmF16];
-    for path in paths.into_iter().filter(|p| p.supported_on(&plain)) {
+    for path in GpuConvPath::ALL.into_iter().filter(|p| p.supported_on(&plain)) {
         set_gpu_conv_path(path);
         let p = path.name();
         let config = TrainingConfig::new(ModelConfig::new().with_width(width)).with_batch_size(n).with_epochs(1);

@@ -52,12 +52,8 @@ fn main() {
     let n: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(64);
     let kind: OptimizerKind = args.get(3).map_or(Ok(OptimizerKind::Adam), |s| s.parse()).expect("adam or sgd");
     let plain = backend::device(Backend::Wgpu).expect("a wgpu device");
-    let path = match args.get(4).map(String::as_str) {
-        None | Some("burn") => GpuConvPath::Burn,
-        Some("gemm") => GpuConvPath::Gemm,
-        Some("gemm-f16") => GpuConvPath::GemmF16,
-        Some(other) => panic!("unknown convolution {other} (burn, gemm or gemm-f16)"),
-    };
+    let path =
+        args.get(4).map_or(Some(GpuConvPath::Burn), |s| GpuConvPath::from_name(s)).expect("burn, gemm or gemm-f16");
     assert!(path.supported_on(&plain), "{} is not supported on this device", path.name());
     set_gpu_conv_path(path);
     let pixels: Vec<u8> = (0..n * 3072).map(|i| (i * 7 % 251) as u8).collect();

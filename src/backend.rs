@@ -448,6 +448,12 @@ pub fn check_device(device: &Device) -> Vec<Check> {
     out
 }
 
+/// A device tensor's values as f32 on the host; empty if they cannot be read (a check then
+/// fails rather than passing on an empty comparison).
+fn host_values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default()
+}
+
 /// Our GPU convolution (GEMMs over im2col, `--gpu-conv gemm`) against Burn's `conv2d` on the
 /// same device: output, input gradient and weight gradient, at a batch that takes three im2col
 /// chunks.
@@ -460,13 +466,14 @@ fn check_gpu_conv(ad: &Device, uniform: &mut impl FnMut() -> f32) -> Vec<Check> 
     debug_assert!(n > 2 * gpu_conv::chunk_images(c, h, w));
     let xs: Vec<f32> = (0..n * c * h * w).map(|_| uniform() - 0.5).collect();
     let ws: Vec<f32> = (0..o * c * 9).map(|_| uniform() - 0.5).collect();
+    let opts = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
     let run = |ours: bool| -> [Vec<f32>; 3] {
         let x = Tensor::<4>::from_data(TensorData::new(xs.clone(), [n, c, h, w]), ad).require_grad();
         let wt = Tensor::<4>::from_data(TensorData::new(ws.clone(), [o, c, 3, 3]), ad).require_grad();
         let y = if ours {
             gpu_conv::conv3x3(x.clone(), wt.clone(), false)
         } else {
-            conv2d(x.clone(), wt.clone(), None, ConvOptions::new([1, 1], [1, 1], [1, 1], 1))
+            conv2d(x.clone(), wt.clone(), None, opts.clone())
         };
         // A weighted sum, so that every output position has its own gradient.
         let weights = Tensor::<4>::from_data(
@@ -474,10 +481,9 @@ fn check_gpu_conv(ad: &Device, uniform: &mut impl FnMut() -> f32) -> Vec<Check> 
             ad,
         );
         let grads = (y.clone() * weights).sum().backward();
-        let host = |t: Tensor<4>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
-        let dx = x.grad(&grads).map(host).unwrap_or_default();
-        let dw = wt.grad(&grads).map(host).unwrap_or_default();
-        [host(y.inner()), dx, dw]
+        let dx = x.grad(&grads).map(host_values).unwrap_or_default();
+        let dw = wt.grad(&grads).map(host_values).unwrap_or_default();
+        [host_values(y.inner()), dx, dw]
     };
     let (want, got) = (run(false), run(true));
     let shape = [n, c, h, w];
@@ -503,11 +509,10 @@ fn check_gpu_conv(ad: &Device, uniform: &mut impl FnMut() -> f32) -> Vec<Check> 
         let x = Tensor::<4>::from_data(TensorData::new(xs.clone(), [n, c, h, w]), &plain);
         let wt = Tensor::<4>::from_data(TensorData::new(ws.clone(), [o, c, 3, 3]), &plain);
         let round = |t: Tensor<4>| t.cast(DType::F16).cast(DType::F32);
-        let want = conv2d(round(x.clone()), round(wt.clone()), None, ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
-        let host = |t: Tensor<4>| t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+        let want = conv2d(round(x.clone()), round(wt.clone()), None, opts);
         checks.push(Check {
             what: format!("our GPU 3x3 conv (GEMM, f16 operands, f32 sums) output, {shape:?} -> {o}"),
-            rel_err: compare(&host(want), &host(gpu_conv::conv3x3(x, wt, true))),
+            rel_err: compare(&host_values(want), &host_values(gpu_conv::conv3x3(x, wt, true))),
             ours: true,
         });
     }
@@ -516,9 +521,8 @@ fn check_gpu_conv(ad: &Device, uniform: &mut impl FnMut() -> f32) -> Vec<Check> 
     let (start, m) = (3, 5);
     let nhwc = Tensor::<4>::from_data(TensorData::new(xs.clone(), [n, h, w, c]), &plain);
     let x = nhwc.permute([0, 3, 1, 2]);
-    let nchw = x.clone().into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
-    let cols =
-        gpu_conv::im2col3x3(x, start, m, false).into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+    let nchw = host_values(x.clone());
+    let cols = host_values(gpu_conv::im2col3x3(x, start, m, false));
     checks.push(Check {
         what: format!("our GPU im2col, channels-last {shape:?}, images {start}..{}", start + m),
         rel_err: compare(&gpu_conv::im2col3x3_host(&nchw, shape, start, m), &cols),

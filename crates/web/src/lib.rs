@@ -100,11 +100,9 @@ impl Session {
     /// the device cannot run is refused and the previous one stays.
     pub fn set_gpu_conv(&self, choice: &str, cpu_adapter: bool) -> Result<String, JsError> {
         let path = match choice {
-            "gemm" => GpuConvPath::Gemm,
-            "gemm-f16" => GpuConvPath::GemmF16,
-            "burn" => GpuConvPath::Burn,
             "auto" => GpuConvPath::auto(cpu_adapter),
-            other => return Err(err(format!("unknown convolution {other:?} (auto, gemm, gemm-f16 or burn)"))),
+            other => GpuConvPath::from_name(other)
+                .ok_or_else(|| err(format!("unknown convolution {other:?} (auto, gemm, gemm-f16 or burn)")))?,
         };
         if !path.supported_on(&self.state()?.device) {
             return Err(err(format!(

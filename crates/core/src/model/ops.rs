@@ -54,6 +54,8 @@ pub enum GpuConvPath {
 }
 
 impl GpuConvPath {
+    pub const ALL: [GpuConvPath; 3] = [GpuConvPath::Gemm, GpuConvPath::GemmF16, GpuConvPath::Burn];
+
     /// `--gpu-conv auto` (and the page's `auto`): GEMM on a GPU, Burn's direct kernel on a CPU
     /// implementation of the API (lavapipe, SwiftShader), where the GEMM path does not pay.
     pub fn auto(cpu_adapter: bool) -> Self {
@@ -66,6 +68,11 @@ impl GpuConvPath {
             GpuConvPath::GemmF16 => "gemm-f16",
             GpuConvPath::Burn => "burn",
         }
+    }
+
+    /// The path [`GpuConvPath::name`] names (not `auto`, which depends on the adapter).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.name() == name)
     }
 
     /// Whether `device` can run this path: f16 shaders for [`GpuConvPath::GemmF16`].
@@ -85,11 +92,8 @@ pub fn set_gpu_conv_path(path: GpuConvPath) {
 /// page set GEMM on a real GPU and keep Burn's direct kernel on CPU adapters (lavapipe,
 /// SwiftShader).
 pub fn gpu_conv_path() -> GpuConvPath {
-    match PATH.load(Ordering::Relaxed) {
-        p if p == GpuConvPath::Gemm as u8 => GpuConvPath::Gemm,
-        p if p == GpuConvPath::GemmF16 as u8 => GpuConvPath::GemmF16,
-        _ => GpuConvPath::Burn,
-    }
+    let stored = PATH.load(Ordering::Relaxed);
+    GpuConvPath::ALL.into_iter().find(|p| *p as u8 == stored).unwrap_or(GpuConvPath::Burn)
 }
 
 /// 3×3 convolution, stride 1, padding 1, no bias.
