@@ -148,5 +148,11 @@ fn main() {
             let g = conv3x3_gemm(xa.clone(), wa.clone(), false).sum().backward();
             let _ = (xa.grad(&g).unwrap().sum() + wa.grad(&g).unwrap().sum()).into_scalar::<f32>();
         });
+        if half {
+            phase("  the same in f16 (backward: scaled dy, f16 GEMMs)", &plain, n, || {
+                let g = conv3x3_gemm(xa.clone(), wa.clone(), true).sum().backward();
+                let _ = (xa.grad(&g).unwrap().sum() + wa.grad(&g).unwrap().sum()).into_scalar::<f32>();
+            });
+        }
     }
 }

@@ -66,8 +66,8 @@ pub enum GpuConv {
     Auto,
     /// GEMMs over im2col, Burn's backward kernels (`cifar_core::model::gpu_conv`).
     Gemm,
-    /// `gemm` with f16 operands (im2col matrix and weights) and f32 sums in the forward GEMMs;
-    /// the backward stays f32. Needs an adapter with f16 shaders.
+    /// `gemm` with f16 operands and f32 sums in all three GEMMs (forward, input and weight
+    /// gradients; the gradient scaled per tensor first). Needs an adapter with f16 shaders.
     GemmF16,
     /// Burn's `conv2d` forward (`conv_direct` without cooperative matrices).
     Burn,
@@ -454,9 +454,9 @@ fn host_values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default()
 }
 
-/// Our GPU convolution (GEMMs over im2col, `--gpu-conv gemm`) against Burn's `conv2d` on the
-/// same device: output, input gradient and weight gradient, at a batch that takes three im2col
-/// chunks.
+/// Our GPU convolution (GEMMs over im2col, `--gpu-conv gemm` and `gemm-f16`) against Burn's
+/// `conv2d` on the same device: output, input gradient and weight gradient, at a batch that
+/// takes three im2col chunks.
 fn check_gpu_conv(ad: &Device, uniform: &mut impl FnMut() -> f32) -> Vec<Check> {
     use burn::tensor::TensorData;
     use burn::tensor::module::conv2d;
@@ -467,32 +467,31 @@ fn check_gpu_conv(ad: &Device, uniform: &mut impl FnMut() -> f32) -> Vec<Check> 
     let xs: Vec<f32> = (0..n * c * h * w).map(|_| uniform() - 0.5).collect();
     let ws: Vec<f32> = (0..o * c * 9).map(|_| uniform() - 0.5).collect();
     let opts = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
-    let run = |ours: bool| -> [Vec<f32>; 3] {
-        let x = Tensor::<4>::from_data(TensorData::new(xs.clone(), [n, c, h, w]), ad).require_grad();
-        let wt = Tensor::<4>::from_data(TensorData::new(ws.clone(), [o, c, 3, 3]), ad).require_grad();
-        let y = if ours {
-            gpu_conv::conv3x3(x.clone(), wt.clone(), false)
-        } else {
-            conv2d(x.clone(), wt.clone(), None, opts.clone())
+    // A weighted sum is the loss, so that every output position has its own gradient.
+    let upstream: Vec<f32> = (0..n * o * h * w).map(|i| (i % 7) as f32 - 3.0).collect();
+    // Output, input gradient and weight gradient of `path` (None: Burn's conv2d; Some(half): ours).
+    let run = |path: Option<bool>, xs: &[f32], ws: &[f32], upstream: &[f32]| -> [Vec<f32>; 3] {
+        let x = Tensor::<4>::from_data(TensorData::new(xs.to_vec(), [n, c, h, w]), ad).require_grad();
+        let wt = Tensor::<4>::from_data(TensorData::new(ws.to_vec(), [o, c, 3, 3]), ad).require_grad();
+        let y = match path {
+            Some(half) => gpu_conv::conv3x3(x.clone(), wt.clone(), half),
+            None => conv2d(x.clone(), wt.clone(), None, opts.clone()),
         };
-        // A weighted sum, so that every output position has its own gradient.
-        let weights = Tensor::<4>::from_data(
-            TensorData::new((0..n * o * h * w).map(|i| (i % 7) as f32 - 3.0).collect::<Vec<f32>>(), [n, o, h, w]),
-            ad,
-        );
+        let weights = Tensor::<4>::from_data(TensorData::new(upstream.to_vec(), [n, o, h, w]), ad);
         let grads = (y.clone() * weights).sum().backward();
         let dx = x.grad(&grads).map(host_values).unwrap_or_default();
         let dw = wt.grad(&grads).map(host_values).unwrap_or_default();
         [host_values(y.inner()), dx, dw]
     };
-    let (want, got) = (run(false), run(true));
+    let (want, got) = (run(None, &xs, &ws, &upstream), run(Some(false), &xs, &ws, &upstream));
     let shape = [n, c, h, w];
     // A missing tensor must not pass as an empty comparison.
     let compare = |want: &[f32], got: &[f32]| {
         let want: Vec<f64> = want.iter().map(|v| *v as f64).collect();
         if got.len() == want.len() && !want.is_empty() { rel_err(&want, got) } else { f64::INFINITY }
     };
-    let mut checks: Vec<Check> = ["output", "input gradient", "weight gradient"]
+    let what = ["output", "input gradient", "weight gradient"];
+    let mut checks: Vec<Check> = what
         .iter()
         .zip(want.iter().zip(&got))
         .map(|(what, (want, got))| Check {
@@ -501,21 +500,26 @@ fn check_gpu_conv(ad: &Device, uniform: &mut impl FnMut() -> f32) -> Vec<Check> 
             ours: true,
         })
         .collect();
-    let plain = ad.clone().inner();
-    // gemm-f16 against f32 conv2d of the operands rounded to f16: the same products, so only
-    // the summation order differs if the sums are f32 (f16 sums would be ~1e-3 off).
-    if cifar_core::model::ops::GpuConvPath::GemmF16.supported_on(&plain) {
-        use burn::tensor::DType;
-        let x = Tensor::<4>::from_data(TensorData::new(xs.clone(), [n, c, h, w]), &plain);
-        let wt = Tensor::<4>::from_data(TensorData::new(ws.clone(), [o, c, 3, 3]), &plain);
-        let round = |t: Tensor<4>| t.cast(DType::F16).cast(DType::F32);
-        let want = conv2d(round(x.clone()), round(wt.clone()), None, opts);
-        checks.push(Check {
-            what: format!("our GPU 3x3 conv (GEMM, f16 operands, f32 sums) output, {shape:?} -> {o}"),
-            rel_err: compare(&host_values(want), &host_values(gpu_conv::conv3x3(x, wt, true))),
+    // gemm-f16 against Burn's f32 conv2d of what it specifies: x and w rounded to f16, and the
+    // upstream gradient scaled to a peak of HALF_GRAD_PEAK, rounded to f16 and scaled back. The
+    // same products, so only the summation order differs if the sums are f32 (f16 sums would
+    // be ~1e-3 off).
+    if cifar_core::model::ops::GpuConvPath::GemmF16.supported_on(&ad.clone().inner()) {
+        let round = |v: &f32| burn::tensor::f16::from_f32(*v).to_f32();
+        let peak = upstream.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = peak.recip() * gpu_conv::HALF_GRAD_PEAK;
+        let unscale = peak / gpu_conv::HALF_GRAD_PEAK;
+        let specified: Vec<f32> = upstream.iter().map(|v| round(&(v * scale)) * unscale).collect();
+        let rounded = |vs: &[f32]| vs.iter().map(round).collect::<Vec<f32>>();
+        let want = run(None, &rounded(&xs), &rounded(&ws), &specified);
+        let got = run(Some(true), &xs, &ws, &upstream);
+        checks.extend(what.iter().zip(want.iter().zip(&got)).map(|(what, (want, got))| Check {
+            what: format!("our GPU 3x3 conv (GEMM, f16 operands, f32 sums) {what}, {shape:?} -> {o}"),
+            rel_err: compare(want, got),
             ours: true,
-        });
+        }));
     }
+    let plain = ad.clone().inner();
     // The im2col kernel alone, from a channels-last input (the layout our BatchNorm op leaves),
     // for a chunk in the middle of the batch; a copy, so it must be exact.
     let (start, m) = (3, 5);

@@ -274,8 +274,8 @@ fn gpu_im2col_matches_the_host() {
 
 /// `--gpu-conv gemm-f16`: the forward rounds its operands to f16 and sums in f32, so it equals
 /// an f32 convolution of the rounded operands up to summation order (f16 sums would be ~1e-3
-/// off), and differs from the unrounded one; the backward is Burn's f32 backward, unchanged.
-/// On plain wgpu (im2col kernel, mixed-precision matmul) and autodiff wgpu.
+/// off), and differs from the unrounded one. On plain wgpu (im2col kernel, mixed-precision
+/// matmul) and autodiff wgpu; the backward in `gpu_conv_f16_backward_scales_dy`.
 #[test]
 fn gpu_conv_f16_rounds_operands_and_sums_in_f32() {
     use burn::tensor::DType;
@@ -305,16 +305,76 @@ fn gpu_conv_f16_rounds_operands_and_sums_in_f32() {
         );
         assert!(to_rounded < 1e-5, "{device:?}: {to_rounded:e} from the conv of the rounded operands");
         assert!(to_exact > 2e-5, "{device:?}: {to_exact:e}: the operands were not rounded to f16");
-        if tracked {
-            let weights = Tensor::<4>::from_data(
-                TensorData::new((0..n * o * h * w).map(|i| (i % 5) as f32 - 2.0).collect::<Vec<f32>>(), [n, o, h, w]),
-                &device,
-            );
-            let g = (y * weights.clone()).sum().backward();
-            let (dx, dw) = (values(x.grad(&g).unwrap()), values(wt.grad(&g).unwrap()));
-            let g = (conv2d(x.clone(), wt.clone(), None, opts()) * weights).sum().backward();
-            assert_eq!(dx, values(x.grad(&g).unwrap()), "input gradient");
-            assert_eq!(dw, values(wt.grad(&g).unwrap()), "weight gradient");
-        }
     }
+}
+
+/// `gemm-f16`'s backward: GEMMs with f16 operands and f32 sums, dy scaled so that its largest
+/// value is `HALF_GRAD_PEAK` before it is rounded. Both gradients must equal Burn's f32
+/// gradients of the rounded operands (x, w, and dy·s rounded, then divided by s) up to
+/// summation order (dw's sums run over 30,720 rows), and the exact f32 gradients within f16's
+/// precision, at every magnitude of dy: 1e-7 (f16 subnormals, most of them zeros, without the
+/// scaling: 0.43 from the exact dx, measured with the scaling taken out) and 1e6 (past f16's
+/// 65,504 without it).
+#[test]
+fn gpu_conv_f16_backward_scales_dy() {
+    use burn::tensor::f16;
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    use cifar_core::model::gpu_conv::{HALF_GRAD_PEAK, conv3x3};
+    let device =
+        backend::device(Backend::Wgpu).expect("a wgpu adapter (lavapipe in CI: mesa-vulkan-drivers)").autodiff();
+    // Two im2col chunks at c = 64, 32 × 32 (chunk_images: 28 images), as in layer1.
+    let [n, c, h, w, o] = [30, 64, 32, 32, 8];
+    // Uniform in [-1, 1) from a hash: unlike a sine, no correlation between x and dy for the
+    // sums to cancel, so their rounding error is f16's, about 1e-3 of the result.
+    let uniform = |i: usize, seed: u64| {
+        ((i as u64 ^ seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    };
+    let xs: Vec<f32> = (0..n * c * h * w).map(|i| uniform(i, 1)).collect();
+    let ws: Vec<f32> = (0..o * c * 9).map(|i| uniform(i, 2) * 0.2).collect();
+    let opts = || ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+    let round = |v: f32| f16::from_f32(v).to_f32();
+    let tensor = |v: Vec<f32>, shape: [usize; 4]| Tensor::<4>::from_data(TensorData::new(v, shape), &device);
+    for magnitude in [1e-7f32, 1e6] {
+        let dys: Vec<f32> = (0..n * o * h * w).map(|i| uniform(i, 3) * magnitude).collect();
+        // The gradients of sum(y · dy) are those of y with upstream gradient dy.
+        let grads = |x: Vec<f32>, wt: Vec<f32>, dy: Vec<f32>, gemm: bool| {
+            let (x, wt) = (tensor(x, [n, c, h, w]).require_grad(), tensor(wt, [o, c, 3, 3]).require_grad());
+            let y =
+                if gemm { conv3x3(x.clone(), wt.clone(), true) } else { conv2d(x.clone(), wt.clone(), None, opts()) };
+            let g = (y * tensor(dy, [n, o, h, w])).sum().backward();
+            (values(x.grad(&g).unwrap()), values(wt.grad(&g).unwrap()))
+        };
+        let (dx, dw) = grads(xs.clone(), ws.clone(), dys.clone(), true);
+        let (dx_exact, dw_exact) = grads(xs.clone(), ws.clone(), dys.clone(), false);
+        // What the op is specified to compute, in f32 on the rounded operands.
+        let peak = dys.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = peak.recip() * HALF_GRAD_PEAK;
+        let scaled: Vec<f32> = dys.iter().map(|v| round(v * scale)).collect();
+        let (dx_spec, dw_spec) =
+            grads(xs.iter().map(|v| round(*v)).collect(), ws.iter().map(|v| round(*v)).collect(), scaled, false);
+        let unscale = peak / HALF_GRAD_PEAK;
+        let (dx_spec, dw_spec): (Vec<f32>, Vec<f32>) =
+            (dx_spec.iter().map(|v| v * unscale).collect(), dw_spec.iter().map(|v| v * unscale).collect());
+        let diffs =
+            [rel_diff(&dx, &dx_spec), rel_diff(&dw, &dw_spec), rel_diff(&dx, &dx_exact), rel_diff(&dw, &dw_exact)];
+        eprintln!(
+            "dy magnitude {magnitude:e}: dx, dw from the rounded f32 gradients {:e} {:e}, from the exact {:e} {:e}",
+            diffs[0], diffs[1], diffs[2], diffs[3]
+        );
+        assert!(dx.iter().chain(&dw).all(|v| v.is_finite()), "{magnitude:e}: gradients not finite");
+        assert!(
+            diffs[0] < 1e-5 && diffs[1] < 1e-5,
+            "{magnitude:e}: not the f32 gradients of the rounded operands: {diffs:?}"
+        );
+        assert!(
+            diffs[2] < 2e-3 && diffs[3] < 2e-3,
+            "{magnitude:e}: beyond f16 precision from the f32 gradients: {diffs:?}"
+        );
+        assert!(diffs[2] > 1e-6, "{magnitude:e}: dx equals the f32 gradient: the operands were not rounded to f16");
+    }
+    // An all-zero dy gives zero gradients, not NaNs.
+    let (x, wt) = (tensor(xs, [n, c, h, w]).require_grad(), tensor(ws, [o, c, 3, 3]).require_grad());
+    let g = (conv3x3(x.clone(), wt.clone(), true) * 0.0).sum().backward();
+    assert!(values(x.grad(&g).unwrap()).iter().chain(&values(wt.grad(&g).unwrap())).all(|v| *v == 0.0), "zero dy");
 }

@@ -90,13 +90,16 @@ fn gpu_conv_gemm_is_checked_and_learns_on_wgpu() {
     let gemm_checks: Vec<&str> = s.lines().filter(|l| l.starts_with("our GPU 3x3 conv (GEMM)")).collect();
     assert_eq!(gemm_checks.len(), 3, "{s}");
     assert!(gemm_checks.iter().all(|l| l.ends_with(" ok")), "{s}");
-    // lavapipe has f16 shaders, so gemm-f16 is checked too.
-    let f16_check = s.lines().find(|l| l.starts_with("our GPU 3x3 conv (GEMM, f16 operands, f32 sums) output"));
-    assert!(f16_check.is_some_and(|l| l.ends_with(" ok")), "{s}");
+    // lavapipe has f16 shaders, so gemm-f16 is checked too, forward and backward.
+    let f16_checks: Vec<&str> =
+        s.lines().filter(|l| l.starts_with("our GPU 3x3 conv (GEMM, f16 operands, f32 sums)")).collect();
+    assert_eq!(f16_checks.len(), 3, "{s}");
+    assert!(f16_checks.iter().all(|l| l.ends_with(" ok")), "{s}");
 
-    // gemm-f16 launches gemm's kernels plus one weight cast per convolution (8). Burn's fusion
-    // is fragile here: written with Burn's cast op, the forward's BatchNorm stopped fusing and
-    // a step launched 68 kernels more (374.2 against 306.2; README, "gemm-f16").
+    // gemm-f16 launches gemm's forward kernels plus one weight cast per convolution (8), and
+    // its own backward in place of Burn's: 42 more kernels per step in all (342.2 against
+    // 300.2 at batch 64). Burn's fusion is fragile here: written with Burn's cast op, the
+    // forward's BatchNorm stopped fusing and a step launched 68 kernels more (README, "gemm-f16").
     let dir = scratch("gemm-kernels");
     let json = dir.join("bench.json");
     let out = bin()
@@ -116,7 +119,7 @@ fn gpu_conv_gemm_is_checked_and_learns_on_wgpu() {
     };
     let (gemm, half) = (kernels("wgpu-gemm"), kernels("wgpu-gemm-f16"));
     // Burn's backward kernels are autotuned by timing: a few either way.
-    assert!((half - gemm - 8.0).abs() <= 6.0, "kernels per step: gemm {gemm}, gemm-f16 {half}");
+    assert!((half - gemm - 42.0).abs() <= 8.0, "kernels per step: gemm {gemm}, gemm-f16 {half}");
 
     // As `backends::wgpu_learns_with_dropout_and_augmentation`: 24 steps of 128 at max LR 0.01
     // (measured with `gemm`: 22.05 % on 2,000 test images, 12.85 % after the first epoch; with

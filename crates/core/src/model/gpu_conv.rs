@@ -1,5 +1,5 @@
-//! The 3×3 convolution on CubeCL GPUs: forward as GEMMs over an im2col matrix, backward
-//! Burn's own kernels.
+//! The 3×3 convolution on CubeCL GPUs: forward as GEMMs over an im2col matrix; backward
+//! Burn's own kernels in f32, GEMMs with f16 operands.
 //!
 //! Without cooperative matrices (wgpu through WGSL, every browser) Burn's only forward kernel
 //! for a dense 3×3 convolution is `conv_direct`. On an H200 it was 202 ms of a 228 ms training
@@ -11,11 +11,14 @@
 //! `conv2d_x_backward` / `conv2d_weight_backward`, not the backward of those slices (nine
 //! zero-filled scatters: 4× slower than Burn's at layer1's shape).
 //!
-//! With `half` (`--gpu-conv gemm-f16`) the im2col kernel writes the matrix in f16, the weights
-//! are rounded to f16, and one matmul multiplies them with f32 sums into an f32 output: the
-//! mixed precision of PyTorch's AMP, confined to the forward GEMMs. It halves the im2col
-//! bytes (the matrix is the largest thing the forward writes) and gives Burn's matmul the
-//! operands that cooperative-matrix (tensor-core) kernels take where the compiler has them.
+//! With `half` (`--gpu-conv gemm-f16`) all three GEMMs take f16 operands and sum in f32 into
+//! f32 results, the mixed precision of PyTorch's AMP: the forward's im2col matrix is written in
+//! f16 and the weights rounded to f16; the backward is GEMMs too (`half_backward`), since
+//! Burn's takes one type for operands and result. It halves the im2col bytes and gives Burn's
+//! matmul the operands that cooperative-matrix (tensor-core) kernels take where the compiler
+//! has them (CUDA, SPIR-V). Tensor cores are the only way to PyTorch's speed: at width 1,
+//! batch 512, a step's convolutions are 1.17 TFLOP, 70 ms at the 16.6 TFLOP/s Burn's WGSL
+//! matmul reached on an H200, where PyTorch's whole fp32 step took 31.5 ms.
 //!
 //! The im2col matrix is 9× the input. It is built for a few images at a time so that no
 //! buffer exceeds [`CHUNK_BYTES`]: below WebGPU's 128 MiB binding limit, and small enough
@@ -173,9 +176,11 @@ fn options() -> ConvOptions<2> {
 }
 
 #[derive(Debug)]
-struct ConvBackward;
+struct ConvBackward {
+    half: bool,
+}
 
-impl<B: Backend> Backward<B, 2> for ConvBackward {
+impl<B: GpuConv> Backward<B, 2> for ConvBackward {
     /// x, w.
     type State = (FloatTensor<B>, FloatTensor<B>);
 
@@ -183,6 +188,16 @@ impl<B: Backend> Backward<B, 2> for ConvBackward {
         let [node_x, node_w] = ops.parents;
         let dy = grads.consume::<B>(&ops.node);
         let (x, w) = ops.state;
+        if self.half {
+            let (dx, dw) = half_backward::<B>(x, w, dy, node_x.is_some(), node_w.is_some());
+            if let (Some(node), Some(dw)) = (node_w, dw) {
+                grads.register::<B>(node.id, dw);
+            }
+            if let (Some(node), Some(dx)) = (node_x, dx) {
+                grads.register::<B>(node.id, dx);
+            }
+            return;
+        }
         if let Some(node) = node_w {
             let dw = B::conv2d_weight_backward(x.clone(), w.clone(), dy.clone(), options());
             grads.register::<B>(node.id, dw);
@@ -193,11 +208,72 @@ impl<B: Backend> Backward<B, 2> for ConvBackward {
     }
 }
 
+/// The largest |dy| after `half_backward`'s scaling: a power of two, so that the scaling is
+/// exact, with 2 binades of headroom below f16's largest value (65,504) and 28 binades of
+/// normal f16 numbers below it, so that nothing that matters to the sums underflows.
+pub const HALF_GRAD_PEAK: f32 = 16384.0;
+
+/// The smallest |dy| peak `half_backward` scales from; an all-zero dy stays zero.
+const HALF_GRAD_FLOOR: f32 = 1e-30;
+
+/// `gemm-f16`'s backward: `dx` and `dw` as GEMMs with f16 operands and f32 sums.
+///
+/// Gradients are small (the loss is a mean over the batch): at width 1 most of a layer's dy
+/// would be f16 subnormals or zeros. So dy is scaled first, the loss scaling of AMP but per
+/// tensor and without a step to skip: `s = HALF_GRAD_PEAK / max|dy|`, computed on the device
+/// (no read-back), and the f32 results are multiplied by `1/s`.
+/// - `dx` is the convolution of dy with the weights flipped and transposed (`[c, o, 3, 3]`):
+///   the forward's im2col GEMMs on f16 dy.
+/// - `dw` is `im2col(x)ᵀ · dy`, both in f16, summed chunk by chunk in f32.
+fn half_backward<B: GpuConv>(
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+    dy: FloatTensor<B>,
+    want_x: bool,
+    want_w: bool,
+) -> (Option<FloatTensor<B>>, Option<FloatTensor<B>>) {
+    let [n, c, h, wd] = x.shape().dims::<4>();
+    let o = w.shape().dims::<4>()[0];
+    // max|dy| in four reductions of at most max(n, c, h, w) values each: one reduction over a
+    // whole activation is wrong on lavapipe (see README, "tested at chance").
+    let mut peak = B::float_max_abs_dim(dy.clone(), 3);
+    for dim in (0..3).rev() {
+        peak = B::float_max_dim(peak, dim);
+    }
+    let peak = B::float_clamp_min(peak, HALF_GRAD_FLOOR.into());
+    let scale = B::float_mul_scalar(B::float_recip(peak.clone()), HALF_GRAD_PEAK.into());
+    let unscale = B::float_div_scalar(peak, HALF_GRAD_PEAK.into());
+    let dy = B::to_half(B::float_mul(dy, scale));
+    let dx = want_x.then(|| {
+        let flipped = B::float_swap_dims(B::float_flip(w, &[2, 3]), 0, 1);
+        B::float_mul(im2col_forward::<B>(dy.clone(), flipped, true), unscale.clone())
+    });
+    let dw = want_w.then(|| {
+        let rows = B::float_reshape(B::float_permute(dy, &[0, 2, 3, 1]), Shape::new([n * h * wd, o]));
+        let per = chunk_images(c, h, wd);
+        let mut sum: Option<FloatTensor<B>> = None;
+        for start in (0..n).step_by(per) {
+            let m = per.min(n - start);
+            let cols = B::float_swap_dims(B::im2col3x3(x.clone(), start, m, true), 0, 1);
+            let slice = [Slice::from(start * h * wd..(start + m) * h * wd), Slice::from(..)];
+            let part = B::half_matmul(cols, B::float_slice(rows.clone(), &slice));
+            sum = Some(match sum {
+                Some(acc) => B::float_add(acc, part),
+                None => part,
+            });
+        }
+        let dw = B::float_mul(sum.expect("at least one image"), B::float_reshape(unscale, Shape::new([1, 1])));
+        // Row k·c + i is tap k = 3·ky + kx of input channel i, as in the forward.
+        B::float_permute(B::float_reshape(dw, Shape::new([3, 3, c, o])), &[3, 2, 0, 1])
+    });
+    (dx, dw)
+}
+
 type Ad<B, C> = FloatTensor<Autodiff<B, C>>;
 
 impl<B: GpuConv, C: CheckpointStrategy> GpuConv for Autodiff<B, C> {
     fn conv3x3_gemm(x: Ad<B, C>, w: Ad<B, C>, half: bool) -> Ad<B, C> {
-        match ConvBackward.prepare::<C>([x.node(), w.node()]).compute_bound().stateful() {
+        match (ConvBackward { half }).prepare::<C>([x.node(), w.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let (xp, wp) = (x.into_primitive(), w.into_primitive());
                 let out = B::conv3x3_gemm(xp.clone(), wp.clone(), half);
@@ -209,7 +285,7 @@ impl<B: GpuConv, C: CheckpointStrategy> GpuConv for Autodiff<B, C> {
 }
 
 /// [`GpuConv::conv3x3_gemm`] on tensors of a CubeCL device (wgpu, CUDA), autodiff or not;
-/// with `half`, f16 operands and f32 sums in the forward.
+/// with `half`, f16 operands and f32 sums in the forward's and the backward's GEMMs.
 pub fn conv3x3(x: Tensor<4>, w: Tensor<4>, half: bool) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as GpuConv>::conv3x3_gemm(x.into_dispatch(), w.into_dispatch(), half))
 }

@@ -43,11 +43,12 @@ pub fn is_cube(device: &Device) -> bool {
 /// How the 3×3 convolution runs on a CubeCL GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GpuConvPath {
-    /// Forward as GEMMs over im2col, backward Burn's kernels (`gpu_conv.rs`).
+    /// Forward as GEMMs over im2col, backward Burn's kernels (`gpu_conv.rs`), all f32.
     Gemm,
-    /// [`GpuConvPath::Gemm`] with the forward's im2col matrix and weights in f16, the products
-    /// summed in f32 and the output f32 (the GPU's AMP: half the im2col bytes, and the operand
-    /// type of tensor-core matmuls). Needs an adapter with f16 shaders; the backward stays f32.
+    /// [`GpuConvPath::Gemm`] with f16 operands in all three GEMMs (forward, input and weight
+    /// gradients), the products summed in f32 and the results f32 (the GPU's AMP: half the
+    /// im2col bytes, and the operand type of tensor-core matmuls; the gradient is scaled per
+    /// tensor before it is rounded). Needs an adapter with f16 shaders.
     GemmF16,
     /// Burn's `conv2d` (its forward is `conv_direct` without cooperative matrices).
     Burn,
