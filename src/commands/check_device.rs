@@ -6,10 +6,10 @@ use cifar_webgpu::error::Error;
 pub(crate) fn run(b: Backend) -> Result<(), Error> {
     let (device, info) = backend::select(b, backend::Precision::F32, backend::GpuConv::Auto)?;
     println!("device: {info}");
-    let checks = backend::check_device(&device);
+    let checks = backend::check_device(&device, backend::tf32_matmuls(&info));
     let mut failed = Vec::new();
     for c in &checks {
-        let ok = c.rel_err <= backend::CHECK_TOLERANCE;
+        let ok = c.ok();
         let verdict = match (ok, c.ours) {
             (true, _) => "ok",
             (false, true) => "WRONG",
