@@ -94,9 +94,9 @@ impl Session {
 
     /// Picks how 3×3 convolutions run: `gemm` (im2col kernel + matmul), `gemm-f16` (GEMMs
     /// forward and backward with f16 operands and f32 sums, where the device has f16
-    /// shaders), `burn` (Burn's direct kernel) or `auto`, the native CLI's rule: `burn` on a CPU implementation of
-    /// WebGPU (SwiftShader, where the two are about even), `gemm` on a GPU (2.27× Burn's at
-    /// width 1 through the same WGSL on an H200, natively). Returns the one in use; a choice
+    /// shaders), `burn` (Burn's direct kernel) or `auto`, the native CLI's rule: `burn` on a
+    /// CPU implementation of WebGPU (SwiftShader, where the two are about even), `gemm` on a
+    /// GPU (2.27× Burn's at width 1 through the same WGSL on an H200, natively). Returns the one in use; a choice
     /// the device cannot run is refused and the previous one stays.
     pub fn set_gpu_conv(&self, choice: &str, cpu_adapter: bool) -> Result<String, JsError> {
         let path = match choice {
