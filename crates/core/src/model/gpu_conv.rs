@@ -208,9 +208,10 @@ impl<B: GpuConv> Backward<B, 2> for ConvBackward {
     }
 }
 
-/// The largest |dy| after `half_backward`'s scaling: a power of two, so that the scaling is
-/// exact, with 2 binades of headroom below f16's largest value (65,504) and 28 binades of
-/// normal f16 numbers below it, so that nothing that matters to the sums underflows.
+/// The largest |dy| after `half_backward`'s scaling: 2 binades of headroom below f16's largest
+/// value (65,504) and 28 binades of normal f16 numbers below it, so that nothing that matters
+/// to the sums underflows. (The scale `HALF_GRAD_PEAK / max|dy|` itself is not a power of two:
+/// scaling and unscaling each round in f32, far below f16's rounding.)
 pub const HALF_GRAD_PEAK: f32 = 16384.0;
 
 /// The smallest |dy| peak `half_backward` scales from; an all-zero dy stays zero.
