@@ -63,8 +63,9 @@ pub(crate) struct Common {
     /// the CPU has AMX-BF16, else f32; `f32` is exact (printed, and recorded in config.json).
     #[arg(long, value_enum, default_value_t = Precision::Auto)]
     pub(crate) precision: Precision,
-    /// The 3×3 convolution's forward on a GPU: `gemm` (GEMMs over im2col), `burn` (Burn's
-    /// direct kernel); `auto` is gemm on a real GPU, burn on a CPU adapter (recorded in
+    /// The 3×3 convolution on a GPU: `gemm` (GEMMs over im2col), `gemm-f16` (the same with
+    /// f16 operands), `burn` (Burn's conv2d: a direct kernel through WGSL, implicit GEMMs
+    /// through CUDA); `auto` is gemm on a real GPU, burn on a CPU adapter (recorded in
     /// config.json).
     #[arg(long, value_enum, default_value_t = GpuConv::Auto)]
     pub(crate) gpu_conv: GpuConv,
@@ -207,6 +208,57 @@ pub(crate) fn positive(s: &str) -> Result<usize, String> {
     }
 }
 
+/// One `bench --gpu-conv` entry: a GPU convolution for every GPU backend benched, or, with
+/// `only`, for that backend alone (Burn's convolution is a different kernel on each: a direct
+/// one through WGSL, implicit GEMMs on tensor cores through CUDA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConvEntry {
+    pub(crate) only: Option<Backend>,
+    pub(crate) conv: GpuConv,
+}
+
+impl ConvEntry {
+    pub(crate) fn applies_to(&self, backend: Backend) -> bool {
+        self.only.is_none_or(|b| b == backend)
+    }
+}
+
+fn is_gpu(backend: Backend) -> bool {
+    match backend {
+        Backend::Wgpu => true,
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => true,
+        _ => false,
+    }
+}
+
+pub(crate) fn parse_conv_entry(s: &str) -> Result<ConvEntry, String> {
+    use clap::ValueEnum;
+    let names = |v: &[GpuConv]| {
+        v.iter().filter_map(|c| c.to_possible_value()).map(|p| p.get_name().to_string()).collect::<Vec<_>>().join(", ")
+    };
+    let (only, conv) = match s.split_once(':') {
+        Some((b, c)) => {
+            let gpus = Backend::value_variants()
+                .iter()
+                .filter(|b| is_gpu(**b))
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let backend = Backend::from_str(b, false)
+                .map_err(|_| format!("{s}: unknown backend {b:?} (this binary's GPU backends: {gpus})"))?;
+            if !is_gpu(backend) {
+                return Err(format!("{s}: {b} has no GPU convolution (name a GPU backend)"));
+            }
+            (Some(backend), c)
+        }
+        None => (None, s),
+    };
+    let conv = GpuConv::from_str(conv, false)
+        .map_err(|_| format!("{s}: unknown convolution {conv:?} ({})", names(GpuConv::value_variants())))?;
+    Ok(ConvEntry { only, conv })
+}
+
 #[derive(Args, Debug, Clone)]
 pub(crate) struct LrFindArgs {
     #[command(flatten)]
@@ -255,10 +307,11 @@ pub(crate) struct BenchArgs {
     /// measured once; GPUs run f32).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "f32,auto")]
     pub(crate) precision: Vec<Precision>,
-    /// GPU convolutions to measure, each as `train --gpu-conv` (with several, the rows are
-    /// labelled `wgpu-gemm`, `wgpu-burn`).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "auto")]
-    pub(crate) gpu_conv: Vec<GpuConv>,
+    /// GPU convolutions to measure, each as `train --gpu-conv`, for every GPU backend, or for
+    /// one as `BACKEND:CONV` (`cuda:burn`); a backend no entry applies to runs `auto`. With
+    /// several entries the rows are labelled `wgpu-gemm`, `cuda-burn`.
+    #[arg(long, value_delimiter = ',', default_value = "auto", value_parser = parse_conv_entry)]
+    pub(crate) gpu_conv: Vec<ConvEntry>,
     #[arg(long, value_delimiter = ',', default_value = "0.25,1.0")]
     pub(crate) width: Vec<f64>,
     #[arg(long, value_delimiter = ',', default_value = "128,512", value_parser = positive)]
@@ -370,4 +423,32 @@ pub(crate) fn training_config(a: &TrainArgs, max_lr: f64) -> TrainingConfig {
         .with_ema(ema)
         .with_tta(tta)
         .with_seed(a.seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conv_entries_apply_to_every_gpu_backend_or_to_the_one_named() {
+        let all = parse_conv_entry("gemm-f16").unwrap();
+        assert_eq!(all, ConvEntry { only: None, conv: GpuConv::GemmF16 });
+        assert!(all.applies_to(Backend::Wgpu) && all.applies_to(Backend::Flex));
+        let one = parse_conv_entry("wgpu:burn").unwrap();
+        assert_eq!(one, ConvEntry { only: Some(Backend::Wgpu), conv: GpuConv::Burn });
+        assert!(one.applies_to(Backend::Wgpu));
+        assert!(!one.applies_to(Backend::Flex) && !one.applies_to(Backend::Auto));
+        #[cfg(feature = "cuda")]
+        assert!(!one.applies_to(Backend::Cuda));
+        for (bad, why) in [
+            ("flex:gemm", "flex has no GPU convolution"),
+            ("auto:gemm", "auto has no GPU convolution"),
+            ("vulkan:gemm", "unknown backend \"vulkan\""),
+            ("wgpu:f16", "unknown convolution \"f16\" (auto, gemm, gemm-f16, burn)"),
+            ("gemm:wgpu", "unknown backend \"gemm\""),
+        ] {
+            let e = parse_conv_entry(bad).unwrap_err();
+            assert!(e.starts_with(bad) && e.contains(why), "{bad}: {e}");
+        }
+    }
 }

@@ -69,7 +69,8 @@ pub enum GpuConv {
     /// `gemm` with f16 operands and f32 sums in all three GEMMs (forward, input and weight
     /// gradients; the gradient scaled per tensor first). Needs an adapter with f16 shaders.
     GemmF16,
-    /// Burn's `conv2d` forward (`conv_direct` without cooperative matrices).
+    /// Burn's `conv2d`: its direct kernel through WGSL (no cooperative matrices); through CUDA
+    /// autotuned among implicit GEMMs on tensor cores as well.
     Burn,
 }
 
@@ -88,9 +89,12 @@ pub struct DeviceInfo {
     pub api: String,
     /// The convolutions' arithmetic: `f32`, or `bf16` (flex with AMX-BF16; f32 sums).
     pub precision: String,
-    /// GPUs: how the 3×3 convolution's forward runs, `gemm` or `burn` (`--gpu-conv`).
+    /// GPUs: how the 3×3 convolution runs, `gemm`, `gemm-f16` or `burn` (`--gpu-conv`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu_conv: Option<String>,
+    /// CUDA: the card's compute capability, major and minor (`[9, 0]` on an H100).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compute_capability: Option<[u32; 2]>,
     /// Why `--backend auto` chose this backend.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -144,6 +148,7 @@ fn flex_info(reason: Option<String>) -> DeviceInfo {
         api: String::new(),
         precision: "f32".into(),
         gpu_conv: None,
+        compute_capability: None,
         reason,
         limits: None,
     }
@@ -179,6 +184,7 @@ fn wgpu_device() -> Result<(Device, DeviceInfo), String> {
             api: shader_api(a.backend),
             precision: "f32".into(),
             gpu_conv: None,
+            compute_capability: None,
             reason: None,
             limits: Some(BufferLimits {
                 max_binding: setup.device.limits().max_storage_buffer_binding_size,
@@ -225,6 +231,7 @@ fn cuda_device() -> Result<(Device, DeviceInfo), Error> {
         api: "CUDA".into(),
         precision: "f32".into(),
         gpu_conv: None,
+        compute_capability: Some([major as u32, minor as u32]),
         reason: None,
         limits: None,
     };
@@ -377,7 +384,7 @@ pub const TF32_TOLERANCE: f64 = 5e-3;
 /// CUDA from compute capability 8.0, and Burn's matmul autotune then includes TF32 kernels
 /// for f32 operands (cubek's `adjust_dtypes`), as PyTorch's default does for convolutions.
 pub fn tf32_matmuls(info: &DeviceInfo) -> bool {
-    info.backend == "cuda"
+    info.backend == "cuda" && info.compute_capability.is_some_and(|[major, _]| major >= 8)
 }
 
 fn rel_err(want: &[f64], got: &[f32]) -> f64 {
@@ -569,4 +576,23 @@ fn check_gpu_conv(ad: &Device, tf32: bool, uniform: &mut impl FnMut() -> f32) ->
         ours: true,
     });
     checks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tf32_tolerance_is_for_cuda_cards_from_compute_capability_8() {
+        let gpu = |backend: &str, cc: Option<[u32; 2]>| DeviceInfo {
+            backend: backend.into(),
+            compute_capability: cc,
+            ..flex_info(None)
+        };
+        assert!(tf32_matmuls(&gpu("cuda", Some([8, 0]))));
+        assert!(tf32_matmuls(&gpu("cuda", Some([9, 0]))));
+        assert!(!tf32_matmuls(&gpu("cuda", Some([7, 5]))), "Turing has no TF32");
+        assert!(!tf32_matmuls(&gpu("cuda", None)));
+        assert!(!tf32_matmuls(&gpu("wgpu", None)), "WGSL has no tensor cores");
+    }
 }

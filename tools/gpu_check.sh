@@ -17,7 +17,8 @@
 # it); PYTHON (default python3) with PyTorch; PYTORCH_DEVICE (default: cuda if PyTorch sees
 # one, else cpu); BACKENDS to override the backends benched, BENCH_WIDTHS and BENCH_BATCHES
 # the shapes; GPU_CONVS the GPU convolutions benched (default auto: gemm on a GPU; e.g.
-# gemm,gemm-f16,burn for each, rows labelled wgpu-gemm, wgpu-gemm-f16, ...); TOLERANCE in
+# gemm,gemm-f16,burn for each, rows labelled wgpu-gemm, wgpu-gemm-f16, ...; cuda:burn for one
+# backend alone, dropped where that backend is not benched); TOLERANCE in
 # points (default 5, measured on an H100: wgpu 38.80 % against flex 33.90 %, dropout masks
 # and round-off differing; 10 with TINY).
 set -euo pipefail
@@ -61,7 +62,10 @@ failed=0
 : > "$out/verdict.txt"
 for backend in ${backends//,/ }; do
   echo "== check-device --backend $backend"
-  "$bin" check-device --backend "$backend" | tee "$out/check-device-$backend.txt" || failed=1
+  if ! "$bin" check-device --backend "$backend" | tee "$out/check-device-$backend.txt"; then
+    echo "$backend: check-device found a wrong result: FAIL" | tee -a "$out/verdict.txt"
+    failed=1
+  fi
 
   echo "== real data on $backend: width $width, $epochs epochs on $train training images, tested on $test"
   SECONDS=0
@@ -83,10 +87,19 @@ for backend in ${backends//,/ }; do
   case $verdict in *PASS) ;; *) failed=1 ;; esac
 done
 
-echo "== bench: $backends (${GPU_CONVS:-auto} convolutions), widths $widths, batches $batches; PyTorch on $pydev ($modes)"
+# An entry for one backend (cuda:burn) only where that backend is benched: bench refuses it otherwise.
+convs=
+IFS=, read -ra entries <<< "${GPU_CONVS:-auto}"
+for entry in "${entries[@]}"; do
+  case $entry in
+    *:*) [[ ",$backends," == *",${entry%%:*},"* ]] || { echo "gpu_check: $entry dropped: ${entry%%:*} is not benched"; continue; } ;;
+  esac
+  convs=${convs:+$convs,}$entry
+done
+echo "== bench: $backends (${convs:-auto} convolutions), widths $widths, batches $batches; PyTorch on $pydev ($modes)"
 pytorch=()
 [ "$pydev" != none ] && pytorch=(--pytorch --python "$python" --pytorch-script "$here/pytorch_reference.py" --pytorch-device "$pydev" --pytorch-mode "$modes")
-"$bin" bench --backend "$backends" --gpu-conv "${GPU_CONVS:-auto}" --width "$widths" --batch-size "$batches" \
+"$bin" bench --backend "$backends" --gpu-conv "${convs:-auto}" --width "$widths" --batch-size "$batches" \
   --warmup "$warmup" --steps "$steps" "${pytorch[@]}" --json "$out/bench.json" | tee "$out/bench.txt"
 
 exit "$failed"

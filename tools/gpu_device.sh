@@ -4,7 +4,10 @@
 #   tools/gpu_device.sh check [BACKENDS]      stage, then tools/gpu_check.sh
 #   tools/gpu_device.sh full BACKEND [ARGS]   stage, then the full recipe (24 epochs, width 1,
 #                                             all 50,000 images) on BACKEND; resumes the run
-#                                             when an earlier call left it unfinished
+#                                             when an earlier call left it unfinished.
+#                                             BACKEND:CONV adds --gpu-conv CONV (cuda:burn);
+#                                             `best` takes the fastest of check's bench rows at
+#                                             the recipe's shape whose backend passed its checks
 # Every call first unpacks .gl (the Vulkan loaders) and whatever .gpu/<part> it carries,
 # checks each file against the MANIFEST (size and MD5), and says which parts are still
 # missing. Outputs go to $OUT (the device tool's folder that comes back). FULL_SECONDS
@@ -93,21 +96,61 @@ case $step in
     # The flex reference run, when gpu_pack.sh carried one made beforehand (FLEX_METRICS).
     flex=()
     [ -f "$gpu/flex-metrics.jsonl" ] && flex=("$gpu/flex-metrics.jsonl")
+    set +e
     BACKENDS=${1:-${BACKENDS:-}} tools/gpu_check.sh "$gpu/cifar-webgpu" "$gpu/data" "$out/check" "${flex[@]}" 2>&1 |
       tee "$out/check.log"
+    status=${PIPESTATUS[0]}
+    set -e
+    # Kept beside the staged files for `full best` (a later call's $OUT starts empty).
+    for f in bench.json verdict.txt; do
+      [ -f "$out/check/$f" ] && cp "$out/check/$f" "$gpu/check-$f"
+    done
+    exit "$status"
     ;;
   full)
-    backend=${1:?"gpu_device: full BACKEND (wgpu or cuda)"}
+    spec=${1:?"gpu_device: full BACKEND[:CONV] or full best"}
     shift
     need "${all[@]}"
+    if [ "$spec" = best ]; then
+      # The fastest training row at width 1, batch 512 (the recipe's shape) of this machine's
+      # `check`, among the backends whose checks passed (a FAIL line in its verdict).
+      spec=$(python3 - "$gpu/check-bench.json" "$gpu/check-verdict.txt" <<'PY'
+import json, os, sys
+bench, verdict = sys.argv[1:]
+if not os.path.exists(bench):
+    sys.exit(f"gpu_device: full best needs {bench}: run `check` on this machine first, or name the backend")
+failed = set()
+if os.path.exists(verdict):
+    failed = {line.split()[0].rstrip(":") for line in open(verdict) if line.rstrip().endswith("FAIL")}
+rows = [r for r in json.load(open(bench))["rows"] if r["width"] == 1.0 and r["batch_size"] == 512]
+rows = [r for r in rows if r["backend"].split("-")[0] not in failed]
+if not rows:
+    sys.exit(f"gpu_device: full best: no row at width 1, batch 512 of a backend that passed its checks in {bench}")
+best = max(rows, key=lambda r: r["train_images_per_sec"])
+backend, _, conv = best["backend"].partition("-")
+# flex's label carries its precision (flex-bf16), which `auto` picks again.
+spec = backend if backend == "flex" or not conv else f"{backend}:{conv}"
+others = ", ".join(f"{r['backend']} {r['train_images_per_sec']:.1f}" for r in rows if r is not best)
+print(f"gpu_device: best: {spec} ({best['train_images_per_sec']:.1f} train img/s; {others or 'no other row'}"
+      f"{'; failed its checks: ' + ', '.join(sorted(failed)) if failed else ''})", file=sys.stderr)
+print(spec)
+PY
+)
+    fi
+    backend=${spec%%:*}
+    device=(--backend "$backend")
     name=full-$backend
+    if [ "$spec" != "$backend" ]; then
+      device+=(--gpu-conv "${spec#*:}")
+      name=$name-${spec#*:}
+    fi
     # A checkpoint from an earlier call: go on with its recipe (ARGS would be refused).
     run=(--runs-dir "$gpu/runs" --name "$name" "$@")
     [ -f "$gpu/runs/$name/checkpoint.safetensors" ] && run=(--resume "$gpu/runs/$name")
     SECONDS=0
     set +e
     # SIGINT saves a checkpoint mid-epoch, as Ctrl-C does.
-    timeout --signal=INT "${FULL_SECONDS:-540}" "$gpu/cifar-webgpu" train --backend "$backend" \
+    timeout --signal=INT "${FULL_SECONDS:-540}" "$gpu/cifar-webgpu" train "${device[@]}" \
       --data-dir "$gpu/data" --no-download "${run[@]}" 2>&1 | tee -a "$out/$name.log"
     status=${PIPESTATUS[0]}
     set -e

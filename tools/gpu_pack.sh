@@ -12,9 +12,9 @@
 # step (tools/gpu_device.sh) once the files it reads have come: `check` the binary,
 # test_batch.bin and data_batch_1.bin (packed first), `full` all six. With 4 parts:
 #   run(carry=[".gl", ".gpu/a"], command="tools/gpu_device.sh stage")
-#   run(carry=[".gl", ".gpu/b"], command="tools/gpu_device.sh check")
+#   run(carry=[".gl", ".gpu/b"], command="BENCH_WIDTHS=1.0 BENCH_BATCHES=512 GPU_CONVS=gemm,gemm-f16,cuda:burn tools/gpu_device.sh check")
 #   run(carry=[".gl", ".gpu/c"], command="tools/gpu_device.sh stage")
-#   run(carry=[".gl", ".gpu/d"], command="tools/gpu_device.sh full cuda")
+#   run(carry=[".gl", ".gpu/d"], command="tools/gpu_device.sh full best")
 # (each `stage` says which files are still missing and in which parts).
 # A file is unpacked there once the parts holding it have come; they live in /tmp/gpu and
 # survive between calls while the machine stays warm (30 s after a call ends).

@@ -100,10 +100,12 @@ fn gpu_conv_gemm_is_checked_and_learns_on_wgpu() {
     // its own backward in place of Burn's: 42 more kernels per step in all (342.2 against
     // 300.2 at batch 64). Burn's fusion is fragile here: written with Burn's cast op, the
     // forward's BatchNorm stopped fusing and a step launched 68 kernels more (README, "gemm-f16").
+    // `wgpu:gemm-f16` applies to wgpu alone: flex, which has no GPU convolution, runs once.
     let dir = scratch("gemm-kernels");
     let json = dir.join("bench.json");
     let out = bin()
-        .args(["bench", "--backend", "wgpu", "--gpu-conv", "gemm,gemm-f16", "--width", "0.125", "--batch-size", "32"])
+        .args(["bench", "--backend", "flex,wgpu", "--precision", "f32", "--gpu-conv", "gemm,wgpu:gemm-f16"])
+        .args(["--width", "0.125", "--batch-size", "32"])
         // One warm-up step is not enough: the first row's second step still launched Burn's
         // autotune candidates (504 kernels against 309).
         .args(["--warmup", "2", "--steps", "2", "--sync-every", "1", "--json"])
@@ -112,6 +114,8 @@ fn gpu_conv_gemm_is_checked_and_learns_on_wgpu() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let labels: Vec<&str> = report["rows"].as_array().unwrap().iter().map(|r| r["backend"].as_str().unwrap()).collect();
+    assert_eq!(labels, ["flex", "wgpu-gemm", "wgpu-gemm-f16"], "{report}");
     let kernels = |label: &str| {
         let rows = report["rows"].as_array().unwrap();
         let row = rows.iter().find(|r| r["backend"] == label).unwrap_or_else(|| panic!("no {label} row: {report}"));
@@ -547,19 +551,27 @@ fn signal_saves_a_checkpoint(signal: &str) {
 
 /// `bench --pytorch` end to end without PyTorch: a stand-in interpreter prints rows in the
 /// reference script's format, and the comparison pairs them with ours by shape.
-#[test]
-fn bench_compares_with_pytorch_rows_and_writes_json() {
-    let dir = scratch("bench");
+/// A stand-in for `python3 tools/pytorch_reference.py bench` in `dir`: (interpreter, script).
+/// It receives `<script> bench --width .. --batch-size .. --threads N`, checks the threads it
+/// was given, then prints an fp32 row (100 / 400 img/s) and a channels_last row (150 / 300)
+/// at `width`, batch 8, as the reference script does.
+fn fake_pytorch(dir: &Path, width: &str) -> (PathBuf, PathBuf) {
     let fake = dir.join("fake-python");
-    // Receives `<script> bench --width .. --batch-size .. --threads N`; checks the threads it
-    // was given, then answers like tools/pytorch_reference.py bench.
+    let row = |train: f64, infer: f64, mode: &str| {
+        format!(
+            "{{\"backend\": \"pytorch\", \"width\": {width}, \"batch_size\": 8, \"first_step_s\": 0.5, \
+             \"train_images_per_sec\": {train:.1}, \"infer_images_per_sec\": {infer:.1}, \"peak_bytes\": 1048576, \
+             \"mode\": \"{mode}\"}}"
+        )
+    };
     std::fs::write(
         &fake,
-        "#!/bin/sh\ncase \"$*\" in *'--threads 1'*) ;; *) echo \"wrong args: $*\" >&2; exit 3;; esac\n\
-         echo '[{\"backend\": \"pytorch\", \"width\": 0.0625, \"batch_size\": 8, \"first_step_s\": 0.5, \
-         \"train_images_per_sec\": 100.0, \"infer_images_per_sec\": 400.0, \"peak_bytes\": 1048576, \"mode\": \"fp32\"}, \
-         {\"backend\": \"pytorch\", \"width\": 0.0625, \"batch_size\": 8, \"first_step_s\": 0.5, \
-         \"train_images_per_sec\": 150.0, \"infer_images_per_sec\": 300.0, \"peak_bytes\": 1048576, \"mode\": \"channels_last\"}]'\n",
+        format!(
+            "#!/bin/sh\ncase \"$*\" in *'--threads 1'*) ;; *) echo \"wrong args: $*\" >&2; exit 3;; esac\n\
+             echo '[{}, {}]'\n",
+            row(100.0, 400.0, "fp32"),
+            row(150.0, 300.0, "channels_last")
+        ),
     )
     .unwrap();
     let mut perms = std::fs::metadata(&fake).unwrap().permissions();
@@ -567,6 +579,13 @@ fn bench_compares_with_pytorch_rows_and_writes_json() {
     std::fs::set_permissions(&fake, perms).unwrap();
     let script = dir.join("pytorch_reference.py");
     std::fs::write(&script, "# stand-in\n").unwrap();
+    (fake, script)
+}
+
+#[test]
+fn bench_compares_with_pytorch_rows_and_writes_json() {
+    let dir = scratch("bench");
+    let (fake, script) = fake_pytorch(&dir, "0.0625");
     let json = dir.join("bench.json");
     let out = bin()
         .args(["bench", "--backend", "flex", "--width", "0.0625", "--batch-size", "8", "--warmup", "1", "--steps", "1"])
@@ -612,6 +631,54 @@ fn bench_compares_with_pytorch_rows_and_writes_json() {
     assert!(out.status.success(), "{s}");
     assert!(s.contains("PyTorch comparison skipped") && s.contains("/nonexistent/python3"), "{s}");
     assert!(s.contains("train img/s"), "{s}");
+}
+
+/// A bench stopped before its end (a GPU lease's time limit) leaves a JSON with PyTorch's rows
+/// and every row of ours measured so far, compared: PyTorch runs first, and the file is
+/// rewritten, whole, after each row.
+#[test]
+fn bench_json_holds_what_was_measured_when_stopped() {
+    let dir = scratch("bench-stopped");
+    let (fake, script) = fake_pytorch(&dir, "1");
+    let json = dir.join("bench.json");
+    // Six rows of about a second each on two cores (width 1, 128 images trained, 8 inferred).
+    let mut child = bin()
+        .args(["bench", "--backend", "flex", "--precision", "f32", "--width", "1", "--batch-size", "8"])
+        .args(["--warmup", "4", "--steps", "12", "--sync-every", "1,2,3,4,5,6", "--threads", "1", "--pytorch"])
+        .arg("--python")
+        .arg(&fake)
+        .arg("--pytorch-script")
+        .arg(&script)
+        .arg("--json")
+        .arg(&json)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read(&json).ok().map(|b| serde_json::from_slice::<serde_json::Value>(&b).unwrap());
+    let rows = |r: &serde_json::Value| r["rows"].as_array().unwrap().len();
+    let (mut saw_anchor_alone, start) = (false, std::time::Instant::now());
+    let report = loop {
+        assert!(child.try_wait().unwrap().is_none(), "the bench ended before its first row was seen");
+        assert!(start.elapsed().as_secs() < 300, "no row after 300 s");
+        match read() {
+            Some(r) if rows(&r) > 0 => break r,
+            Some(r) => saw_anchor_alone |= r["pytorch"].as_array().unwrap().len() == 2,
+            None => {}
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(saw_anchor_alone, "PyTorch's rows came with ours, not before them");
+    let report = read().unwrap_or(report);
+    let n = rows(&report);
+    assert!((1..6).contains(&n), "{n} rows of 6 after the kill");
+    assert_eq!(report["pytorch"].as_array().unwrap().len(), 2);
+    let comparison = report["comparison"].as_array().unwrap();
+    assert_eq!(comparison.len(), 2 * n, "{report}");
+    let ours = report["rows"][0]["train_images_per_sec"].as_f64().unwrap();
+    assert!((comparison[0]["train_ratio"].as_f64().unwrap() - ours / 100.0).abs() < 1e-9, "{report}");
 }
 
 /// Settings and output paths are checked before any data is read or model built: here the data
@@ -823,6 +890,36 @@ fn gpu_pack_parts_stage_one_call_at_a_time_and_train() {
     let tiny = ["--no-verify", "--width", "0.0625", "--epochs", "1", "--batch-size", "64", "--train-limit", "256"];
     let out = device(None, &[&["full", "flex"][..], &tiny].concat());
     assert!(out.status.success(), "{}", text(&out));
+    let metrics = std::fs::read_to_string(dir.join("out/full-flex-metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 1, "{metrics}");
+
+    // `full best`: the fastest row of `check`'s bench at the recipe's shape (width 1, batch
+    // 512) among the backends that passed their checks, as `check` left them in the staging.
+    let out = device(None, &[&["full", "best"][..], &tiny].concat());
+    assert!(!out.status.success() && text(&out).contains("run `check` on this machine first"), "{}", text(&out));
+    let rows = serde_json::json!({"rows": [
+        {"backend": "flex-bf16", "width": 1.0, "batch_size": 512, "train_images_per_sec": 100.0},
+        {"backend": "wgpu-gemm-f16", "width": 1.0, "batch_size": 512, "train_images_per_sec": 400.0},
+        {"backend": "cuda-burn", "width": 1.0, "batch_size": 512, "train_images_per_sec": 500.0},
+        {"backend": "wgpu-gemm", "width": 0.25, "batch_size": 512, "train_images_per_sec": 9000.0},
+        {"backend": "cuda-gemm", "width": 1.0, "batch_size": 128, "train_images_per_sec": 8000.0},
+    ]});
+    std::fs::write(staged.join("check-bench.json"), rows.to_string()).unwrap();
+    let verdict = |lines: &str| std::fs::write(staged.join("check-verdict.txt"), lines).unwrap();
+    verdict("wgpu test accuracy 38.80%, flex 33.90%: 4.90 points apart (tolerance 5): PASS\n");
+    // cuda:burn is chosen, named, and passed on as --gpu-conv (this binary has no cuda).
+    let out = device(None, &[&["full", "best"][..], &tiny].concat());
+    let s = text(&out);
+    assert!(!out.status.success() && s.contains("gpu_device: best: cuda:burn (500.0 train img/s"), "{s}");
+    assert!(s.contains("invalid value 'cuda'") && s.contains("full-cuda-burn: exit 2"), "{s}");
+    // With cuda and wgpu failed, flex's row is the best left, and it trains as `full flex`.
+    verdict("cuda: check-device found a wrong result: FAIL\nwgpu test accuracy 10.00%, flex 33.90%: FAIL\n");
+    std::fs::remove_dir_all(staged.join("runs/full-flex")).unwrap();
+    std::fs::remove_file(dir.join("out/full-flex-metrics.jsonl")).unwrap();
+    let out = device(None, &[&["full", "best"][..], &tiny].concat());
+    let s = text(&out);
+    assert!(out.status.success() && s.contains("gpu_device: best: flex (100.0 train img/s"), "{s}");
+    assert!(s.contains("failed its checks: cuda, wgpu"), "{s}");
     let metrics = std::fs::read_to_string(dir.join("out/full-flex-metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 1, "{metrics}");
 

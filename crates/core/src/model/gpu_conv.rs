@@ -110,18 +110,24 @@ pub fn chunk_images(c: usize, h: usize, w: usize) -> usize {
     (CHUNK_BYTES / (9 * c * h * w * 4).max(1)).max(1)
 }
 
+/// The im2col chunks of `n` images of `c × h × w`, in order: (first image, images).
+fn chunks(n: usize, c: usize, h: usize, w: usize) -> impl Iterator<Item = (usize, usize)> {
+    let per = chunk_images(c, h, w);
+    (0..n).step_by(per).map(move |start| (start, per.min(n - start)))
+}
+
 fn im2col_forward<B: GpuConv>(x: FloatTensor<B>, w: FloatTensor<B>, half: bool) -> FloatTensor<B> {
     let [n, c, h, wd] = x.shape().dims::<4>();
     let o = w.shape().dims::<4>()[0];
     // Row k·c + i of the weight matrix is tap k = 3·dy + dx of input channel i.
     let wm = B::float_reshape(B::float_permute(w, &[2, 3, 1, 0]), Shape::new([9 * c, o]));
     let wm = if half { B::to_half(wm) } else { wm };
-    let per = chunk_images(c, h, wd);
-    let mut outs = Vec::with_capacity(n.div_ceil(per));
-    for start in (0..n).step_by(per) {
-        let cols = B::im2col3x3(x.clone(), start, per.min(n - start), half);
-        outs.push(if half { B::half_matmul(cols, wm.clone()) } else { B::float_matmul(cols, wm.clone()) });
-    }
+    let mut outs: Vec<_> = chunks(n, c, h, wd)
+        .map(|(start, m)| {
+            let cols = B::im2col3x3(x.clone(), start, m, half);
+            if half { B::half_matmul(cols, wm.clone()) } else { B::float_matmul(cols, wm.clone()) }
+        })
+        .collect();
     let y = if outs.len() == 1 { outs.pop().expect("one chunk") } else { B::float_cat(outs, 0) };
     B::float_permute(B::float_reshape(y, Shape::new([n, h, wd, o])), &[0, 3, 1, 2])
 }
@@ -251,10 +257,8 @@ fn half_backward<B: GpuConv>(
     });
     let dw = want_w.then(|| {
         let rows = B::float_reshape(B::float_permute(dy, &[0, 2, 3, 1]), Shape::new([n * h * wd, o]));
-        let per = chunk_images(c, h, wd);
         let mut sum: Option<FloatTensor<B>> = None;
-        for start in (0..n).step_by(per) {
-            let m = per.min(n - start);
+        for (start, m) in chunks(n, c, h, wd) {
             let cols = B::float_swap_dims(B::im2col3x3(x.clone(), start, m, true), 0, 1);
             let slice = [Slice::from(start * h * wd..(start + m) * h * wd), Slice::from(..)];
             let part = B::half_matmul(cols, B::float_slice(rows.clone(), &slice));

@@ -50,7 +50,8 @@ pub enum GpuConvPath {
     /// im2col bytes, and the operand type of tensor-core matmuls; the gradient is scaled per
     /// tensor before it is rounded). Needs an adapter with f16 shaders.
     GemmF16,
-    /// Burn's `conv2d` (its forward is `conv_direct` without cooperative matrices).
+    /// Burn's `conv2d`: its forward is `conv_direct` without cooperative matrices (WGSL);
+    /// through CUDA its autotune also has implicit GEMMs on tensor cores.
     Burn,
 }
 
@@ -59,6 +60,8 @@ impl GpuConvPath {
 
     /// `--gpu-conv auto` (and the page's `auto`): GEMM on a GPU, Burn's direct kernel on a CPU
     /// implementation of the API (lavapipe, SwiftShader), where the GEMM path does not pay.
+    /// Measured through WGSL (an H200); on CUDA, where Burn's own has tensor-core kernels, not
+    /// yet (README, "On a real GPU").
     pub fn auto(cpu_adapter: bool) -> Self {
         if cpu_adapter { GpuConvPath::Burn } else { GpuConvPath::Gemm }
     }
