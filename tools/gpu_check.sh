@@ -4,9 +4,9 @@
 #      convolution against the host;
 #   2. a real-data check on every GPU backend: the same short training as on flex (same
 #      seed, same images), whose test accuracies must agree within noise;
-#   3. `bench` on every GPU backend the binary has (wgpu; cuda when built with it) beside
-#      PyTorch with the same shapes in the same invocation: ours/PyTorch per row, first-step
-#      time and peak device memory, all in OUT_DIR/bench.json.
+#   3. `bench` on every GPU backend the binary has (wgpu; cuda when built with it) that ran
+#      1 and 2 to the end, beside PyTorch with the same shapes in the same invocation:
+#      ours/PyTorch per row, first-step time and peak device memory, in OUT_DIR/bench.json.
 #
 # usage: tools/gpu_check.sh BINARY DATA_DIR OUT_DIR [FLEX_METRICS]
 #   DATA_DIR      CIFAR-10's test_batch.bin and data_batch_1.bin at least (not MD5-checked:
@@ -22,7 +22,7 @@
 # points (default 5, measured on an H100: wgpu 38.80 % against flex 33.90 %, dropout masks
 # and round-off differing; 10 with TINY).
 set -euo pipefail
-[ $# -ge 3 ] || { sed -n 2,22p "$0" >&2; exit 2; }
+[ $# -ge 3 ] || { sed -n 2,23p "$0" >&2; exit 2; }
 bin=$1 data=$2 out=$3 flex_metrics=${4:-}
 here=$(cd "$(dirname "$0")" && pwd)
 python=${PYTHON:-python3}
@@ -58,13 +58,16 @@ run() { # backend name
 }
 last_acc() { tail -n 1 "$1" | sed 's/.*"test_acc":\([0-9.eE+-]*\).*/\1/'; }
 # Each GPU backend is checked on its own; a failure is reported at the end, after the bench.
-failed=0
+# A backend whose check-device or real-data run did not finish is left out of the bench: one
+# that cannot start would stop the bench, and with it every other backend's rows.
+failed=0 benched=
 : > "$out/verdict.txt"
 for backend in ${backends//,/ }; do
   echo "== check-device --backend $backend"
   if ! "$bin" check-device --backend "$backend" | tee "$out/check-device-$backend.txt"; then
-    echo "$backend: check-device found a wrong result: FAIL" | tee -a "$out/verdict.txt"
+    echo "$backend: check-device failed or found a wrong result: FAIL" | tee -a "$out/verdict.txt"
     failed=1
+    continue
   fi
 
   echo "== real data on $backend: width $width, $epochs epochs on $train training images, tested on $test"
@@ -75,6 +78,7 @@ for backend in ${backends//,/ }; do
     continue
   fi
   echo "real-data run on $backend: ${SECONDS} s" | tee -a "$out/machine.txt"
+  benched=${benched:+$benched,}$backend
   if [ -z "$flex_metrics" ]; then
     # BACKENDS=flex (a machine with neither a GPU nor lavapipe) compares flex with itself.
     [ "$backend" = flex ] || run flex check-flex
@@ -87,19 +91,24 @@ for backend in ${backends//,/ }; do
   case $verdict in *PASS) ;; *) failed=1 ;; esac
 done
 
+if [ -z "$benched" ]; then
+  echo "== no bench: no backend passed check-device and finished its real-data run" | tee -a "$out/verdict.txt"
+  exit 1
+fi
+[ "$benched" = "$backends" ] || echo "gpu_check: benching $benched only (of $backends)"
 # An entry for one backend (cuda:burn) only where that backend is benched: bench refuses it otherwise.
 convs=
 IFS=, read -ra entries <<< "${GPU_CONVS:-auto}"
 for entry in "${entries[@]}"; do
   case $entry in
-    *:*) [[ ",$backends," == *",${entry%%:*},"* ]] || { echo "gpu_check: $entry dropped: ${entry%%:*} is not benched"; continue; } ;;
+    *:*) [[ ",$benched," == *",${entry%%:*},"* ]] || { echo "gpu_check: $entry dropped: ${entry%%:*} is not benched"; continue; } ;;
   esac
   convs=${convs:+$convs,}$entry
 done
-echo "== bench: $backends (${convs:-auto} convolutions), widths $widths, batches $batches; PyTorch on $pydev ($modes)"
+echo "== bench: $benched (${convs:-auto} convolutions), widths $widths, batches $batches; PyTorch on $pydev ($modes)"
 pytorch=()
 [ "$pydev" != none ] && pytorch=(--pytorch --python "$python" --pytorch-script "$here/pytorch_reference.py" --pytorch-device "$pydev" --pytorch-mode "$modes")
-"$bin" bench --backend "$backends" --gpu-conv "${convs:-auto}" --width "$widths" --batch-size "$batches" \
+"$bin" bench --backend "$benched" --gpu-conv "${convs:-auto}" --width "$widths" --batch-size "$batches" \
   --warmup "$warmup" --steps "$steps" "${pytorch[@]}" --json "$out/bench.json" | tee "$out/bench.txt"
 
 exit "$failed"

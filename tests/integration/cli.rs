@@ -809,6 +809,43 @@ fn the_shipped_model_gives_its_recorded_accuracy() {
     }
 }
 
+/// tools/gpu_check.sh at tiny shapes on synthetic data, with flex standing in for a GPU backend
+/// and `cuda` (not in this binary) for one that cannot start: cuda is reported FAIL and left
+/// out of the bench, whose flex rows and JSON still come, with `cuda:burn` dropped.
+#[test]
+fn gpu_check_reports_a_backend_that_fails_and_benches_the_rest() {
+    use cifar_core::data::synthetic;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = scratch("gpucheck");
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for (name, bytes) in synthetic::all_files() {
+        std::fs::write(data.join(name), bytes).unwrap();
+    }
+    let out_dir = dir.join("out");
+    let out = Command::new(root.join("tools/gpu_check.sh"))
+        .arg(env!("CARGO_BIN_EXE_cifar-webgpu"))
+        .arg(&data)
+        .arg(&out_dir)
+        .env("GPU_CHECK_TINY", "1")
+        .env("BACKENDS", "cuda,flex")
+        .env("GPU_CONVS", "gemm,cuda:burn")
+        .env("PYTORCH_DEVICE", "none")
+        .output()
+        .unwrap();
+    let s = text(&out);
+    assert_eq!(out.status.code(), Some(1), "a failed backend fails the check: {s}");
+    let verdict = std::fs::read_to_string(out_dir.join("verdict.txt")).unwrap();
+    assert!(verdict.starts_with("cuda: check-device failed or found a wrong result: FAIL\n"), "{verdict}");
+    assert!(verdict.contains("flex test accuracy") && verdict.trim_end().ends_with("PASS"), "{verdict}");
+    assert!(s.contains("benching flex only (of cuda,flex)") && s.contains("cuda:burn dropped"), "{s}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("bench.json")).unwrap()).unwrap();
+    let labels: Vec<&str> = report["rows"].as_array().unwrap().iter().map(|r| r["backend"].as_str().unwrap()).collect();
+    assert!(!labels.is_empty() && labels.iter().all(|l| l.starts_with("flex")), "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// tools/gpu_pack.sh and tools/gpu_device.sh, as a GPU session uses them, on synthetic data:
 /// the parts come one call at a time, each file is unpacked once the parts holding it have
 /// come and checked against its MD5, what is missing is named, the full recipe's step trains
