@@ -122,16 +122,20 @@ if not os.path.exists(bench):
 failed = set()
 if os.path.exists(verdict):
     failed = {line.split()[0].rstrip(":") for line in open(verdict) if line.rstrip().endswith("FAIL")}
-rows = [r for r in json.load(open(bench))["rows"] if r["width"] == 1.0 and r["batch_size"] == 512]
-rows = [r for r in rows if r["backend"].split("-")[0] not in failed]
+try:
+    rows = [r for r in json.load(open(bench))["rows"] if r["width"] == 1.0 and r["batch_size"] == 512]
+    rows = [(r["backend"], float(r["train_images_per_sec"])) for r in rows]
+except (ValueError, KeyError, TypeError) as e:
+    sys.exit(f"gpu_device: {bench}: not a bench report ({type(e).__name__}: {e})")
+rows = [r for r in rows if r[0].split("-")[0] not in failed]
 if not rows:
     sys.exit(f"gpu_device: full best: no row at width 1, batch 512 of a backend that passed its checks in {bench}")
-best = max(rows, key=lambda r: r["train_images_per_sec"])
-backend, _, conv = best["backend"].partition("-")
+best = max(rows, key=lambda r: r[1])
+backend, _, conv = best[0].partition("-")
 # flex's label carries its precision (flex-bf16), which `auto` picks again.
 spec = backend if backend == "flex" or not conv else f"{backend}:{conv}"
-others = ", ".join(f"{r['backend']} {r['train_images_per_sec']:.1f}" for r in rows if r is not best)
-print(f"gpu_device: best: {spec} ({best['train_images_per_sec']:.1f} train img/s; {others or 'no other row'}"
+others = ", ".join(f"{r[0]} {r[1]:.1f}" for r in rows if r is not best)
+print(f"gpu_device: best: {spec} ({best[1]:.1f} train img/s; {others or 'no other row'}"
       f"{'; failed its checks: ' + ', '.join(sorted(failed)) if failed else ''})", file=sys.stderr)
 print(spec)
 PY

@@ -948,6 +948,7 @@ fn gpu_pack_parts_stage_one_call_at_a_time_and_train() {
     let out = device(None, &[&["full", "best"][..], &tiny].concat());
     let s = text(&out);
     assert!(!out.status.success() && s.contains("gpu_device: best: cuda:burn (500.0 train img/s"), "{s}");
+    assert!(s.contains("img/s; flex-bf16 100.0, wgpu-gemm-f16 400.0)"), "the other rows at its shape: {s}");
     assert!(s.contains("invalid value 'cuda'") && s.contains("full-cuda-burn: exit 2"), "{s}");
     // With cuda and wgpu failed, flex's row is the best left, and it trains as `full flex`.
     verdict("cuda: check-device found a wrong result: FAIL\nwgpu test accuracy 10.00%, flex 33.90%: FAIL\n");
@@ -959,6 +960,10 @@ fn gpu_pack_parts_stage_one_call_at_a_time_and_train() {
     assert!(s.contains("failed its checks: cuda, wgpu"), "{s}");
     let metrics = std::fs::read_to_string(dir.join("out/full-flex-metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 1, "{metrics}");
+    std::fs::write(staged.join("check-bench.json"), r#"{"rows": [{"width": 1.0}]}"#).unwrap();
+    let out = device(None, &[&["full", "best"][..], &tiny].concat());
+    let s = text(&out);
+    assert!(!out.status.success() && s.contains("check-bench.json: not a bench report (KeyError"), "{s}");
 
     // A damaged part: the file it holds is refused by name, and nothing is left half-written.
     let _ = std::fs::remove_dir_all(&staged);
