@@ -8,8 +8,9 @@
 //! On GPUs the batch statistics are sums over each image's plane, then over the batch: no
 //! reduction is longer than h·w or the batch size. Burn's `batch_norm_train` reduces each
 //! channel in one pass over batch·height·width values, and CubeCL's reduction over rows of
-//! 65,536 values or more comes out wrong on Mesa's lavapipe and in Chromium's WebGPU (SwiftShader): models
-//! trained there tested at chance (issue 14; the README has the reproduction). On flex the
+//! 65,536 values or more comes out wrong on Mesa 22.3.6's lavapipe (Debian 12's; right on Mesa
+//! 25.0.7) and in Chromium's WebGPU (SwiftShader): models trained there tested at chance
+//! (issue 14; the README has the reproduction). On flex the
 //! normalisation is one CPU kernel with the ReLU and dropout that follow it (`ops.rs`).
 
 use burn::module::{Module, Param, RunningState};

@@ -242,7 +242,7 @@ fn half_backward<B: GpuConv>(
     let [n, c, h, wd] = x.shape().dims::<4>();
     let o = w.shape().dims::<4>()[0];
     // max|dy| in four reductions of at most max(n, c, h, w) values each: one reduction over a
-    // whole activation is wrong on lavapipe (see README, "tested at chance").
+    // whole activation is wrong on Mesa 22.3.6's lavapipe (README, "tested at chance").
     let mut peak = B::float_max_abs_dim(dy.clone(), 3);
     for dim in (0..3).rev() {
         peak = B::float_max_dim(peak, dim);
