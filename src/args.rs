@@ -239,14 +239,11 @@ pub(crate) fn parse_conv_entry(s: &str) -> Result<ConvEntry, String> {
     };
     let (only, conv) = match s.split_once(':') {
         Some((b, c)) => {
-            let gpus = Backend::value_variants()
-                .iter()
-                .filter(|b| is_gpu(**b))
-                .map(|b| b.to_string())
-                .collect::<Vec<_>>()
-                .join(", ");
-            let backend = Backend::from_str(b, false)
-                .map_err(|_| format!("{s}: unknown backend {b:?} (this binary's GPU backends: {gpus})"))?;
+            let backend = Backend::from_str(b, false).map_err(|_| {
+                let gpus: Vec<String> =
+                    Backend::value_variants().iter().filter(|b| is_gpu(**b)).map(|b| b.to_string()).collect();
+                format!("{s}: unknown backend {b:?} (this binary's GPU backends: {})", gpus.join(", "))
+            })?;
             if !is_gpu(backend) {
                 return Err(format!("{s}: {b} has no GPU convolution (name a GPU backend)"));
             }

@@ -87,7 +87,8 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), Error> {
                     let timing =
                         bench::Timing { warmup: args.warmup, steps: args.steps, sync_every, kernels: args.kernels };
                     let row = bench::measure(&label, &device, width, batch, timing)?;
-                    let against: String = Comparison::pair(std::slice::from_ref(&row), &report.pytorch)
+                    let paired = Comparison::pair(std::slice::from_ref(&row), &report.pytorch);
+                    let against: String = paired
                         .iter()
                         .map(|c| {
                             format!(", {:.2}× PyTorch {}", c.train_ratio, c.pytorch.mode.as_deref().unwrap_or("fp32"))
@@ -99,7 +100,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<(), Error> {
                         row.train_images_per_sec, row.infer_images_per_sec
                     );
                     report.rows.push(row);
-                    report.comparison = Comparison::pair(&report.rows, &report.pytorch);
+                    report.comparison.extend(paired);
                     report.save(args.json.as_deref())?;
                 }
             }

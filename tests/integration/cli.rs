@@ -809,19 +809,24 @@ fn the_shipped_model_gives_its_recorded_accuracy() {
     }
 }
 
+/// The six CIFAR-10 files of `cifar_core::data::synthetic` in `dir/data`, which is returned.
+fn synthetic_data(dir: &Path) -> PathBuf {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for (name, bytes) in cifar_core::data::synthetic::all_files() {
+        std::fs::write(data.join(name), bytes).unwrap();
+    }
+    data
+}
+
 /// tools/gpu_check.sh at tiny shapes on synthetic data, with flex standing in for a GPU backend
 /// and `cuda` (not in this binary) for one that cannot start: cuda is reported FAIL and left
 /// out of the bench, whose flex rows and JSON still come, with `cuda:burn` dropped.
 #[test]
 fn gpu_check_reports_a_backend_that_fails_and_benches_the_rest() {
-    use cifar_core::data::synthetic;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = scratch("gpucheck");
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    for (name, bytes) in synthetic::all_files() {
-        std::fs::write(data.join(name), bytes).unwrap();
-    }
+    let data = synthetic_data(&dir);
     let out_dir = dir.join("out");
     let out = Command::new(root.join("tools/gpu_check.sh"))
         .arg(env!("CARGO_BIN_EXE_cifar-webgpu"))
@@ -852,14 +857,9 @@ fn gpu_check_reports_a_backend_that_fails_and_benches_the_rest() {
 /// on what was staged, and a damaged part is refused by the file's name.
 #[test]
 fn gpu_pack_parts_stage_one_call_at_a_time_and_train() {
-    use cifar_core::data::synthetic;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = scratch("gpupack");
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    for (name, bytes) in synthetic::all_files() {
-        std::fs::write(data.join(name), bytes).unwrap();
-    }
+    let data = synthetic_data(&dir);
     let pack = dir.join("pack");
     // Parts of 4 MiB: the binary (xz -0) spans several; the synthetic data packs small.
     let out = Command::new(root.join("tools/gpu_pack.sh"))
