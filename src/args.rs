@@ -162,6 +162,10 @@ pub(crate) struct TrainArgs {
     /// Read losses back from the device every N steps (fewer read-backs keep a GPU busy).
     #[arg(long, default_value_t = 10, value_parser = positive)]
     pub(crate) sync_every: usize,
+    /// Where the progress bar is not drawn (output to a file or a pipe: `nohup`, `tee`, CI), a
+    /// plain progress line at the first read-back at least this many seconds after the last.
+    #[arg(long, default_value_t = 30.0, value_parser = non_negative_seconds)]
+    pub(crate) progress_every: f64,
     /// Stop after N optimizer steps in total and save a checkpoint (as Ctrl-C would).
     #[arg(long, hide = true)]
     pub(crate) stop_after: Option<usize>,
@@ -204,6 +208,14 @@ pub(crate) fn positive(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
         Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn non_negative_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        Ok(_) => Err("must be a number of seconds, 0 or more".into()),
         Err(e) => Err(e.to_string()),
     }
 }

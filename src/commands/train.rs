@@ -11,7 +11,7 @@ use cifar_core::io::{checkpoint, weights};
 use cifar_core::train::driver::{Driver, EVAL_BATCH, Event};
 use cifar_core::train::limits;
 use cifar_core::train::lr_finder::LrFinderConfig;
-use cifar_core::train::{Evaluation, Trainer, TrainingConfig};
+use cifar_core::train::{Evaluation, Progress, Trainer, TrainingConfig};
 use cifar_webgpu::backend;
 use cifar_webgpu::error::Error;
 use cifar_webgpu::plots::{self, LabelledImage};
@@ -159,12 +159,17 @@ pub(crate) fn train(args: TrainArgs) -> Result<(), Error> {
     });
 
     let mut bar: Option<ProgressBar> = None;
+    let mut lines = PlainProgress::new(args.progress_every);
     while !driver.finished() {
         if bar.is_none() {
             let t = driver.trainer();
             bar = Some(epoch_bar(t.history.len() + 1, t.config.epochs, t.steps_per_epoch));
         }
         let b = bar.as_ref().expect("set above");
+        let (epoch, epochs, batch) = {
+            let t = driver.trainer();
+            (t.history.len() + 1, t.config.epochs, t.config.batch_size)
+        };
         let mut epoch_done = false;
         let events = match pollster::block_on(driver.advance(&data.train, &data.test)) {
             Ok(events) => events,
@@ -186,17 +191,12 @@ pub(crate) fn train(args: TrainArgs) -> Result<(), Error> {
         for event in events {
             match event {
                 Event::Steps { progress: p, steps, seconds } => {
+                    if b.is_hidden() {
+                        lines.add(&p, steps, seconds, epoch, epochs, batch);
+                    }
                     b.set_position(p.batch_in_epoch as u64);
                     if steps > 0 {
-                        let images = (steps * driver.trainer().config.batch_size) as f64;
-                        b.set_message(format!(
-                            "loss {:.4} acc {:5.2}% lr {:.2e} {:.0} img/s {:.0} ms/step",
-                            p.loss,
-                            100.0 * p.accuracy,
-                            p.lr,
-                            images / seconds.max(1e-9),
-                            1000.0 * seconds / steps as f64,
-                        ));
+                        b.set_message(progress_text(&p, steps, seconds, batch));
                     }
                 }
                 Event::Epoch { metrics: m, evaluation, tta } => {
@@ -244,6 +244,50 @@ pub(crate) fn train(args: TrainArgs) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// The progress bar's line as plain text, for output nobody watches live (a file, a pipe),
+/// where the bar is not drawn: otherwise an epoch of minutes on a CPU passes in silence.
+struct PlainProgress {
+    every: f64,
+    since: std::time::Instant,
+    steps: usize,
+    seconds: f64,
+}
+
+impl PlainProgress {
+    fn new(every: f64) -> Self {
+        Self { every, since: std::time::Instant::now(), steps: 0, seconds: 0.0 }
+    }
+
+    /// Counts a read-back's steps, and prints one line when `every` seconds have passed since
+    /// the last (speed over the steps since then).
+    fn add(&mut self, p: &Progress, steps: usize, seconds: f64, epoch: usize, epochs: usize, batch: usize) {
+        self.steps += steps;
+        self.seconds += seconds;
+        if self.steps == 0 || self.since.elapsed().as_secs_f64() < self.every {
+            return;
+        }
+        println!(
+            "epoch {epoch:>2}/{epochs} step {:>4}/{} {}",
+            p.batch_in_epoch,
+            p.batches_per_epoch,
+            progress_text(p, self.steps, self.seconds, batch)
+        );
+        *self = Self::new(self.every);
+    }
+}
+
+/// Loss and accuracy of the epoch so far, the LR, and the speed over `steps` steps.
+fn progress_text(p: &Progress, steps: usize, seconds: f64, batch: usize) -> String {
+    format!(
+        "loss {:.4} acc {:5.2}% lr {:.2e} {:.0} img/s {:.0} ms/step",
+        p.loss,
+        100.0 * p.accuracy,
+        p.lr,
+        (steps * batch) as f64 / seconds.max(1e-9),
+        1000.0 * seconds / steps as f64,
+    )
 }
 
 fn epoch_bar(epoch: usize, epochs: usize, steps: usize) -> ProgressBar {

@@ -272,6 +272,17 @@ fn train_writes_the_run_directory_and_eval_agrees() {
     assert_eq!(config["device"]["backend"], "flex", "the device is recorded: {config}");
     assert_eq!(config["device"]["device_type"], "Cpu");
     assert!(text(&out).contains("overall accuracy"), "confusion table printed");
+    // Output to a pipe has no progress bar; its plain lines come every --progress-every
+    // seconds (30 by default: none in a run of seconds), at read-backs.
+    assert!(!text(&out).contains(" step "), "{}", text(&out));
+    let out = tiny_train(&runs, "lines", &["--sync-every", "3", "--progress-every", "0"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().filter(|l| l.contains(" step ")).collect();
+    assert_eq!(lines.len(), 3, "read-backs after steps 3, 6 and 8 of 8:\n{}", text(&out));
+    for (line, step) in lines.iter().zip(["3/8", "6/8", "8/8"]) {
+        assert!(line.starts_with(&format!("epoch  1/1 step    {step} loss ")), "{line}");
+        assert!(line.contains(" img/s ") && line.ends_with(" ms/step"), "{line}");
+    }
 
     // eval on the same 128 test images reports the accuracy the run logged.
     let weights = dir.join("model.safetensors");
@@ -704,6 +715,8 @@ fn bad_settings_and_paths_are_refused_before_any_work() {
         (&["--max-lr", "0", "--name", "a"], "max_lr must be a positive number"),
         (&["--pct-start", "1.5", "--name", "a"], "pct_start must be in (0, 1)"),
         (&["--sync-every", "0", "--name", "a"], "must be at least 1"),
+        (&["--progress-every=-1", "--name", "a"], "must be a number of seconds, 0 or more"),
+        (&["--progress-every", "NaN", "--name", "a"], "must be a number of seconds, 0 or more"),
         (&["--resume", "somewhere", "--epochs", "30", "--width", "0.5"], "--epochs, --width cannot change it"),
     ] {
         let out = train(args);
