@@ -250,6 +250,7 @@ pub fn select(backend: Backend, precision: Precision, gpu_conv: GpuConv) -> Resu
         return Err(bf16_off_host(&backend.to_string()));
     }
     let (device, mut info) = select_device(backend)?;
+    cubecl_environment::environment::activate(tuning_environment(&info));
     let on_host = info.backend == "flex";
     let chosen = match precision {
         Precision::Auto if on_host => flex_kernels::Precision::fastest(),
@@ -279,6 +280,19 @@ pub fn select(backend: Backend, precision: Precision, gpu_conv: GpuConv) -> Resu
         info.gpu_conv = Some(path.name().into());
     }
     Ok((device, info))
+}
+
+/// The CubeCL environment that autotune results on this device are kept in
+/// (`target/environment/<name>.db` beside the outermost Cargo.toml above the working
+/// folder, else the user's cache folder). CubeCL keys its results by the device's kind and the
+/// runtime, not by the adapter, so one environment per backend, adapter and driver keeps a
+/// choice tuned on one GPU (or on lavapipe) from being applied to another, where it might not
+/// even run. Readable, and unique through a hash of the whole identity.
+pub fn tuning_environment(info: &DeviceInfo) -> String {
+    let id = format!("{}-{}-{}", info.backend, info.adapter, info.driver);
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let readable: String = id.chars().take(48).collect();
+    format!("{readable}-{:08x}", hash >> 32)
 }
 
 fn bf16_off_host(backend: &str) -> Error {
@@ -594,5 +608,30 @@ mod tests {
         assert!(!tf32_matmuls(&gpu("cuda", Some([7, 5]))), "Turing has no TF32");
         assert!(!tf32_matmuls(&gpu("cuda", None)));
         assert!(!tf32_matmuls(&gpu("wgpu", None)), "WGSL has no tensor cores");
+    }
+
+    #[test]
+    fn autotune_results_are_kept_per_backend_adapter_and_driver() {
+        let device = |backend: &str, adapter: &str, driver: &str| DeviceInfo {
+            backend: backend.into(),
+            adapter: adapter.into(),
+            driver: driver.into(),
+            ..flex_info(None)
+        };
+        let h200 = device("wgpu", "NVIDIA H200", "NVIDIA 580.159.04");
+        let name = tuning_environment(&h200);
+        assert!(name.starts_with("wgpu-NVIDIA H200-NVIDIA 580.159.04-"), "{name}");
+        assert_eq!(name, tuning_environment(&h200.clone()), "the same device, the same results");
+        for other in [
+            device("wgpu", "NVIDIA H100 80GB HBM3", "NVIDIA 580.159.04"),
+            device("wgpu", "NVIDIA H200", "NVIDIA 580.95.05"),
+            device("cuda", "NVIDIA H200", "NVIDIA 580.159.04"),
+        ] {
+            assert_ne!(tuning_environment(&other), name, "{other:?}");
+        }
+        // Names past the readable part differ by their hash.
+        let long = |driver: &str| device("wgpu", &"x".repeat(60), driver);
+        assert_ne!(tuning_environment(&long("1")), tuning_environment(&long("2")));
+        assert!(tuning_environment(&long("1")).len() <= 48 + 9);
     }
 }

@@ -864,6 +864,58 @@ fn gpu_check_reports_a_backend_that_fails_and_benches_the_rest() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Burn's autotune results persist: CubeCL keeps them in `target/environment` beside the
+/// outermost Cargo.toml above the working folder (the clone, for `cargo run`), so a second run
+/// of the same shapes tunes nothing, where every run used to tune again (most of lavapipe's
+/// first step: 85.7 s, then 13.2 s, README "Autotune results kept"). Counted in CubeCL's
+/// autotune log, not timed.
+#[test]
+fn autotune_results_are_kept_between_runs() {
+    let dir = scratch("autotune");
+    let data = synthetic_data(&dir);
+    std::fs::write(dir.join("Cargo.toml"), "").unwrap();
+    let log = dir.join("autotune.log");
+    let config = format!("[autotune]\nlogger = {{ level = \"full\", file = {:?}, append = false }}\n", log);
+    std::fs::write(dir.join("cubecl.toml"), config).unwrap();
+    let tunings = |name: &str| {
+        // CubeCL writes its log over the old one without truncating it.
+        let _ = std::fs::remove_file(&log);
+        let out = bin()
+            .current_dir(&dir)
+            .args(["train", "--backend", "wgpu", "--width", "0.0625", "--batch-size", "16", "--epochs", "1"])
+            .args([
+                "--train-limit",
+                "32",
+                "--test-limit",
+                "16",
+                "--no-download",
+                "--no-verify",
+                "--name",
+                name,
+                "--data-dir",
+            ])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        let count = |start: &str| log.lines().filter(|l| l.trim_start().starts_with(start)).count();
+        // Candidates benchmarked, and results taken from the disk (their checksums checked).
+        (count("- Tuning: "), count("validate checksum key="))
+    };
+    let (tuned, reused) = tunings("first");
+    assert!(tuned >= 20 && reused == 0, "the first run tunes Burn's kernels: {tuned} tunings, {reused} reused");
+    // One database per device: the adapter's name is in it.
+    let kept: Vec<String> = std::fs::read_dir(dir.join("target/environment"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(kept.iter().any(|f| f.starts_with("wgpu-llvmpipe") && f.ends_with(".db")), "{kept:?}");
+    let (again, reused) = tunings("second");
+    assert!(again == 0 && reused >= 5, "the second run tuned {again} candidates ({tuned} before), reused {reused}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// tools/gpu_pack.sh and tools/gpu_device.sh, as a GPU session uses them, on synthetic data:
 /// the parts come one call at a time, each file is unpacked once the parts holding it have
 /// come and checked against its MD5, what is missing is named, the full recipe's step trains
