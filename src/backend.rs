@@ -250,7 +250,7 @@ pub fn select(backend: Backend, precision: Precision, gpu_conv: GpuConv) -> Resu
         return Err(bf16_off_host(&backend.to_string()));
     }
     let (device, mut info) = select_device(backend)?;
-    cubecl_environment::environment::activate(tuning_environment(&info));
+    use_tuning_environment(&info);
     let on_host = info.backend == "flex";
     let chosen = match precision {
         Precision::Auto if on_host => flex_kernels::Precision::fastest(),
@@ -293,6 +293,19 @@ pub fn tuning_environment(info: &DeviceInfo) -> String {
     let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     let readable: String = id.chars().take(48).collect();
     format!("{readable}-{:08x}", hash >> 32)
+}
+
+/// Makes [`tuning_environment`] CubeCL's active environment, unless it is already: every
+/// switch empties the tuners' memory and reads the database again (`bench` selects each device
+/// twice, and rows of one device one after the other).
+fn use_tuning_environment(info: &DeviceInfo) {
+    static ACTIVE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    let name = tuning_environment(info);
+    let mut active = ACTIVE.lock().unwrap_or_else(|e| e.into_inner());
+    if active.as_deref() != Some(name.as_str()) {
+        cubecl_environment::environment::activate(&name);
+        *active = Some(name);
+    }
 }
 
 fn bf16_off_host(backend: &str) -> Error {

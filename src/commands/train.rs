@@ -161,15 +161,12 @@ pub(crate) fn train(args: TrainArgs) -> Result<(), Error> {
     let mut bar: Option<ProgressBar> = None;
     let mut lines = PlainProgress::new(args.progress_every);
     while !driver.finished() {
-        if bar.is_none() {
+        // Read before the read-back: the last one of an epoch arrives with the epoch closed.
+        let (epoch, epochs, batch, steps) = {
             let t = driver.trainer();
-            bar = Some(epoch_bar(t.history.len() + 1, t.config.epochs, t.steps_per_epoch));
-        }
-        let b = bar.as_ref().expect("set above");
-        let (epoch, epochs, batch) = {
-            let t = driver.trainer();
-            (t.history.len() + 1, t.config.epochs, t.config.batch_size)
+            (t.history.len() + 1, t.config.epochs, t.config.batch_size, t.steps_per_epoch)
         };
+        let b = bar.get_or_insert_with(|| epoch_bar(epoch, epochs, steps));
         let mut epoch_done = false;
         let events = match pollster::block_on(driver.advance(&data.train, &data.test)) {
             Ok(events) => events,

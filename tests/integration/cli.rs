@@ -867,8 +867,8 @@ fn gpu_check_reports_a_backend_that_fails_and_benches_the_rest() {
 /// Burn's autotune results persist: CubeCL keeps them in `target/environment` beside the
 /// outermost Cargo.toml above the working folder (the clone, for `cargo run`), so a second run
 /// of the same shapes tunes nothing, where every run used to tune again (most of lavapipe's
-/// first step: 85.7 s, then 13.2 s, README "Autotune results kept"). Counted in CubeCL's
-/// autotune log, not timed.
+/// first step: README, "Autotune results kept between runs"). Counted in CubeCL's autotune
+/// log, not timed.
 #[test]
 fn autotune_results_are_kept_between_runs() {
     let dir = scratch("autotune");
